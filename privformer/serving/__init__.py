@@ -1,0 +1,1 @@
+"""Transport: the tensor wire format, the HTTP server app and the HTTP client."""
