@@ -140,7 +140,7 @@ def build_cloud_model(
     config.architectures = [class_name]
     if arch.has_lm_head:
         config.tie_word_embeddings = False
-    cloud = getattr(transformers, class_name)(config)
+    cloud = getattr(transformers, class_name)(config).to(next(model.parameters()).dtype)
     missing, unexpected = cloud.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise UnsupportedModelError(
