@@ -38,6 +38,9 @@ def run_server(
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # Accepted connections inherit TCP_NODELAY. Without it a kept-alive connection meets Nagle's
+    # algorithm and the peer's delayed ACK: measured 44 ms per request instead of 1 ms.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind((host, port))
     sock.listen(128)  # listening now: connections queue until uvicorn accepts them
     bound = sock.getsockname()[1]
