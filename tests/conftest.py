@@ -55,6 +55,21 @@ def tokenizer(name: str):
     return load_tokenizer(name)
 
 
+def plain_greedy(name: str, prompt_ids: list[int], n: int) -> list[int]:
+    """Plain ``transformers`` greedy generation of exactly n tokens (end-of-sequence ignored)."""
+    ids = torch.tensor([prompt_ids])
+    with torch.inference_mode():
+        out = plain_model(name).generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=n,
+            min_new_tokens=n,
+            do_sample=False,
+            eos_token_id=None,
+        )
+    return out[0, len(prompt_ids) :].tolist()
+
+
 @pytest.fixture(scope="session")
 def export_dir(tmp_path_factory):
     """``export_dir(model, scheme)``: one STIP export per (model, scheme) for the whole run."""

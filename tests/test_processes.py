@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import torch
-from conftest import PROMPTS, TEXTS, plain_model, tokenizer
+from conftest import PROMPTS, TEXTS, plain_greedy, plain_model, tokenizer
 
 CLI = [sys.executable, "-m", "privformer.cli.main"]
 
@@ -94,17 +94,7 @@ def test_developer_cloud_user_as_three_processes_decoder(tmp_path):
         cloud.terminate()
         cloud.wait(timeout=15)
     prompt_ids = tokenizer("random:llama-gqa")(PROMPTS[0], add_special_tokens=False)["input_ids"]
-    ids = torch.tensor([prompt_ids])
-    with torch.inference_mode():
-        plain = plain_model("random:llama-gqa").generate(
-            ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=12,
-            min_new_tokens=12,
-            do_sample=False,
-            eos_token_id=None,
-        )
-    assert result["token_ids"] == plain[0, len(prompt_ids) :].tolist()
+    assert result["token_ids"] == plain_greedy("random:llama-gqa", prompt_ids, 12)
 
 
 def test_cli_reports_bad_input_without_a_traceback(tmp_path):

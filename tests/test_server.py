@@ -10,7 +10,7 @@ from __future__ import annotations
 import httpx
 import pytest
 import torch
-from conftest import DECODERS, PROMPTS, TEXTS, plain_model, tokenizer
+from conftest import DECODERS, PROMPTS, TEXTS, plain_greedy, plain_model, tokenizer
 
 from privformer.errors import InputError, KeyMismatchError, ServerError
 from privformer.serving import client as client_module
@@ -18,21 +18,6 @@ from privformer.serving import wire
 from privformer.serving.client import StipClient
 
 NEW_TOKENS = 20
-
-
-def _plain_greedy(name: str, prompt_ids: list[int]) -> list[int]:
-    model = plain_model(name)
-    ids = torch.tensor([prompt_ids])
-    with torch.inference_mode():
-        out = model.generate(
-            ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=NEW_TOKENS,
-            min_new_tokens=NEW_TOKENS,
-            do_sample=False,
-            eos_token_id=None,
-        )
-    return out[0, len(prompt_ids) :].tolist()
 
 
 @pytest.mark.parametrize("scheme", ["v1", "v2"])
@@ -43,7 +28,7 @@ def test_greedy_generation_over_http_equals_plain_generate(name, scheme, export_
         for prompt in PROMPTS:
             prompt_ids = tokenizer(name)(prompt, add_special_tokens=False)["input_ids"]
             gen = client.generate(prompt_ids, NEW_TOKENS, stop_at_eos=False)
-            assert gen.token_ids == _plain_greedy(name, prompt_ids), prompt
+            assert gen.token_ids == plain_greedy(name, prompt_ids, NEW_TOKENS), prompt
         assert client.stats.requests == NEW_TOKENS * len(PROMPTS)  # one round trip per token
 
 

@@ -9,6 +9,7 @@ can be tokenised offline. The seed makes test fixtures reproducible; it is never
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
@@ -21,6 +22,16 @@ _VOCAB = 30522  # MiniLM's WordPiece vocabulary, whose tokenizer these models re
 def _configs() -> dict:
     from transformers import BertConfig, GPT2Config, LlamaConfig
 
+    gpt2 = dict(
+        vocab_size=_VOCAB,
+        n_embd=64,
+        n_layer=2,
+        n_head=4,
+        n_positions=128,
+        bos_token_id=101,
+        eos_token_id=102,
+        architectures=["GPT2LMHeadModel"],
+    )
     return {
         "bert": BertConfig(
             vocab_size=_VOCAB,
@@ -31,27 +42,8 @@ def _configs() -> dict:
             max_position_embeddings=128,
             architectures=["BertModel"],
         ),
-        "gpt2": GPT2Config(
-            vocab_size=_VOCAB,
-            n_embd=64,
-            n_layer=2,
-            n_head=4,
-            n_positions=128,
-            bos_token_id=101,
-            eos_token_id=102,
-            architectures=["GPT2LMHeadModel"],
-        ),
-        "gpt2-untied": GPT2Config(
-            vocab_size=_VOCAB,
-            n_embd=64,
-            n_layer=2,
-            n_head=4,
-            n_positions=128,
-            tie_word_embeddings=False,
-            bos_token_id=101,
-            eos_token_id=102,
-            architectures=["GPT2LMHeadModel"],
-        ),
+        "gpt2": GPT2Config(**gpt2),
+        "gpt2-untied": GPT2Config(**gpt2, tie_word_embeddings=False),
         "llama-gqa": LlamaConfig(
             vocab_size=_VOCAB,
             hidden_size=64,
@@ -126,4 +118,10 @@ def materialize_random_model(name: str, seed: int = 0) -> Path:
         build_random_model(name, seed).save_pretrained(out)
         load_tokenizer("minilm").save_pretrained(out)
 
-    return _atomic_materialize(cache_dir() / "models" / f"random-{name}-seed{seed}", build)
+    if name not in _configs():
+        raise ModelNotFoundError(
+            f"unknown random model {name!r}; known: {', '.join(RANDOM_MODELS)}"
+        )
+    # The folder name carries a hash of the config: a changed definition never reuses a stale one.
+    digest = hashlib.sha256(_configs()[name].to_json_string().encode()).hexdigest()[:10]
+    return _atomic_materialize(cache_dir() / "models" / f"random-{name}-seed{seed}-{digest}", build)
