@@ -36,3 +36,38 @@ class ServerError(PrivformerError):
         super().__init__(f"server error {status_code}: {message}")
         self.status_code = status_code
         self.message = message
+
+
+class OutOfRangeError(InputError):
+    """An approximated operator got an input outside the range its approximation is valid on."""
+
+    def __init__(self, operator: str, low: float, high: float, value: float):
+        super().__init__(
+            f"{operator}: input {value:.6g} is outside the valid range [{low:.6g}, {high:.6g}] "
+            "of its approximation; pre-scale the input or choose a wider range"
+        )
+        self.operator, self.low, self.high, self.value = operator, low, high, value
+
+
+class CryptoError(PrivformerError):
+    """A homomorphic-encryption operation was refused."""
+
+
+class InsecureParametersError(CryptoError):
+    """Parameters fall short of 128-bit security (never silently accepted)."""
+
+
+class ContextMismatchError(CryptoError):
+    """Ciphertexts or keys from different contexts were combined."""
+
+
+class LevelError(CryptoError):
+    """A ciphertext has too few levels left for the operation."""
+
+
+class CiphertextFormatError(CryptoError):
+    """A serialized ciphertext is corrupted or belongs to another context."""
+
+
+class BootstrapUnavailableError(CryptoError):
+    """The backend cannot bootstrap (SEAL has no CKKS bootstrapping)."""

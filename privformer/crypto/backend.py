@@ -1,0 +1,91 @@
+"""The CKKS backend interface the NEXUS operators are written against.
+
+Operators only call these methods, so a GPU backend (or OpenFHE, once it installs here) can
+replace SEAL without touching them. Naming follows OpenFHE's (EvalAdd, EvalMult, EvalRotate ...)
+in snake case. A ciphertext carries the id of its context: combining ciphertexts of different
+contexts raises ``ContextMismatchError`` instead of computing garbage.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import numpy as np
+
+from privformer.crypto.presets import Preset
+
+
+class Ciphertext:
+    """An opaque backend ciphertext plus the facts operators plan with."""
+
+    __slots__ = ("context_id", "handle", "length")
+
+    def __init__(self, context_id: str, handle: object, length: int):
+        self.context_id = context_id
+        self.handle = handle
+        self.length = length  # meaningful slots (the rest are zero)
+
+
+class CKKSBackend(ABC):
+    """Context, keys and the homomorphic operations on packed real vectors."""
+
+    preset: Preset
+    context_id: str
+
+    @property
+    def slots(self) -> int:
+        return self.preset.slots
+
+    # --- keys ----------------------------------------------------------------------------------
+    @abstractmethod
+    def generate_rotation_keys(self, steps: Sequence[int]) -> None:
+        """Make keys for these rotation steps (only those: Galois keys are large)."""
+
+    # --- encoding and encryption ---------------------------------------------------------------
+    @abstractmethod
+    def encrypt(self, values: np.ndarray) -> Ciphertext: ...
+
+    @abstractmethod
+    def decrypt(self, ct: Ciphertext) -> np.ndarray: ...
+
+    # --- arithmetic (each result is rescaled and at the lower of its operands' levels) ---------
+    @abstractmethod
+    def add(self, a: Ciphertext, b: Ciphertext) -> Ciphertext: ...
+
+    @abstractmethod
+    def sub(self, a: Ciphertext, b: Ciphertext) -> Ciphertext: ...
+
+    @abstractmethod
+    def add_plain(self, a: Ciphertext, values: np.ndarray | float) -> Ciphertext: ...
+
+    @abstractmethod
+    def multiply(self, a: Ciphertext, b: Ciphertext) -> Ciphertext:
+        """Ciphertext x ciphertext, relinearised and rescaled (one level)."""
+
+    @abstractmethod
+    def multiply_plain(self, a: Ciphertext, values: np.ndarray | float) -> Ciphertext:
+        """Ciphertext x plaintext vector or scalar, rescaled (one level)."""
+
+    @abstractmethod
+    def rotate(self, a: Ciphertext, steps: int) -> Ciphertext:
+        """Cyclic left rotation of the slots by ``steps``."""
+
+    def rotate_many(self, a: Ciphertext, steps: Sequence[int]) -> list[Ciphertext]:
+        """Several rotations of one ciphertext (backends with hoisting override this)."""
+        return [self.rotate(a, s) for s in steps]
+
+    @abstractmethod
+    def level(self, a: Ciphertext) -> int:
+        """Levels left: how many more rescalings the ciphertext allows."""
+
+    @abstractmethod
+    def bootstrap(self, a: Ciphertext) -> Ciphertext:
+        """Refresh a ciphertext to a high level (raises where the backend cannot)."""
+
+    # --- serialization -------------------------------------------------------------------------
+    @abstractmethod
+    def serialize(self, a: Ciphertext) -> bytes: ...
+
+    @abstractmethod
+    def deserialize(self, data: bytes, length: int) -> Ciphertext: ...

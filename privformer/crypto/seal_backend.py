@@ -1,0 +1,258 @@
+"""CKKS on Microsoft SEAL (through TenSEAL's ``sealapi`` bindings, Apache-2.0).
+
+This is the stand-in backend while OpenFHE's Python binding cannot be installed on this
+platform (see the README). SEAL has no CKKS bootstrapping, so ``bootstrap`` raises.
+
+Scale management is exact: every ciphertext at level l carries the canonical scale S_l, with
+S_top = 2^scale_bits and S_{l-1} = S_l^2 / q_l (q_l the prime a rescale at level l divides
+out). A ct x ct product of two level-l ciphertexts lands exactly on S_{l-1}; plaintexts are
+encoded at S_{l-1} q_l / S_l so a plaintext product does too; dropping a level is a product
+with an encoded 1. So ciphertexts that reach a level by different paths add without the usual
+"set the scale and hope" error (~3e-4 relative with 30-bit primes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import struct
+import tempfile
+from collections.abc import Sequence
+
+import numpy as np
+import tenseal.sealapi as seal
+
+from privformer.crypto.backend import Ciphertext, CKKSBackend
+from privformer.crypto.presets import Preset, get_preset
+from privformer.errors import (
+    BootstrapUnavailableError,
+    CiphertextFormatError,
+    ContextMismatchError,
+    CryptoError,
+    InsecureParametersError,
+    LevelError,
+)
+
+_MAGIC = b"PFCT1"
+
+
+class SealBackend(CKKSBackend):
+    """A CKKS context with keys (public, secret, relinearisation, requested rotations)."""
+
+    def __init__(self, preset: Preset | str = "test-small"):
+        self.preset = get_preset(preset) if isinstance(preset, str) else preset
+        self.preset.check_security()
+        n = self.preset.ring_dim
+        parms = seal.EncryptionParameters(seal.SCHEME_TYPE.CKKS)
+        parms.set_poly_modulus_degree(n)
+        parms.set_coeff_modulus(seal.CoeffModulus.Create(n, list(self.preset.modulus_bits)))
+        # SEAL checks the HE Standard's 128-bit bound again here; we never pass NONE.
+        self.context = seal.SEALContext(parms, True, seal.SEC_LEVEL_TYPE.TC128)
+        if not self.context.parameters_set():
+            raise InsecureParametersError(
+                f"SEAL refused preset {self.preset.name!r}: "
+                f"{self.context.parameter_error_message()}"
+            )
+        self.context_id = secrets.token_hex(8)
+        data = self.context.first_context_data()
+        self._parms: dict[int, object] = {}
+        self._prime: dict[int, float] = {}
+        while data is not None:
+            level = data.chain_index()
+            self._parms[level] = data.parms_id()
+            self._prime[level] = float(data.parms().coeff_modulus()[-1].value())
+            data = data.next_context_data()
+        self.top = max(self._parms)
+        self._scale = {self.top: float(2**self.preset.scale_bits)}
+        for level in range(self.top, 0, -1):
+            self._scale[level - 1] = self._scale[level] ** 2 / self._prime[level]
+
+        keygen = seal.KeyGenerator(self.context)
+        self._secret = keygen.secret_key()
+        public = seal.PublicKey()
+        keygen.create_public_key(public)
+        self._relin = seal.RelinKeys()
+        keygen.create_relin_keys(self._relin)
+        self._keygen = keygen
+        self._galois: object | None = None
+        self._galois_steps: set[int] = set()
+        self.encoder = seal.CKKSEncoder(self.context)
+        self.encryptor = seal.Encryptor(self.context, public)
+        self.decryptor = seal.Decryptor(self.context, self._secret)
+        self.evaluator = seal.Evaluator(self.context)
+
+    # --- keys ----------------------------------------------------------------------------------
+    def generate_rotation_keys(self, steps: Sequence[int]) -> None:
+        wanted = self._galois_steps | {int(s) % self.slots for s in steps if int(s) % self.slots}
+        if wanted == self._galois_steps:
+            return
+        galois = seal.GaloisKeys()
+        # SEAL wants Galois elements: a left rotation by k slots is the automorphism X -> X^(3^k).
+        modulus = 2 * self.preset.ring_dim
+        self._keygen.create_galois_keys([pow(3, step, modulus) for step in sorted(wanted)], galois)
+        self._galois, self._galois_steps = galois, wanted
+
+    # --- helpers -------------------------------------------------------------------------------
+    @staticmethod
+    def _out(method, *args):
+        """Call a sealapi evaluator method that writes into a destination ciphertext."""
+        dest = seal.Ciphertext()
+        method(*args, dest)
+        return dest
+
+    def _wrap(self, handle, length: int) -> Ciphertext:
+        return Ciphertext(self.context_id, handle, length)
+
+    def _own(self, *cts: Ciphertext) -> None:
+        for ct in cts:
+            if ct.context_id != self.context_id:
+                raise ContextMismatchError(
+                    f"ciphertext of context {ct.context_id} used with context {self.context_id}"
+                )
+
+    def _level_of(self, handle) -> int:
+        return self.context.get_context_data(handle.parms_id()).chain_index()
+
+    def _encode(self, values: np.ndarray | float, level: int, scale: float):
+        vec = np.zeros(self.slots)
+        arr = np.atleast_1d(np.asarray(values, dtype=np.float64))
+        if arr.size == 1:
+            vec[:] = arr[0]
+        else:
+            if arr.size > self.slots:
+                raise CryptoError(f"{arr.size} values exceed the {self.slots} slots")
+            vec[: arr.size] = arr
+        if not np.isfinite(vec).all():
+            raise CryptoError("cannot encode NaN or infinite values")
+        plain = seal.Plaintext()
+        self.encoder.encode(vec.tolist(), self._parms[level], scale, plain)
+        return plain
+
+    def _drop_to(self, ct: Ciphertext, level: int) -> Ciphertext:
+        while self.level(ct) > level:
+            ct = self.multiply_plain(ct, 1.0)
+        return ct
+
+    def _align(self, a: Ciphertext, b: Ciphertext) -> tuple[Ciphertext, Ciphertext]:
+        self._own(a, b)
+        level = min(self.level(a), self.level(b))
+        return self._drop_to(a, level), self._drop_to(b, level)
+
+    def _rescaled(self, handle, level: int, length: int) -> Ciphertext:
+        self.evaluator.rescale_to_next_inplace(handle)
+        handle.scale = self._scale[level - 1]  # equal up to float rounding by construction
+        return self._wrap(handle, length)
+
+    def _need_level(self, ct: Ciphertext, op: str) -> int:
+        level = self.level(ct)
+        if level < 1:
+            raise LevelError(f"{op}: ciphertext is at level 0; bootstrap it or use a deeper preset")
+        return level
+
+    # --- encoding and encryption ---------------------------------------------------------------
+    def encrypt(self, values: np.ndarray) -> Ciphertext:
+        arr = np.asarray(values, dtype=np.float64).ravel()
+        if arr.size == 0 or arr.size > self.slots:
+            raise CryptoError(f"can encrypt 1..{self.slots} values, got {arr.size}")
+        handle = seal.Ciphertext()
+        self.encryptor.encrypt(self._encode(arr, self.top, self._scale[self.top]), handle)
+        return self._wrap(handle, arr.size)
+
+    def decrypt(self, ct: Ciphertext) -> np.ndarray:
+        self._own(ct)
+        plain = seal.Plaintext()
+        self.decryptor.decrypt(ct.handle, plain)
+        return np.asarray(self.encoder.decode_double(plain))[: ct.length]
+
+    # --- arithmetic ----------------------------------------------------------------------------
+    def add(self, a: Ciphertext, b: Ciphertext) -> Ciphertext:
+        a, b = self._align(a, b)
+        return self._wrap(
+            self._out(self.evaluator.add, a.handle, b.handle), max(a.length, b.length)
+        )
+
+    def sub(self, a: Ciphertext, b: Ciphertext) -> Ciphertext:
+        a, b = self._align(a, b)
+        return self._wrap(
+            self._out(self.evaluator.sub, a.handle, b.handle), max(a.length, b.length)
+        )
+
+    def add_plain(self, a: Ciphertext, values: np.ndarray | float) -> Ciphertext:
+        self._own(a)
+        level = self.level(a)
+        plain = self._encode(values, level, self._scale[level])
+        return self._wrap(self._out(self.evaluator.add_plain, a.handle, plain), a.length)
+
+    def multiply(self, a: Ciphertext, b: Ciphertext) -> Ciphertext:
+        a, b = self._align(a, b)
+        level = self._need_level(a, "multiply")
+        handle = self._out(self.evaluator.multiply, a.handle, b.handle)
+        self.evaluator.relinearize_inplace(handle, self._relin)
+        return self._rescaled(handle, level, max(a.length, b.length))
+
+    def multiply_plain(self, a: Ciphertext, values: np.ndarray | float) -> Ciphertext:
+        self._own(a)
+        level = self._need_level(a, "multiply_plain")
+        scale = self._scale[level - 1] * self._prime[level] / self._scale[level]
+        handle = self._out(
+            self.evaluator.multiply_plain, a.handle, self._encode(values, level, scale)
+        )
+        return self._rescaled(handle, level, a.length)
+
+    def rotate(self, a: Ciphertext, steps: int) -> Ciphertext:
+        self._own(a)
+        step = int(steps) % self.slots
+        if step == 0:
+            return a
+        if step not in self._galois_steps:
+            raise CryptoError(f"no rotation key for step {step}: call generate_rotation_keys first")
+        handle = seal.Ciphertext()
+        self.evaluator.rotate_vector(a.handle, step, self._galois, handle)
+        return self._wrap(handle, a.length)
+
+    def level(self, a: Ciphertext) -> int:
+        self._own(a)
+        return self._level_of(a.handle)
+
+    def bootstrap(self, a: Ciphertext) -> Ciphertext:
+        raise BootstrapUnavailableError(
+            "SEAL has no CKKS bootstrapping; it needs the OpenFHE backend, which does not install "
+            "on this platform yet (see README, 'CKKS backend')"
+        )
+
+    # --- serialization -------------------------------------------------------------------------
+    def serialize(self, a: Ciphertext) -> bytes:
+        self._own(a)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "ct")
+            a.handle.save(path)
+            body = open(path, "rb").read()  # noqa: SIM115
+        header = _MAGIC + bytes.fromhex(self.context_id) + struct.pack("<Q", a.length)
+        return header + hashlib.sha256(header + body).digest() + body
+
+    def deserialize(self, data: bytes, length: int | None = None) -> Ciphertext:
+        head = len(_MAGIC) + 8 + 8
+        if len(data) < head + 32 or not data.startswith(_MAGIC):
+            raise CiphertextFormatError("not a privformer ciphertext (bad magic or too short)")
+        context_id = data[len(_MAGIC) : len(_MAGIC) + 8].hex()
+        (stored_length,) = struct.unpack("<Q", data[len(_MAGIC) + 8 : head])
+        digest, body = data[head : head + 32], data[head + 32 :]
+        if hashlib.sha256(data[:head] + body).digest() != digest:
+            raise CiphertextFormatError(
+                "ciphertext checksum mismatch: corrupted in transit or storage"
+            )
+        if context_id != self.context_id:
+            raise ContextMismatchError(
+                f"ciphertext of context {context_id}, this is {self.context_id}"
+            )
+        handle = seal.Ciphertext()
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "ct")
+            with open(path, "wb") as fh:
+                fh.write(body)
+            try:
+                handle.load(self.context, path)
+            except Exception as exc:  # SEAL reports invalid data as generic exceptions
+                raise CiphertextFormatError(f"SEAL rejected the ciphertext: {exc}") from exc
+        return self._wrap(handle, stored_length if length is None else length)
