@@ -74,6 +74,8 @@ def _fmt(value) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}"
     if isinstance(value, float):
+        if value and abs(value) < 0.01:
+            return f"{value:.2e}"
         return f"{value:,.3f}" if abs(value) < 100 else f"{value:,.0f}"
     return "" if value is None else str(value)
 
