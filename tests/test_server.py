@@ -120,6 +120,14 @@ def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(export_dir, 
         response = _post(url, "/v1/forward", body)
         assert response.status_code == status, (fragment, response.text)
         assert fragment in response.json()["detail"], response.json()
+    # a malformed Content-Length (httpx refuses to send one, so write the request by hand)
+    import socket
+
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"POST /v1/forward HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\nx")
+        status_line = sock.recv(200).split(b"\r\n")[0]
+    assert status_line.startswith(b"HTTP/1.1 4"), status_line  # a client error, never a 500
     # wrong wire version
     from safetensors.torch import save
 

@@ -52,6 +52,8 @@ def create_app(cloud: StipCloud, *, max_payload_bytes: int = wire.MAX_PAYLOAD_BY
 
     async def _payload(request: Request) -> dict:
         declared = request.headers.get("content-length")
+        if declared is not None and not declared.isdigit():
+            raise WireFormatError(f"content-length {declared!r} is not a byte count")
         if declared is not None and int(declared) > max_payload_bytes:
             raise WireFormatError(
                 f"payload of {declared} bytes exceeds the limit of {max_payload_bytes}"

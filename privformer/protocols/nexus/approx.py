@@ -264,7 +264,8 @@ def layernorm(
 # --- argmax ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ArgmaxConfig:
-    """Values in [-bound, bound]; the mask is exact for top-2 gaps >= 2 * margin * bound."""
+    """Values in [-bound, bound]; the mask is exact for top-2 gaps >= 4 * margin * bound, i.e.
+    2 * margin of the full range 2 * bound (1e-2 of the range with the default margin)."""
 
     bound: float = 1.0
     margin: float = 0.005  # fraction of the full range 2 * bound
