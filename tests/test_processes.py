@@ -17,6 +17,8 @@ import httpx
 import torch
 from conftest import PROMPTS, TEXTS, plain_greedy, plain_model, tokenizer
 
+from privformer.models.pooling import plain_sentence_embeddings
+
 CLI = [sys.executable, "-m", "privformer.cli.main"]
 
 
@@ -58,12 +60,7 @@ def test_developer_cloud_user_as_three_processes_encoder(tmp_path):
         cloud.terminate()
         cloud.wait(timeout=15)
     private = torch.tensor(result["embeddings"])
-    model, tok = plain_model("minilm"), tokenizer("minilm")
-    enc = tok(TEXTS[:2], padding=True, return_tensors="pt")
-    with torch.inference_mode():
-        hidden = model(**enc).last_hidden_state
-    mask = enc["attention_mask"][..., None].float()
-    plain = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+    plain = plain_sentence_embeddings(plain_model("minilm"), tokenizer("minilm"), TEXTS[:2])
     assert (private - plain).abs().max() <= 1e-4
     assert result["wire"]["requests"] == 1 and result["wire"]["bytes_sent"] > 0
 

@@ -21,10 +21,11 @@ import pytest
 import torch
 from conftest import RANDOM_MODELS, REAL_MODELS, TEXTS, plain_model, tokenizer
 
+from privformer.protocols.stip.export import user_tensors
 from privformer.protocols.stip.layout import describe
 from privformer.protocols.stip.permutations import inverse
 from privformer.protocols.stip.transform import build_cloud_model, draw_secret
-from privformer.protocols.stip.user import StipUser
+from privformer.protocols.stip.user import StipUser, embed_with_tables
 
 FP32_ABS_TOL = 1e-4
 FP32_REL_TOL = 1e-5
@@ -58,14 +59,7 @@ def float64_model(name: str) -> torch.nn.Module:
 
 def _user_embeddings(model, arch, ids: torch.Tensor) -> torch.Tensor:
     """What the user computes: the embedding tables only (the cloud runs BERT's LayerNorm)."""
-    state = model.state_dict()
-    n = ids.shape[-1]
-    x = state[arch.user_tables["word_embeddings"]][ids]
-    if "position_embeddings" in arch.user_tables:
-        x = x + state[arch.user_tables["position_embeddings"]][:n]
-    if "token_type_embeddings" in arch.user_tables:
-        x = x + state[arch.user_tables["token_type_embeddings"]][0]
-    return x
+    return embed_with_tables(user_tensors(model, arch, "v2"), ids)
 
 
 def _private_output(model, arch, secret, cloud, ids):

@@ -12,6 +12,7 @@ import time
 
 import torch
 
+from privformer.models.pooling import plain_sentence_embeddings
 from privformer.models.registry import load_model, load_tokenizer
 from privformer.protocols.stip.export import export
 from privformer.serving.client import StipClient
@@ -24,15 +25,6 @@ SENTENCES = [
     "Quarterly revenue grew by twelve percent.",
 ]
 PROMPT = "What is the capital of France?"
-
-
-def _plain_sentence_embeddings(model_name: str, texts: list[str]) -> torch.Tensor:
-    model, tok = load_model(model_name), load_tokenizer(model_name)
-    enc = tok(texts, padding=True, return_tensors="pt")
-    with torch.inference_mode():
-        hidden = model(**enc).last_hidden_state
-    mask = enc["attention_mask"][..., None].float()
-    return torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
 
 
 def _plain_greedy(model_name: str, prompt_ids: list[int], n: int) -> list[int]:
@@ -73,7 +65,9 @@ def run_demo(model: str = "minilm", scheme: str = "v2") -> int:
                 else:
                     private = client.sentence_embeddings(SENTENCES)
                     elapsed = time.perf_counter() - start
-                    plain = _plain_sentence_embeddings(model, SENTENCES)
+                    plain = plain_sentence_embeddings(
+                        load_model(model), load_tokenizer(model), SENTENCES
+                    )
                     diff = (private - plain).abs().max().item()
                     sims = private @ private.T
                     print("[user]      cosine similarities from the private embeddings:")

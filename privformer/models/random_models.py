@@ -32,6 +32,16 @@ def _configs() -> dict:
         eos_token_id=102,
         architectures=["GPT2LMHeadModel"],
     )
+    llama = dict(
+        vocab_size=_VOCAB,
+        hidden_size=64,
+        num_hidden_layers=2,
+        max_position_embeddings=256,
+        bos_token_id=101,
+        eos_token_id=102,
+        pad_token_id=0,
+        architectures=["LlamaForCausalLM"],
+    )
     return {
         "bert": BertConfig(
             vocab_size=_VOCAB,
@@ -45,35 +55,21 @@ def _configs() -> dict:
         "gpt2": GPT2Config(**gpt2),
         "gpt2-untied": GPT2Config(**gpt2, tie_word_embeddings=False),
         "llama-gqa": LlamaConfig(
-            vocab_size=_VOCAB,
-            hidden_size=64,
+            **llama,
             intermediate_size=160,
-            num_hidden_layers=2,
             num_attention_heads=8,
             num_key_value_heads=2,
             head_dim=8,
-            max_position_embeddings=256,
             tie_word_embeddings=True,
-            bos_token_id=101,
-            eos_token_id=102,
-            pad_token_id=0,
-            architectures=["LlamaForCausalLM"],
         ),
         "llama-bias-untied": LlamaConfig(
-            vocab_size=_VOCAB,
-            hidden_size=64,
+            **llama,
             intermediate_size=96,
-            num_hidden_layers=2,
             num_attention_heads=4,
             num_key_value_heads=1,
-            max_position_embeddings=256,
             attention_bias=True,
             mlp_bias=True,
             tie_word_embeddings=False,
-            bos_token_id=101,
-            eos_token_id=102,
-            pad_token_id=0,
-            architectures=["LlamaForCausalLM"],
         ),
     }
 

@@ -14,6 +14,7 @@ import httpx
 import torch
 
 from privformer.errors import InputError, ServerError
+from privformer.models.pooling import mean_pool
 from privformer.protocols.stip.user import StipUser
 from privformer.serving import wire
 
@@ -97,27 +98,27 @@ class StipClient:
         return wire.decode(response.content)[0]
 
     # --- encoders ----------------------------------------------------------------------------
-    def hidden_states(self, texts: list[str]) -> list[torch.Tensor]:
-        """Un-permuted last hidden states, one (n_i, d) tensor per text, in one request."""
+    def _encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One request: un-permuted (b, n, d) last hidden states of a padded batch, and its mask."""
         if self.user.is_decoder:
             raise InputError("hidden_states is for encoder models; use generate for a decoder")
         enc = self.user.tokenizer(list(texts), padding=True, return_tensors="pt")
         embeds = self.user.embed(enc["input_ids"], token_type_ids=enc.get("token_type_ids"))
+        mask = enc["attention_mask"].to(torch.int64)
         out = self._post_tensors(
-            "/v1/forward",
-            {
-                "inputs_embeds": self.user.permute(embeds),
-                "attention_mask": enc["attention_mask"].to(torch.int64),
-            },
+            "/v1/forward", {"inputs_embeds": self.user.permute(embeds), "attention_mask": mask}
         )
-        hidden = self.user.unpermute_hidden(wire.require(out, "last_hidden_state"))
-        lengths = enc["attention_mask"].sum(dim=1).tolist()
-        return [hidden[i, : int(n)] for i, n in enumerate(lengths)]
+        return self.user.unpermute_hidden(wire.require(out, "last_hidden_state")), mask
+
+    def hidden_states(self, texts: list[str]) -> list[torch.Tensor]:
+        """Un-permuted last hidden states, one (n_i, d) tensor per text, in one request."""
+        hidden, mask = self._encode(texts)
+        return [hidden[i, : int(n)] for i, n in enumerate(mask.sum(dim=1).tolist())]
 
     def sentence_embeddings(self, texts: list[str], *, normalize: bool = True) -> torch.Tensor:
         """Mean-pooled (and L2-normalised) sentence embeddings, the sentence-transformers recipe."""
-        pooled = torch.stack([h.mean(dim=0) for h in self.hidden_states(texts)])
-        return torch.nn.functional.normalize(pooled, dim=-1) if normalize else pooled
+        hidden, mask = self._encode(texts)
+        return mean_pool(hidden, mask, normalize=normalize)
 
     # --- decoders ----------------------------------------------------------------------------
     def _next_token(self, session: str, ids: list[int], position: int, top_k_transfer: bool) -> int:

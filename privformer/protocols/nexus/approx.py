@@ -123,16 +123,25 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def quick_sum(x: np.ndarray) -> np.ndarray:
-    """Rotate-and-add over the last axis (padded to a power of two); every slot gets the sum."""
+def _fold(x: np.ndarray, pad: float, combine) -> np.ndarray:
+    """Log-step rotate-and-combine over the last axis, padded with ``pad`` to a power of two.
+
+    This is the slot pattern of the encrypted twin: after log2(width) rounds every slot holds
+    the combination of all values (cyclically), so the first n slots are returned.
+    """
     n = x.shape[-1]
     width = _next_pow2(n)
-    acc = np.concatenate([x, np.zeros((*x.shape[:-1], width - n))], axis=-1)
+    acc = np.concatenate([x, np.full((*x.shape[:-1], width - n), pad)], axis=-1)
     step = width // 2
     while step:
-        acc = acc + np.roll(acc, -step, axis=-1)
+        acc = combine(acc, np.roll(acc, -step, axis=-1))
         step //= 2
     return acc[..., :n]
+
+
+def quick_sum(x: np.ndarray) -> np.ndarray:
+    """Rotate-and-add over the last axis (zero-padded); every slot gets the sum."""
+    return _fold(x, 0.0, np.add)
 
 
 def smooth_max(a: np.ndarray, b: np.ndarray, bound: float, g: int, f: int) -> np.ndarray:
@@ -146,14 +155,7 @@ def quick_max(x: np.ndarray, bound: float, g: int = 3, f: int = 2) -> np.ndarray
     Padding slots hold -bound. Each round's error is at most |a - b| (1 - |SGN|) / 2, small
     both when a and b are far apart (SGN saturates) and when they are close (the factor is).
     """
-    n = x.shape[-1]
-    width = _next_pow2(n)
-    acc = np.concatenate([x, np.full((*x.shape[:-1], width - n), -bound)], axis=-1)
-    step = width // 2
-    while step:
-        acc = smooth_max(acc, np.roll(acc, -step, axis=-1), bound, g, f)
-        step //= 2
-    return acc[..., :n]
+    return _fold(x, -bound, lambda a, b: smooth_max(a, b, bound, g, f))
 
 
 # --- softmax ---------------------------------------------------------------------------------
@@ -195,7 +197,9 @@ def softmax(x: np.ndarray, config: SoftmaxConfig = SoftmaxConfig()) -> np.ndarra
     check_range("softmax", x, -config.bound, config.bound)
     n = x.shape[-1]
     z = x - quick_max(x, config.bound, config.g, config.f)
-    e = exp_approx(np.minimum(z, 1.0), config.r)
+    # QuickMax under-estimates the max by a little, so z may be slightly positive; exp_approx
+    # accepts up to 1 and raises beyond it rather than silently clipping.
+    e = exp_approx(z, config.r)
     # After max subtraction the row sum lies in [~1, n]; scale it into (0, 1] for Goldschmidt.
     s = quick_sum(e) / n
     iters = config.goldschmidt_iters or math.ceil(math.log2(max(2.0, 20.0 * n)))

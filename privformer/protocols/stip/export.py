@@ -51,9 +51,10 @@ def _special_ids(config) -> dict[str, int | list[int] | None]:
     return {k: getattr(config, k, None) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
 
 
-def _user_tensors(
+def user_tensors(
     model: torch.nn.Module, arch: Architecture, scheme: str
 ) -> dict[str, torch.Tensor]:
+    """The tables the user runs: embeddings, and for v1 decoders an untied LM head."""
     state = model.state_dict()
     tensors = {name: state[key].detach().clone() for name, key in arch.user_tables.items()}
     if arch.has_lm_head and scheme == "v1" and not arch.tied:
@@ -113,7 +114,7 @@ def export(
         pi=secret.pi,
         pi_c=secret.pi_c,
     ).save(user_dir / KEY_FILE)
-    save_file(_user_tensors(plain, arch, scheme), str(user_dir / USER_MODEL))
+    save_file(user_tensors(plain, arch, scheme), str(user_dir / USER_MODEL))
     user_config = {
         **common,
         "output": output,

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from privformer.errors import KeyFormatError, KeyMismatchError
 from privformer.protocols.stip.permutations import inverse, is_permutation
@@ -101,12 +101,10 @@ class UserKey:
         path = Path(path)
         if not path.is_file():
             raise KeyFormatError(f"key file not found: {path}")
-        try:
-            tensors = load_file(str(path))
-            from safetensors import safe_open
-
+        try:  # one read: tensors and metadata from the same handle
             with safe_open(str(path), framework="pt") as fh:
                 meta = fh.metadata() or {}
+                tensors = {name: fh.get_tensor(name) for name in fh.keys()}  # noqa: SIM118
         except (SafetensorError, OSError, ValueError) as exc:
             raise KeyFormatError(f"{path} is not a readable key file: {exc}") from exc
         if meta.get("format") != KEY_FORMAT:

@@ -18,6 +18,23 @@ from privformer.protocols.stip.export import KEY_FILE, USER_CONFIG, USER_MODEL
 from privformer.protocols.stip.keys import UserKey
 
 
+def embed_with_tables(
+    tables: dict[str, torch.Tensor],
+    ids: torch.Tensor,
+    start_position: int = 0,
+    token_type_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Word (+ position, + token type) embeddings from the user's tables (no checks)."""
+    n = ids.shape[-1]
+    x = tables["word_embeddings"][ids]
+    if "position_embeddings" in tables:
+        x = x + tables["position_embeddings"][start_position : start_position + n]
+    if "token_type_embeddings" in tables:
+        types = torch.zeros_like(ids) if token_type_ids is None else token_type_ids
+        x = x + tables["token_type_embeddings"][types]
+    return x
+
+
 class StipUser:
     """The user side of a STIP export, usable without any network (see ``serving.client``)."""
 
@@ -85,13 +102,7 @@ class StipUser:
                 f"sequence of {start_position + n} tokens exceeds the model's "
                 f"{self.config['max_positions']} positions"
             )
-        x = self.tables["word_embeddings"][ids]
-        if "position_embeddings" in self.tables:
-            x = x + self.tables["position_embeddings"][start_position : start_position + n]
-        if "token_type_embeddings" in self.tables:
-            types = torch.zeros_like(ids) if token_type_ids is None else token_type_ids
-            x = x + self.tables["token_type_embeddings"][types]
-        return x
+        return embed_with_tables(self.tables, ids, start_position, token_type_ids)
 
     # --- permutation -------------------------------------------------------------------------
     def permute(self, x: torch.Tensor) -> torch.Tensor:
