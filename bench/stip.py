@@ -71,7 +71,7 @@ def bench_encoder(export_dir: Path, scheme: str, reps: int) -> dict:
         client.sentence_embeddings([text])  # warm up
         client.stats.reset()
         e2e_ms = median_ms(lambda: client.sentence_embeddings([text]), reps, warmup=0)
-        per_request = (client.stats.bytes_sent / reps, client.stats.bytes_received / reps)
+        per_request = (client.stats.bytes_sent // reps, client.stats.bytes_received // reps)
     return {
         "model": "minilm",
         "scheme": scheme,
