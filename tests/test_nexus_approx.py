@@ -75,10 +75,10 @@ def test_layernorm_on_real_minilm_inputs():
     assert rel.max() <= 1e-3, rel.max()
 
 
-def test_newton_start_is_inside_the_basin_over_the_range():
+def testnewton_start_is_inside_the_basin_over_the_range():
     cfg = A.LayerNormConfig()
     u = np.geomspace(cfg.var_low / cfg.var_high, 1.0, 10001)
-    y0 = A._newton_start(u)
+    y0 = A.newton_start(u)
     assert np.all(y0 > 0) and np.all(y0 < np.sqrt(3.0 / u))
     v = np.geomspace(cfg.var_low, cfg.var_high, 1001)
     assert np.abs(A.inv_sqrt(v) * np.sqrt(v) - 1).max() <= 1e-6

@@ -216,7 +216,7 @@ class LayerNormConfig:
     newton_iters: int | None = None
 
 
-def _newton_start(u: np.ndarray) -> np.ndarray:
+def newton_start(u: np.ndarray) -> np.ndarray:
     """Initial guess inside Newton's basin 0 < y0 < sqrt(3/u) for every u in (0, 1].
 
     1/sqrt(u) is convex, so its chords lie above it and can leave the basin; instead take 0.9x
@@ -226,7 +226,7 @@ def _newton_start(u: np.ndarray) -> np.ndarray:
 
 
 def _newton(u: np.ndarray, iters: int) -> np.ndarray:
-    y = _newton_start(u)
+    y = newton_start(u)
     for _ in range(iters):
         y = y * (3.0 - u * y * y) / 2.0
     return y

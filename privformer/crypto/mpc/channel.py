@@ -1,0 +1,226 @@
+"""Framed, versioned, length-checked messages between parties, with byte and round counters.
+
+A frame is ``MAGIC | version (u16) | header length (u32) | payload length (u64) | header (JSON)
+| payload`` where the header lists the tensors (dtype, shape) whose raw bytes make up the payload.
+Every size is checked before anything is allocated, so a truncated or malicious frame raises
+``WireFormatError`` instead of exhausting memory or mis-reading data.
+
+Every protocol step is an ``exchange``: both parties send one frame (possibly empty) and receive
+one; that is one round. ``Stats`` counts bytes and rounds per operator; ``NetworkModel`` turns the
+counts into a time for a given latency and bandwidth, and can also enforce it with sleeps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from privformer.errors import WireFormatError
+
+MAGIC = b"PFMP"
+VERSION = 1
+_PREFIX = struct.Struct("!4sHIQ")
+MAX_HEADER = 1 << 20
+MAX_PAYLOAD = 1 << 31
+_DTYPES = {"i64": torch.int64, "f64": torch.float64, "u8": torch.uint8}
+_NAMES = {v: k for k, v in _DTYPES.items()}
+#: Frames larger than this are sent from a helper thread so two simultaneous large sends
+#: cannot deadlock on full socket buffers.
+_THREAD_SEND_BYTES = 1 << 16
+
+
+@dataclass
+class OpStats:
+    bytes_sent: int = 0
+    bytes_recv: int = 0
+    rounds: int = 0
+    #: Sum over rounds of max(bytes sent, bytes received): the bytes a full-duplex link must carry
+    #: one after the other, which is what a bandwidth cap delays.
+    flight_bytes: int = 0
+
+    def add(self, other: OpStats) -> None:
+        self.bytes_sent += other.bytes_sent
+        self.bytes_recv += other.bytes_recv
+        self.rounds += other.rounds
+        self.flight_bytes += other.flight_bytes
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Stats:
+    """Counters of one party, in total and per outermost operator scope."""
+
+    total: OpStats = field(default_factory=OpStats)
+    per_op: dict[str, OpStats] = field(default_factory=dict)
+    dealer_bytes_sent: int = 0
+    dealer_bytes_recv: int = 0
+    _scope: list[str] = field(default_factory=list)
+
+    @contextlib.contextmanager
+    def op(self, name: str) -> Iterator[None]:
+        self._scope.append(name)
+        try:
+            yield
+        finally:
+            self._scope.pop()
+
+    def record(self, sent: int, recv: int) -> None:
+        step = OpStats(sent, recv, 1, max(sent, recv))
+        self.total.add(step)
+        name = self._scope[0] if self._scope else "other"
+        self.per_op.setdefault(name, OpStats()).add(step)
+
+    def snapshot(self) -> dict:
+        return {
+            "total": self.total.as_dict(),
+            "per_op": {k: v.as_dict() for k, v in sorted(self.per_op.items())},
+            "dealer_bytes_sent": self.dealer_bytes_sent,
+            "dealer_bytes_recv": self.dealer_bytes_recv,
+        }
+
+
+@dataclass(frozen=True)
+class NetworkModel:
+    """A link with a round-trip time and a bandwidth. Each round costs one RTT (conservative:
+    a reply may not leave before the message it answers arrived) plus its bytes at the cap."""
+
+    rtt_s: float
+    bandwidth_bps: float
+    name: str = ""
+
+    def round_time(self, flight_bytes: int) -> float:
+        return self.rtt_s + 8.0 * flight_bytes / self.bandwidth_bps
+
+    def time(self, stats: OpStats | dict) -> float:
+        d = stats.as_dict() if isinstance(stats, OpStats) else stats
+        return d["rounds"] * self.rtt_s + 8.0 * d["flight_bytes"] / self.bandwidth_bps
+
+
+#: The paper's settings (CipherPrune, Table 1): LAN 3 Gbps / 0.8 ms, WAN 200 Mbps / 40 ms.
+LAN = NetworkModel(0.8e-3, 3e9, "LAN")
+WAN = NetworkModel(40e-3, 200e6, "WAN")
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:], n - got)
+        if k == 0:
+            raise WireFormatError(f"connection closed after {got} of {n} bytes of a frame")
+        got += k
+    return bytes(buf)
+
+
+def encode_frame(kind: str, tensors: Sequence[torch.Tensor] = (), meta: dict | None = None) -> bytes:
+    specs = []
+    blobs = []
+    for t in tensors:
+        t = t.contiguous()
+        if t.dtype not in _NAMES:
+            raise WireFormatError(f"cannot send dtype {t.dtype}")
+        specs.append([_NAMES[t.dtype], list(t.shape)])
+        blobs.append(t.numpy().tobytes())
+    header = json.dumps({"kind": kind, "tensors": specs, "meta": meta or {}}).encode()
+    payload = b"".join(blobs)
+    return _PREFIX.pack(MAGIC, VERSION, len(header), len(payload)) + header + payload
+
+
+def read_frame(sock: socket.socket) -> tuple[str, list[torch.Tensor], dict, int]:
+    """One frame from the socket: (kind, tensors, meta, bytes read)."""
+    magic, version, hlen, plen = _PREFIX.unpack(_recv_exact(sock, _PREFIX.size))
+    if magic != MAGIC:
+        raise WireFormatError(f"bad frame magic {magic!r}")
+    if version != VERSION:
+        raise WireFormatError(f"unsupported frame version {version} (this build speaks {VERSION})")
+    if hlen > MAX_HEADER or plen > MAX_PAYLOAD:
+        raise WireFormatError(f"frame too large: header {hlen} B, payload {plen} B")
+    try:
+        header = json.loads(_recv_exact(sock, hlen))
+        kind, specs, meta = header["kind"], header["tensors"], header["meta"]
+        sizes = []
+        for dtype, shape in specs:
+            if dtype not in _DTYPES or any((not isinstance(s, int)) or s < 0 for s in shape):
+                raise ValueError(f"bad tensor spec {dtype} {shape}")
+            sizes.append(math.prod(shape) * torch.empty((), dtype=_DTYPES[dtype]).element_size())
+    except (ValueError, KeyError, TypeError) as exc:
+        raise WireFormatError(f"malformed frame header: {exc}") from exc
+    if sum(sizes) != plen:
+        raise WireFormatError(f"frame payload is {plen} B but its header describes {sum(sizes)} B")
+    payload = _recv_exact(sock, plen)
+    tensors = []
+    offset = 0
+    for (dtype, shape), size in zip(specs, sizes, strict=True):
+        chunk = bytearray(payload[offset : offset + size])
+        offset += size
+        t = torch.frombuffer(chunk, dtype=_DTYPES[dtype]) if size else torch.empty(0, dtype=_DTYPES[dtype])
+        tensors.append(t.reshape(shape))
+    return kind, tensors, meta, _PREFIX.size + hlen + plen
+
+
+def tune_socket(sock: socket.socket) -> None:
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+
+
+class Channel:
+    """A TCP connection to the other party: exchanges of frames, counted in ``stats``."""
+
+    def __init__(self, sock: socket.socket, stats: Stats, network: NetworkModel | None = None):
+        tune_socket(sock)
+        self.sock = sock
+        self.stats = stats
+        #: When set, every round is stretched to the model's time by sleeping.
+        self.network = network
+
+    def exchange(
+        self, tensors: Sequence[torch.Tensor] = (), kind: str = "x"
+    ) -> list[torch.Tensor]:
+        """Send our tensors and receive the other party's, as one round."""
+        start = time.perf_counter()
+        frame = encode_frame(kind, tensors)
+        error: list[BaseException] = []
+        if len(frame) > _THREAD_SEND_BYTES:
+            def send() -> None:
+                try:
+                    self.sock.sendall(frame)
+                except BaseException as exc:  # reported to the caller after the join
+                    error.append(exc)
+
+            sender = threading.Thread(target=send, daemon=True)
+            sender.start()
+            got_kind, got, _meta, nrecv = read_frame(self.sock)
+            sender.join()
+            if error:
+                raise error[0]
+        else:
+            self.sock.sendall(frame)
+            got_kind, got, _meta, nrecv = read_frame(self.sock)
+        if got_kind != kind:
+            raise WireFormatError(
+                f"protocol desynchronised: expected a {kind!r} frame, got {got_kind!r}"
+            )
+        self.stats.record(len(frame), nrecv)
+        if self.network is not None:
+            wait = self.network.round_time(max(len(frame), nrecv)) - (time.perf_counter() - start)
+            if wait > 0:
+                time.sleep(wait)
+        return got
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()

@@ -1,0 +1,211 @@
+"""The BERT classifier CipherPrune runs, and its forward pass written once for both executors.
+
+The classifier is a BERT encoder (Hugging Face ``BertModel`` weights) with a linear head on the
+final [CLS] state (no tanh pooler: it would need one more approximation for no accuracy gain).
+``forward`` is written against ``Ops``; ``simulate.FloatOps`` runs it in float64 and
+``secure.SharedOps`` under 2PC, so both apply the same approximations and the same pruning rule.
+
+Pruning (paper section 3): after attention at layer l, token j's importance is the attention it
+receives averaged over heads and query rows, S_j = sum_{h,i} P_h[i, j] / (H n). Tokens with
+S_j <= theta_l are removed before the rest of the layer; survivors with S_j <= beta_l
+(beta_l >= theta_l) are "low" and use the reduced GELU in this layer and the reduced exp in the
+next layer's softmax rows. [CLS] is always kept and high. After each pruning step the token rows
+are ordered [CLS, high..., low...]; the counts are public (that is what the protocol reveals).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from privformer.errors import InputError, UnsupportedModelError
+
+#: Additive attention mask of padded keys: far below the exp clamp, far inside the ring.
+MASK_VALUE = -1024.0
+EMBEDDING_SCALE = 16.0
+
+
+@dataclass
+class PruningConfig:
+    """Per-layer thresholds (None: no pruning at that layer) and the compaction method."""
+
+    keep: list[float | None]
+    high: list[float | None]
+    compaction: str = "shuffle"  # or "swap" (the paper's adjacent oblivious swaps)
+
+    def __post_init__(self) -> None:
+        if len(self.keep) != len(self.high):
+            raise InputError("keep and high thresholds need one entry per layer each")
+        for k, h in zip(self.keep, self.high, strict=True):
+            if (k is None) != (h is None):
+                raise InputError("a layer needs both thresholds or neither")
+            if k is not None and h < k:
+                raise InputError(f"high threshold {h} is below keep threshold {k}")
+        if self.compaction not in ("shuffle", "swap"):
+            raise InputError(f"unknown compaction {self.compaction!r}; use 'shuffle' or 'swap'")
+
+    @classmethod
+    def none(cls, layers: int) -> PruningConfig:
+        return cls([None] * layers, [None] * layers)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> PruningConfig:
+        return cls(**json.loads(text))
+
+
+@dataclass
+class BertClassifierWeights:
+    """float64 weights by name (x @ W convention: W is in x out) and the shape constants."""
+
+    tensors: dict[str, torch.Tensor]
+    layers: int
+    hidden: int
+    heads: int
+    intermediate: int
+    vocab: int
+    max_positions: int
+    eps: float
+    classes: int
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+    @classmethod
+    def from_hf(cls, bert: torch.nn.Module, head: torch.nn.Linear) -> BertClassifierWeights:
+        """From a ``transformers`` ``BertModel`` and a linear head on [CLS]."""
+        cfg = bert.config
+        if getattr(cfg, "model_type", "") != "bert" or cfg.hidden_act != "gelu":
+            raise UnsupportedModelError("CipherPrune runs BERT encoders with exact GELU")
+        sd = {k: v.detach().to(torch.float64) for k, v in bert.state_dict().items()}
+        # LayerNorm is scale invariant, so scaling every embedding table by EMBEDDING_SCALE leaves
+        # the model's function unchanged (eps aside, 1e-12) and lifts the embedding LayerNorm's
+        # variance (about 0.002 in MiniLM) into the range of the rsqrt approximation.
+        t: dict[str, torch.Tensor] = {
+            "emb.word": sd["embeddings.word_embeddings.weight"] * EMBEDDING_SCALE,
+            "emb.pos": sd["embeddings.position_embeddings.weight"] * EMBEDDING_SCALE,
+            "emb.type0": sd["embeddings.token_type_embeddings.weight"][0] * EMBEDDING_SCALE,
+            "emb.ln.g": sd["embeddings.LayerNorm.weight"],
+            "emb.ln.b": sd["embeddings.LayerNorm.bias"],
+            "head.w": head.weight.detach().to(torch.float64).T.contiguous(),
+            "head.b": head.bias.detach().to(torch.float64),
+        }
+        scale = (cfg.hidden_size // cfg.num_attention_heads) ** -0.5
+        for i in range(cfg.num_hidden_layers):
+            p = f"encoder.layer.{i}."
+            q_w = sd[p + "attention.self.query.weight"].T * scale  # fold 1/sqrt(d_head) into Q
+            q_b = sd[p + "attention.self.query.bias"] * scale
+            t[f"l{i}.qkv.w"] = torch.cat(
+                [q_w, sd[p + "attention.self.key.weight"].T, sd[p + "attention.self.value.weight"].T],
+                dim=1,
+            ).contiguous()
+            t[f"l{i}.qkv.b"] = torch.cat(
+                [q_b, sd[p + "attention.self.key.bias"], sd[p + "attention.self.value.bias"]]
+            )
+            t[f"l{i}.o.w"] = sd[p + "attention.output.dense.weight"].T.contiguous()
+            t[f"l{i}.o.b"] = sd[p + "attention.output.dense.bias"]
+            t[f"l{i}.ln1.g"] = sd[p + "attention.output.LayerNorm.weight"]
+            t[f"l{i}.ln1.b"] = sd[p + "attention.output.LayerNorm.bias"]
+            t[f"l{i}.ffn1.w"] = sd[p + "intermediate.dense.weight"].T.contiguous()
+            t[f"l{i}.ffn1.b"] = sd[p + "intermediate.dense.bias"]
+            t[f"l{i}.ffn2.w"] = sd[p + "output.dense.weight"].T.contiguous()
+            t[f"l{i}.ffn2.b"] = sd[p + "output.dense.bias"]
+            t[f"l{i}.ln2.g"] = sd[p + "output.LayerNorm.weight"]
+            t[f"l{i}.ln2.b"] = sd[p + "output.LayerNorm.bias"]
+        return cls(
+            t,
+            cfg.num_hidden_layers,
+            cfg.hidden_size,
+            cfg.num_attention_heads,
+            cfg.intermediate_size,
+            cfg.vocab_size,
+            cfg.max_position_embeddings,
+            float(cfg.layer_norm_eps),
+            int(head.out_features),
+        )
+
+    def shape_of(self, name: str) -> tuple[int, ...]:
+        return tuple(self.tensors[name].shape)
+
+
+class Ops(Protocol):
+    """What ``forward`` needs from an executor. ``X`` is a float tensor or a secret share."""
+
+    def embed(self, n: int) -> tuple[Any, Any, Any]: ...
+    def rows(self, x: Any) -> int: ...
+    def linear(self, x: Any, name: str) -> Any: ...
+    def add(self, x: Any, y: Any) -> Any: ...
+    def layernorm(self, x: Any, name: str) -> Any: ...
+    def attention(self, qkv: Any, mask: Any, n_high: int) -> tuple[Any, Any]: ...
+    def gelu(self, h: Any, n_high: int) -> Any: ...
+    def prune(self, layer: int, probs: Any, rows: dict[str, Any], keep: float, high: float
+              ) -> tuple[dict[str, Any], int]: ...
+    def classify(self, x: Any) -> torch.Tensor | None: ...
+
+
+@dataclass
+class ForwardTrace:
+    """Public facts of one run: tokens entering each layer and how many of them were high."""
+
+    tokens_per_layer: list[int] = field(default_factory=list)
+    high_per_layer: list[int] = field(default_factory=list)
+
+
+def forward(ops: Ops, w: BertClassifierWeights, n: int, pruning: PruningConfig
+            ) -> tuple[torch.Tensor | None, ForwardTrace]:
+    """The classifier on n input tokens (the executor holds the tokens and the mask).
+
+    Rows are tokens; row 0 is [CLS]. ``n_high`` counts the rows (from the top) that use the
+    accurate approximations; the others use the reduced ones."""
+    trace = ForwardTrace()
+    x, mask, pos = ops.embed(n)
+    n_high = n  # before the first pruning every token is high
+    for i in range(w.layers):
+        trace.tokens_per_layer.append(n)
+        trace.high_per_layer.append(n_high)
+        qkv = ops.linear(x, f"l{i}.qkv")
+        ctx, probs = ops.attention(qkv, mask, n_high)
+        if pruning.keep[i] is not None:
+            rows = {"x": x, "ctx": ctx, "mask": mask, "pos": pos}
+            rows, n_high = ops.prune(i, probs, rows, pruning.keep[i], pruning.high[i])
+            x, ctx, mask, pos = rows["x"], rows["ctx"], rows["mask"], rows["pos"]
+            n = ops.rows(x)
+        x = ops.layernorm(ops.add(ops.linear(ctx, f"l{i}.o"), x), f"l{i}.ln1")
+        h = ops.gelu(ops.linear(x, f"l{i}.ffn1"), n_high)
+        x = ops.layernorm(ops.add(ops.linear(h, f"l{i}.ffn2"), x), f"l{i}.ln2")
+    trace.tokens_per_layer.append(n)
+    return ops.classify(x), trace
+
+
+def save_classifier(w: BertClassifierWeights, pruning: PruningConfig, out: str | Path) -> Path:
+    """Write weights (safetensors) and config (JSON) to a folder."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in w.tensors.items()}, str(out / "weights.safetensors"))
+    cfg = {k: getattr(w, k) for k in
+           ("layers", "hidden", "heads", "intermediate", "vocab", "max_positions", "eps", "classes")}
+    (out / "config.json").write_text(json.dumps({**cfg, "meta": w.meta}, indent=1))
+    (out / "pruning.json").write_text(pruning.to_json())
+    return out
+
+
+def load_classifier(path: str | Path) -> tuple[BertClassifierWeights, PruningConfig]:
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not (path / "weights.safetensors").is_file():
+        raise InputError(f"{path} holds no CipherPrune classifier (weights.safetensors missing)")
+    cfg = json.loads((path / "config.json").read_text())
+    meta = cfg.pop("meta", {})
+    w = BertClassifierWeights(load_file(str(path / "weights.safetensors")), **cfg, meta=meta)
+    return w, PruningConfig.from_json((path / "pruning.json").read_text())
