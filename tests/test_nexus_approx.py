@@ -75,7 +75,7 @@ def test_layernorm_on_real_minilm_inputs():
     assert rel.max() <= 1e-3, rel.max()
 
 
-def testnewton_start_is_inside_the_basin_over_the_range():
+def test_newton_start_is_inside_the_basin_over_the_range():
     cfg = A.LayerNormConfig()
     u = np.geomspace(cfg.var_low / cfg.var_high, 1.0, 10001)
     y0 = A.newton_start(u)

@@ -112,19 +112,32 @@ LAN = NetworkModel(0.8e-3, 3e9, "LAN")
 WAN = NetworkModel(40e-3, 200e6, "WAN")
 
 
+#: Seconds to wait for the other side of a protocol step before giving up (a peer that is gone or
+#: runs a different program otherwise hangs the party forever).
+TIMEOUT_S = 900.0
+
+
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
     buf = bytearray(n)
     view = memoryview(buf)
     got = 0
     while got < n:
-        k = sock.recv_into(view[got:], n - got)
+        try:
+            k = sock.recv_into(view[got:], n - got)
+        except TimeoutError as exc:
+            raise WireFormatError(
+                f"no data from the other side for {sock.gettimeout():.0f} s: it is gone or the "
+                "parties run different programs (check model, pruning and length)"
+            ) from exc
         if k == 0:
             raise WireFormatError(f"connection closed after {got} of {n} bytes of a frame")
         got += k
     return bytes(buf)
 
 
-def encode_frame(kind: str, tensors: Sequence[torch.Tensor] = (), meta: dict | None = None) -> bytes:
+def encode_frame(
+    kind: str, tensors: Sequence[torch.Tensor] = (), meta: dict | None = None
+) -> bytes:
     specs = []
     blobs = []
     for t in tensors:
@@ -165,12 +178,17 @@ def read_frame(sock: socket.socket) -> tuple[str, list[torch.Tensor], dict, int]
     for (dtype, shape), size in zip(specs, sizes, strict=True):
         chunk = bytearray(payload[offset : offset + size])
         offset += size
-        t = torch.frombuffer(chunk, dtype=_DTYPES[dtype]) if size else torch.empty(0, dtype=_DTYPES[dtype])
+        t = (
+            torch.frombuffer(chunk, dtype=_DTYPES[dtype])
+            if size
+            else torch.empty(0, dtype=_DTYPES[dtype])
+        )
         tensors.append(t.reshape(shape))
     return kind, tensors, meta, _PREFIX.size + hlen + plen
 
 
-def tune_socket(sock: socket.socket) -> None:
+def tune_socket(sock: socket.socket, timeout_s: float = TIMEOUT_S) -> None:
+    sock.settimeout(timeout_s)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
@@ -187,14 +205,13 @@ class Channel:
         #: When set, every round is stretched to the model's time by sleeping.
         self.network = network
 
-    def exchange(
-        self, tensors: Sequence[torch.Tensor] = (), kind: str = "x"
-    ) -> list[torch.Tensor]:
+    def exchange(self, tensors: Sequence[torch.Tensor] = (), kind: str = "x") -> list[torch.Tensor]:
         """Send our tensors and receive the other party's, as one round."""
         start = time.perf_counter()
         frame = encode_frame(kind, tensors)
         error: list[BaseException] = []
         if len(frame) > _THREAD_SEND_BYTES:
+
             def send() -> None:
                 try:
                     self.sock.sendall(frame)

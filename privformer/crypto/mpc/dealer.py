@@ -129,7 +129,9 @@ class DealerLink:
         self.seq = 0
 
     def get(self, kind: str, **params) -> dict[str, torch.Tensor]:
-        params = {k: (list(v) if isinstance(v, tuple | torch.Size) else v) for k, v in params.items()}
+        params = {
+            k: (list(v) if isinstance(v, tuple | torch.Size) else v) for k, v in params.items()
+        }
         seq = self.seq
         self.seq += 1
         if self.role == 1:

@@ -156,8 +156,9 @@ def rsqrt(v: Shared) -> Shared:
     return y
 
 
-def layernorm(x: Shared, name: str, gamma: torch.Tensor | None, beta: torch.Tensor | None,
-              eps: float) -> Shared:
+def layernorm(
+    x: Shared, name: str, gamma: torch.Tensor | None, beta: torch.Tensor | None, eps: float
+) -> Shared:
     """LayerNorm over the last axis; gamma, beta are party 1's ring tensors (party 0: None)."""
     from privformer.crypto.mpc.shared import scale_by_weight
 

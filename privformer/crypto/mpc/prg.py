@@ -37,8 +37,10 @@ class Stream:
         """Uniform elements of Z_{2^64} as int64."""
         count = math.prod(shape)
         buf = bytearray(self.bytes(8 * count))
-        return torch.frombuffer(buf, dtype=torch.int64).reshape(tuple(shape)) if count else (
-            torch.zeros(tuple(shape), dtype=torch.int64)
+        return (
+            torch.frombuffer(buf, dtype=torch.int64).reshape(tuple(shape))
+            if count
+            else (torch.zeros(tuple(shape), dtype=torch.int64))
         )
 
     def bits(self, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:

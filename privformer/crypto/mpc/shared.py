@@ -93,7 +93,9 @@ def zeros(party: Party, shape: Sequence[int]) -> Shared:
 
 
 # -- input and output ----------------------------------------------------------------------
-def share_input(party: Party, owner: int, value: torch.Tensor | None, shape: Sequence[int]) -> Shared:
+def share_input(
+    party: Party, owner: int, value: torch.Tensor | None, shape: Sequence[int]
+) -> Shared:
     """Secret-share ``owner``'s ring tensor ``value`` (others pass None). The non-owner's share is
     drawn from the pairwise stream, so sharing costs no traffic."""
     other_share = party.pair_stream().ring(tuple(shape))
@@ -191,14 +193,21 @@ def _onesided(x: Shared, name: str, w: torch.Tensor | None, w_shape, op: str) ->
     return Shared(fn(e + x.share, w) + t["C"], p)
 
 
-def linear(x: Shared, name: str, weight: torch.Tensor | None, bias: torch.Tensor | None,
-           w_shape: Sequence[int]) -> Shared:
+def linear(
+    x: Shared,
+    name: str,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    w_shape: Sequence[int],
+) -> Shared:
     """x @ W + b with W (in x out) and b party 1's ring tensors; party 0 passes None."""
     y = truncate(_onesided(x, name, weight, tuple(w_shape), "matmul"))
     return y.add_server_value(bias) if bias is not None else y
 
 
-def scale_by_weight(x: Shared, name: str, weight: torch.Tensor | None, w_shape: Sequence[int]) -> Shared:
+def scale_by_weight(
+    x: Shared, name: str, weight: torch.Tensor | None, w_shape: Sequence[int]
+) -> Shared:
     """x * W elementwise (broadcast) with W party 1's ring tensor (e.g. LayerNorm's gamma)."""
     return truncate(_onesided(x, name, weight, tuple(w_shape), "mul"))
 

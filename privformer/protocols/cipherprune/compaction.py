@@ -46,12 +46,11 @@ def _bubble(table: Shared, key_col: int, length: int, passes: int) -> None:
             here, below = table.share[i], table.share[i + 1]
             not_key_here = _one_minus(Shared(here[key_col : key_col + 1], p))
             swap = beaver_with(
-                not_key_here, Shared(below[key_col : key_col + 1], p),
+                not_key_here,
+                Shared(below[key_col : key_col + 1], p),
                 {k: v[i] for k, v in t_bit.items()},
             )
-            diff = beaver_with(
-                swap, Shared(below - here, p), {k: v[i] for k, v in t_row.items()}
-            )
+            diff = beaver_with(swap, Shared(below - here, p), {k: v[i] for k, v in t_row.items()})
             table.share[i] = here + diff.share
             table.share[i + 1] = below - diff.share
 
@@ -65,8 +64,14 @@ def _one_minus(bit: Shared) -> Shared:
 def swap_compact(rows: Shared, keep: Shared, high: Shared) -> tuple[Shared, Shared]:
     n = rows.shape[0]
     width = rows.shape[1]
-    table = cat([rows, Shared(keep.share.reshape(-1, 1), rows.party),
-                 Shared(high.share.reshape(-1, 1), rows.party)], dim=1)
+    table = cat(
+        [
+            rows,
+            Shared(keep.share.reshape(-1, 1), rows.party),
+            Shared(high.share.reshape(-1, 1), rows.party),
+        ],
+        dim=1,
+    )
     table = Shared(table.share.clone(), rows.party)
     counts = open_(cat([keep.sum(0, keepdim=True), high.sum(0, keepdim=True)], 0))
     n_keep, n_high = int(counts[0]), int(counts[1])

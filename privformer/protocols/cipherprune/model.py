@@ -104,7 +104,11 @@ class BertClassifierWeights:
             q_w = sd[p + "attention.self.query.weight"].T * scale  # fold 1/sqrt(d_head) into Q
             q_b = sd[p + "attention.self.query.bias"] * scale
             t[f"l{i}.qkv.w"] = torch.cat(
-                [q_w, sd[p + "attention.self.key.weight"].T, sd[p + "attention.self.value.weight"].T],
+                [
+                    q_w,
+                    sd[p + "attention.self.key.weight"].T,
+                    sd[p + "attention.self.value.weight"].T,
+                ],
                 dim=1,
             ).contiguous()
             t[f"l{i}.qkv.b"] = torch.cat(
@@ -146,8 +150,9 @@ class Ops(Protocol):
     def layernorm(self, x: Any, name: str) -> Any: ...
     def attention(self, qkv: Any, mask: Any, n_high: int) -> tuple[Any, Any]: ...
     def gelu(self, h: Any, n_high: int) -> Any: ...
-    def prune(self, layer: int, probs: Any, rows: dict[str, Any], keep: float, high: float
-              ) -> tuple[dict[str, Any], int]: ...
+    def prune(
+        self, layer: int, probs: Any, rows: dict[str, Any], keep: float, high: float
+    ) -> tuple[dict[str, Any], int]: ...
     def classify(self, x: Any) -> torch.Tensor | None: ...
 
 
@@ -159,8 +164,9 @@ class ForwardTrace:
     high_per_layer: list[int] = field(default_factory=list)
 
 
-def forward(ops: Ops, w: BertClassifierWeights, n: int, pruning: PruningConfig
-            ) -> tuple[torch.Tensor | None, ForwardTrace]:
+def forward(
+    ops: Ops, w: BertClassifierWeights, n: int, pruning: PruningConfig
+) -> tuple[torch.Tensor | None, ForwardTrace]:
     """The classifier on n input tokens (the executor holds the tokens and the mask).
 
     Rows are tokens; row 0 is [CLS]. ``n_high`` counts the rows (from the top) that use the
@@ -192,8 +198,19 @@ def save_classifier(w: BertClassifierWeights, pruning: PruningConfig, out: str |
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in w.tensors.items()}, str(out / "weights.safetensors"))
-    cfg = {k: getattr(w, k) for k in
-           ("layers", "hidden", "heads", "intermediate", "vocab", "max_positions", "eps", "classes")}
+    cfg = {
+        k: getattr(w, k)
+        for k in (
+            "layers",
+            "hidden",
+            "heads",
+            "intermediate",
+            "vocab",
+            "max_positions",
+            "eps",
+            "classes",
+        )
+    }
     (out / "config.json").write_text(json.dumps({**cfg, "meta": w.meta}, indent=1))
     (out / "pruning.json").write_text(pruning.to_json())
     return out

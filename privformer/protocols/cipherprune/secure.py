@@ -64,7 +64,8 @@ class SharedOps:
         names = [k for k in self.w.tensors if k.endswith((".w", ".g", ".word"))]
         with self.party.stats.op("setup"):
             sh.open_weight_masks(
-                self.party, {k: self._weight(k) for k in names},
+                self.party,
+                {k: self._weight(k) for k in names},
                 {k: self.w.shape_of(k) for k in names},
             )
 
@@ -77,30 +78,43 @@ class SharedOps:
             onehot = mask = pos = None
             if p.role == CLIENT:
                 onehot = torch.zeros(n, vocab, dtype=torch.int64)
-                onehot[torch.arange(n), self.input_ids] = 1  # integers: the product needs no truncation
+                onehot[torch.arange(n), self.input_ids] = (
+                    1  # integers: the product needs no truncation
+                )
                 mask = fixed.encode((1.0 - self.attention_mask.double()) * MASK_VALUE)
                 pos = fixed.encode(torch.arange(n, dtype=torch.float64))
             onehot_s = sh.share_input(p, CLIENT, onehot, (n, vocab))
             mask_s = sh.share_input(p, CLIENT, mask, (n,))
             pos_s = sh.share_input(p, CLIENT, pos, (n,))
-            x = sh._onesided(onehot_s, "emb.word", self._weight("emb.word"), self.w.shape_of("emb.word"),
-                             "matmul")
+            x = sh._onesided(
+                onehot_s,
+                "emb.word",
+                self._weight("emb.word"),
+                self.w.shape_of("emb.word"),
+                "matmul",
+            )
             if p.role == SERVER:
                 x = x.add_server_value(self.enc["emb.pos"][:n] + self.enc["emb.type0"])
         return self.layernorm(x, "emb.ln"), mask_s, pos_s
 
     def linear(self, x: Shared, name: str) -> Shared:
         with self.party.stats.op("linear"):
-            return sh.linear(x, f"{name}.w", self._weight(f"{name}.w"), self._weight(f"{name}.b"),
-                             self.w.shape_of(f"{name}.w"))
+            return sh.linear(
+                x,
+                f"{name}.w",
+                self._weight(f"{name}.w"),
+                self._weight(f"{name}.b"),
+                self.w.shape_of(f"{name}.w"),
+            )
 
     def add(self, x: Shared, y: Shared) -> Shared:
         return x + y
 
     def layernorm(self, x: Shared, name: str) -> Shared:
         with self.party.stats.op("layernorm"):
-            return nl.layernorm(x, f"{name}.g", self._weight(f"{name}.g"),
-                                self._weight(f"{name}.b"), self.w.eps)
+            return nl.layernorm(
+                x, f"{name}.g", self._weight(f"{name}.g"), self._weight(f"{name}.b"), self.w.eps
+            )
 
     def _split_rows(self, x: Shared, n_high: int, high_fn, low_fn, dim: int) -> Shared:
         size = x.shape[dim]
@@ -113,17 +127,21 @@ class SharedOps:
     def attention(self, qkv: Shared, mask: Shared, n_high: int) -> tuple[Shared, Shared]:
         n, d, h = qkv.shape[0], self.w.hidden, self.w.heads
         with self.party.stats.op("attention"):
-            q, k, v = (qkv[:, i * d : (i + 1) * d].reshape(n, h, d // h).transpose(0, 1)
-                       for i in range(3))
+            q, k, v = (
+                qkv[:, i * d : (i + 1) * d].reshape(n, h, d // h).transpose(0, 1) for i in range(3)
+            )
             scores = sh.matmul(q, k.transpose(1, 2))
         with self.party.stats.op("softmax"):
             key_mask = Shared(mask.share.reshape(1, 1, n).expand(h, 1, n), mask.party)
             probs = self._split_rows(
-                scores, n_high,
-                lambda s: nl.softmax(s, Shared(key_mask.share.expand(s.shape).contiguous(), s.party),
-                                     approx.EXP_HIGH),
-                lambda s: nl.softmax(s, Shared(key_mask.share.expand(s.shape).contiguous(), s.party),
-                                     approx.EXP_LOW),
+                scores,
+                n_high,
+                lambda s: nl.softmax(
+                    s, Shared(key_mask.share.expand(s.shape).contiguous(), s.party), approx.EXP_HIGH
+                ),
+                lambda s: nl.softmax(
+                    s, Shared(key_mask.share.expand(s.shape).contiguous(), s.party), approx.EXP_LOW
+                ),
                 dim=1,
             )
         with self.party.stats.op("attention"):
@@ -132,8 +150,13 @@ class SharedOps:
 
     def gelu(self, x: Shared, n_high: int) -> Shared:
         with self.party.stats.op("gelu"):
-            return self._split_rows(x, n_high, lambda t: nl.gelu(t, approx.GELU_HIGH),
-                                    lambda t: nl.gelu(t, approx.GELU_LOW), dim=0)
+            return self._split_rows(
+                x,
+                n_high,
+                lambda t: nl.gelu(t, approx.GELU_HIGH),
+                lambda t: nl.gelu(t, approx.GELU_LOW),
+                dim=0,
+            )
 
     def prune(self, layer: int, probs: Shared, rows: dict, keep: float, high: float):
         p = self.party
@@ -147,15 +170,22 @@ class SharedOps:
             # [S_j > t] = [t - S_j < 0]; t enters as the server's additive constant
             bits = nl.ltz((-sh.cat([tail, tail], 0)).add_server_value(thresholds))
             keep_bits, high_bits = bits[: n - 1], bits[n - 1 :]
-            columns = [rows["x"], rows["ctx"], Shared(rows["mask"].share.reshape(-1, 1), p),
-                       Shared(rows["pos"].share.reshape(-1, 1), p)]
+            columns = [
+                rows["x"],
+                rows["ctx"],
+                Shared(rows["mask"].share.reshape(-1, 1), p),
+                Shared(rows["pos"].share.reshape(-1, 1), p),
+            ]
             table = sh.cat(columns, dim=1)
             high_rows, low_rows = compact(self.compaction, table[1:], keep_bits, high_bits)
             table = sh.cat([table[0:1], high_rows, low_rows], 0)
             d = self.w.hidden
-            new = {"x": table[:, :d], "ctx": table[:, d : 2 * d],
-                   "mask": Shared(table.share[:, 2 * d].contiguous(), p),
-                   "pos": Shared(table.share[:, 2 * d + 1].contiguous(), p)}
+            new = {
+                "x": table[:, :d],
+                "ctx": table[:, d : 2 * d],
+                "mask": Shared(table.share[:, 2 * d].contiguous(), p),
+                "pos": Shared(table.share[:, 2 * d + 1].contiguous(), p),
+            }
             if self.debug_reveal:
                 self._debug(layer, rows["pos"], importance, new["pos"], 1 + high_rows.shape[0])
         return new, 1 + high_rows.shape[0]
@@ -166,13 +196,19 @@ class SharedOps:
         if self.party.role == CLIENT:
             old, imp, kept = (fixed.decode(t) for t in got)
             kept_list = kept.round().long().tolist()
-            self.debug.append(DebugRecord(layer, old.round().long().tolist(), imp, kept_list,
-                                          kept_list[:n_high]))
+            self.debug.append(
+                DebugRecord(layer, old.round().long().tolist(), imp, kept_list, kept_list[:n_high])
+            )
 
     def classify(self, x: Shared) -> torch.Tensor | None:
         with self.party.stats.op("classifier"):
-            logits = sh.linear(x[0:1], "head.w", self._weight("head.w"), self._weight("head.b"),
-                               self.w.shape_of("head.w"))
+            logits = sh.linear(
+                x[0:1],
+                "head.w",
+                self._weight("head.w"),
+                self._weight("head.b"),
+                self.w.shape_of("head.w"),
+            )
             out = sh.reveal_to(logits, CLIENT)
         return None if out is None else fixed.decode(out[0])
 
@@ -185,8 +221,19 @@ def shapes_only(card: dict) -> BertClassifierWeights:
 
 def model_card(w: BertClassifierWeights, pruning: PruningConfig) -> dict:
     """What the server publishes: dimensions, tensor shapes, which layers prune and how."""
-    dims = {k: getattr(w, k) for k in
-            ("layers", "hidden", "heads", "intermediate", "vocab", "max_positions", "eps", "classes")}
+    dims = {
+        k: getattr(w, k)
+        for k in (
+            "layers",
+            "hidden",
+            "heads",
+            "intermediate",
+            "vocab",
+            "max_positions",
+            "eps",
+            "classes",
+        )
+    }
     return {
         "dims": dims,
         "shapes": {k: list(v.shape) for k, v in w.tensors.items()},

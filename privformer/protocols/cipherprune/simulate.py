@@ -79,13 +79,17 @@ class FloatOps:
 
     def attention(self, qkv: torch.Tensor, mask: torch.Tensor, n_high: int):
         n, d, h = qkv.shape[0], self.w.hidden, self.w.heads
-        q, k, v = (qkv[:, i * d : (i + 1) * d].reshape(n, h, d // h).transpose(0, 1) for i in range(3))
+        q, k, v = (
+            qkv[:, i * d : (i + 1) * d].reshape(n, h, d // h).transpose(0, 1) for i in range(3)
+        )
         scores = q @ k.transpose(1, 2)
         if self.approximate:
             probs = self._split_rows(
-                scores, n_high,
+                scores,
+                n_high,
                 lambda s: approx.softmax(s, mask, approx.EXP_HIGH),
-                lambda s: approx.softmax(s, mask, approx.EXP_LOW), dim=1,
+                lambda s: approx.softmax(s, mask, approx.EXP_LOW),
+                dim=1,
             )
         else:
             probs = torch.softmax(scores + mask, dim=-1)
@@ -96,8 +100,11 @@ class FloatOps:
         if not self.approximate:
             return F.gelu(x)
         return self._split_rows(
-            x, n_high, lambda t: approx.gelu(t, approx.GELU_HIGH),
-            lambda t: approx.gelu(t, approx.GELU_LOW), dim=0,
+            x,
+            n_high,
+            lambda t: approx.gelu(t, approx.GELU_HIGH),
+            lambda t: approx.gelu(t, approx.GELU_LOW),
+            dim=0,
         )
 
     def prune(self, layer: int, probs: torch.Tensor, rows: dict, keep: float, high: float):
@@ -107,10 +114,15 @@ class FloatOps:
         low = [j for j in range(1, n) if keep < importance[j] <= high]
         index = torch.tensor(order + low)
         positions = rows["pos"].round().long().tolist()
-        self.records.append(PruneRecord(
-            layer, positions, importance,
-            [positions[j] for j in index.tolist()], [positions[j] for j in order],
-        ))
+        self.records.append(
+            PruneRecord(
+                layer,
+                positions,
+                importance,
+                [positions[j] for j in index.tolist()],
+                [positions[j] for j in order],
+            )
+        )
         return {k: v[index] for k, v in rows.items()}, len(order)
 
     def classify(self, x: torch.Tensor) -> torch.Tensor:
@@ -130,7 +142,11 @@ def run_float(
         raise InputError(f"{ids.numel()} tokens exceed the model's {w.max_positions} positions")
     if ids.numel() and (ids.min() < 0 or ids.max() >= w.vocab):
         raise InputError(f"token ids must lie in [0, {w.vocab})")
-    mask = torch.ones_like(ids) if attention_mask is None else torch.as_tensor(attention_mask).reshape(-1)
+    mask = (
+        torch.ones_like(ids)
+        if attention_mask is None
+        else torch.as_tensor(attention_mask).reshape(-1)
+    )
     if mask.shape != ids.shape:
         raise InputError("attention_mask must have the same length as input_ids")
     ops = FloatOps(w, ids, mask, mode)

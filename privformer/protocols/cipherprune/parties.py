@@ -1,0 +1,229 @@
+"""The three CipherPrune processes and the user-facing classifier API.
+
+- dealer: ``run_dealer`` (``privformer cipherprune dealer``), hands out correlated randomness;
+- server: ``run_server`` (``privformer cipherprune serve``), holds weights and thresholds;
+- client: ``classify_remote`` (``privformer cipherprune classify``), holds the text.
+
+A session: the client connects and sends a session id and pairwise key, the server answers with
+its public model card (dimensions, which layers prune, the compaction method), both join the
+dealer, the client sends the (public) padded length, then the secure forward runs and the
+logits are revealed to the client alone.
+
+``CipherPruneClassifier`` runs one model in ``plain``, ``simulate`` or ``encrypted`` mode (the
+last over localhost TCP with the dealer and server in threads), like Concrete ML's ``fhe=``.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from privformer.crypto.mpc.channel import NetworkModel
+from privformer.crypto.mpc.dealer import Dealer
+from privformer.crypto.mpc.party import (
+    CLIENT,
+    SERVER,
+    Party,
+    accept_client,
+    connect_client,
+    run_local,
+)
+from privformer.errors import InputError, WireFormatError
+from privformer.protocols.cipherprune import secure
+from privformer.protocols.cipherprune.model import (
+    BertClassifierWeights,
+    ForwardTrace,
+    PruningConfig,
+    load_classifier,
+)
+from privformer.protocols.cipherprune.simulate import run_float
+
+MODES = ("plain", "simulate", "encrypted")
+
+
+def _write_ready(ready_file: str | None, port: int) -> None:
+    if ready_file:
+        tmp = Path(ready_file + ".tmp")
+        tmp.write_text(str(port))
+        tmp.replace(ready_file)
+
+
+def run_dealer(host: str = "127.0.0.1", port: int = 0, ready_file: str | None = None) -> None:
+    """Serve correlated randomness to any number of sessions until killed."""
+    dealer = Dealer(host, port)
+    _write_ready(ready_file, dealer.port)
+    dealer.serve_forever()
+
+
+def _server_session(party: Party, w: BertClassifierWeights, pruning: PruningConfig) -> ForwardTrace:
+    card = json.dumps(secure.model_card(w, pruning)).encode()
+    with party.stats.op("setup"):
+        (length,) = party.peer.exchange([torch.frombuffer(bytearray(card), dtype=torch.uint8)])
+    if length.numel() != 1:
+        raise WireFormatError("client sent no sequence length")
+    n = int(length[0])
+    _logits, trace, _ops = secure.run_party(party, w, pruning, n=n)
+    return trace
+
+
+def _client_session(
+    party: Party, input_ids: torch.Tensor, attention_mask: torch.Tensor, debug: bool = False
+) -> tuple[torch.Tensor, ForwardTrace, secure.SharedOps]:
+    with party.stats.op("setup"):
+        (card_bytes,) = party.peer.exchange([torch.tensor([input_ids.numel()], dtype=torch.int64)])
+    try:
+        card = json.loads(bytes(card_bytes.numpy().tobytes()))
+        w = secure.shapes_only(card)
+        pruning = secure.public_pruning(card)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise WireFormatError(f"server sent a malformed model card: {exc}") from exc
+    logits, trace, ops = secure.run_party(
+        party, w, pruning, input_ids, attention_mask, debug_reveal=debug
+    )
+    return logits, trace, ops
+
+
+def run_server(
+    model_dir: str | Path,
+    dealer: tuple[str, int],
+    host: str = "127.0.0.1",
+    port: int = 0,
+    ready_file: str | None = None,
+    max_sessions: int | None = None,
+    network: NetworkModel | None = None,
+) -> None:
+    """Serve secure classifications, one session at a time (each is CPU-bound)."""
+    w, pruning = load_classifier(model_dir)
+    listener = socket.create_server((host, port))
+    _write_ready(ready_file, listener.getsockname()[1])
+    served = 0
+    while max_sessions is None or served < max_sessions:
+        conn, _addr = listener.accept()
+        served += 1
+        try:
+            party = accept_client(conn, dealer, network)
+        except (WireFormatError, OSError) as exc:
+            print(f"refused a session: {exc}", flush=True)
+            conn.close()
+            continue
+        try:
+            trace = _server_session(party, w, pruning)
+            print(f"session done: tokens per layer {trace.tokens_per_layer}", flush=True)
+        except (WireFormatError, OSError, InputError) as exc:
+            print(f"session failed: {exc}", flush=True)
+        finally:
+            party.close()
+    listener.close()
+
+
+@dataclass
+class SecureResult:
+    logits: torch.Tensor
+    trace: ForwardTrace
+    stats: dict
+    seconds: float
+    debug: list = field(default_factory=list)
+
+    @property
+    def label(self) -> int:
+        return int(self.logits.argmax())
+
+
+def classify_remote(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    server: tuple[str, int],
+    dealer: tuple[str, int],
+    network: NetworkModel | None = None,
+) -> SecureResult:
+    """The client's side of one secure classification against a running server and dealer."""
+    start = time.perf_counter()
+    party = connect_client(server, dealer, network)
+    try:
+        logits, trace, _ops = _client_session(party, input_ids, attention_mask)
+    finally:
+        party.close()
+    return SecureResult(logits, trace, party.stats.snapshot(), time.perf_counter() - start)
+
+
+class CipherPruneClassifier:
+    """A BERT classifier with learned pruning, runnable as ``plain``, ``simulate`` or
+    ``encrypted`` (2PC over localhost with the dealer and server in threads)."""
+
+    def __init__(self, weights: BertClassifierWeights, pruning: PruningConfig, tokenizer=None):
+        self.weights, self.pruning = weights, pruning
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def load(cls, path: str | Path, tokenizer=None) -> CipherPruneClassifier:
+        w, pruning = load_classifier(path)
+        return cls(w, pruning, tokenizer)
+
+    def encode(self, text: str, max_length: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids and mask padded to ``max_length`` (the public length of a secure run)."""
+        if self.tokenizer is None:
+            from privformer.models.registry import load_tokenizer
+
+            self.tokenizer = load_tokenizer("minilm")
+        enc = self.tokenizer(
+            text, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt"
+        )
+        return enc["input_ids"][0], enc["attention_mask"][0]
+
+    def run(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        mode: str = "simulate",
+        prune: bool = True,
+        network: NetworkModel | None = None,
+        debug: bool = False,
+    ) -> SecureResult:
+        if mode not in MODES:
+            raise InputError(f"unknown mode {mode!r}; choose one of {MODES}")
+        pruning = self.pruning if prune else PruningConfig.none(self.weights.layers)
+        start = time.perf_counter()
+        if mode != "encrypted":
+            logits, trace, records = run_float(
+                self.weights, input_ids, attention_mask, pruning, mode
+            )
+            return SecureResult(logits, trace, {}, time.perf_counter() - start, records)
+        card = secure.model_card(self.weights, pruning)
+        ids = torch.as_tensor(input_ids).reshape(-1)
+        mask = torch.as_tensor(attention_mask).reshape(-1)
+        client, _server = run_local(
+            lambda p: secure.run_party(
+                p,
+                secure.shapes_only(card),
+                secure.public_pruning(card),
+                ids,
+                mask,
+                debug_reveal=debug,
+            ),
+            lambda p: secure.run_party(p, self.weights, pruning, n=ids.numel(), debug_reveal=debug),
+            network,
+        )
+        logits, trace, ops = client
+        return SecureResult(
+            logits, trace, ops.party.stats.snapshot(), time.perf_counter() - start, ops.debug
+        )
+
+    def predict(self, text: str, mode: str = "simulate", max_length: int = 128) -> int:
+        ids, mask = self.encode(text, max_length)
+        return self.run(ids, mask, mode).label
+
+
+__all__ = [
+    "CLIENT",
+    "SERVER",
+    "CipherPruneClassifier",
+    "SecureResult",
+    "classify_remote",
+    "run_dealer",
+    "run_server",
+]
