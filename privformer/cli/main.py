@@ -5,6 +5,7 @@ privformer models
 privformer stip export MODEL --out DIR [--scheme v1|v2] [--force]      (model developer)
 privformer serve DIR [--host H] [--port P]                              (cloud)
 privformer query USER_DIR --server URL (--text T ... | --prompt P)     (user)
+privformer cipherprune train|dealer|serve|classify|run ...             (CipherPrune, 2PC)
 """
 
 from __future__ import annotations
@@ -128,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--no-eos-stop", action="store_true", help="generate past end-of-sequence")
     query.add_argument("--json", action="store_true", help="print one JSON object")
     query.set_defaults(func=_cmd_query)
+
+    from privformer.cli.cipherprune import add_parser as add_cipherprune
+
+    add_cipherprune(sub)
     return parser
 
 

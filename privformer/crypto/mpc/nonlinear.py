@@ -23,7 +23,7 @@ def _and(p: Party, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Bitwise AND of two XOR-shared word tensors (one round)."""
     t = p.dealer.get("and", shape=a.shape)
     d_mine, e_mine = a ^ t["a"], b ^ t["b"]
-    d_other, e_other = p.peer.exchange([d_mine, e_mine])
+    d_other, e_other = p.peer.exchange([d_mine, e_mine], "and")
     d, e = d_mine ^ d_other, e_mine ^ e_other
     z = t["c"] ^ (d & t["b"]) ^ (t["a"] & e)
     if p.role == CLIENT:
@@ -35,7 +35,7 @@ def bits_to_arith(p: Party, bits: torch.Tensor) -> Shared:
     """XOR-shared bits (0/1 words) to additive shares of the same bits (one round)."""
     t = p.dealer.get("dabit", shape=bits.shape)
     masked = bits ^ t["rb"]
-    (other,) = p.peer.exchange([masked])
+    (other,) = p.peer.exchange([masked], "b2a")
     c = masked ^ other
     z = t["ra"] * (1 - 2 * c)
     if p.role == CLIENT:

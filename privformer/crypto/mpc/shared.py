@@ -108,16 +108,16 @@ def share_input(
 
 def open_(x: Shared) -> torch.Tensor:
     """Reveal x to both parties (one round)."""
-    (other,) = x.party.peer.exchange([x.share])
+    (other,) = x.party.peer.exchange([x.share], "open")
     return x.share + other
 
 
 def reveal_to(x: Shared, role: int) -> torch.Tensor | None:
     """Reveal x to one party only (one round; the other learns nothing)."""
     if x.party.role == role:
-        (other,) = x.party.peer.exchange([])
+        (other,) = x.party.peer.exchange([], "reveal")
         return x.share + other
-    x.party.peer.exchange([x.share])
+    x.party.peer.exchange([x.share], "reveal")
     return None
 
 
@@ -127,7 +127,7 @@ def truncate(x: Shared, bits: int = fixed.FRAC_BITS) -> Shared:
     p = x.party
     t = p.dealer.get("trunc", shape=x.shape, bits=bits)
     masked = x.share + t["r"] + (_BIAS if p.role == CLIENT else 0)
-    (other,) = p.peer.exchange([masked])
+    (other,) = p.peer.exchange([masked], "trunc")
     c = masked + other
     wrap = t["m"] * (1 - fixed.msb(c)) * (1 << (fixed.RING_BITS - bits))
     z = wrap - t["rs"]
@@ -172,9 +172,9 @@ def open_weight_masks(party: Party, weights: dict[str, torch.Tensor | None], sha
             if w is None or tuple(w.shape) != tuple(shapes[n]):
                 raise InputError(f"weight {n} must have shape {tuple(shapes[n])}")
             masked.append(w - weight_stream(party.dealer.key, n).ring(tuple(shapes[n])))
-        party.peer.exchange(masked)
+        party.peer.exchange(masked, "weights")
     else:
-        got = party.peer.exchange([])
+        got = party.peer.exchange([], "weights")
         if len(got) != len(names):
             raise InputError(f"server sent {len(got)} weight masks, expected {len(names)}")
         party.weight_masks.update(zip(names, got, strict=True))
@@ -187,9 +187,9 @@ def _onesided(x: Shared, name: str, w: torch.Tensor | None, w_shape, op: str) ->
     if p.role == CLIENT:
         if name not in p.weight_masks:
             raise InputError(f"weight {name} was not opened for this session")
-        p.peer.exchange([x.share - t["A"]])
+        p.peer.exchange([x.share - t["A"]], "onesided")
         return Shared(fn(t["A"], p.weight_masks[name]) + t["C"], p)
-    (e,) = p.peer.exchange([])
+    (e,) = p.peer.exchange([], "onesided")
     return Shared(fn(e + x.share, w) + t["C"], p)
 
 
@@ -218,7 +218,7 @@ def beaver_with(x: Shared, y: Shared, triple: dict[str, torch.Tensor], kind: str
     p = x.party
     op = torch.mul if kind == "mul" else torch.matmul
     e_mine, f_mine = x.share - triple["a"], y.share - triple["b"]
-    e_other, f_other = p.peer.exchange([e_mine, f_mine])
+    e_other, f_other = p.peer.exchange([e_mine, f_mine], "beaver")
     e, f = e_mine + e_other, f_mine + f_other
     z = triple["c"] + op(e, triple["b"]) + op(triple["a"], f)
     if p.role == CLIENT:
@@ -232,7 +232,7 @@ def permute_rows(x: Shared, owner: int) -> Shared:
     p = x.party
     t = p.dealer.get("perm", shape=x.shape, owner=owner)
     if p.role == owner:
-        (z,) = p.peer.exchange([])
+        (z,) = p.peer.exchange([], "perm")
         return Shared((x.share + z)[t["pi"]] + t["delta"], p)
-    p.peer.exchange([x.share - t["a"]])
+    p.peer.exchange([x.share - t["a"]], "perm")
     return Shared(t["r"], p)

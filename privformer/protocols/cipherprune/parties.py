@@ -63,7 +63,9 @@ def run_dealer(host: str = "127.0.0.1", port: int = 0, ready_file: str | None = 
 def _server_session(party: Party, w: BertClassifierWeights, pruning: PruningConfig) -> ForwardTrace:
     card = json.dumps(secure.model_card(w, pruning)).encode()
     with party.stats.op("setup"):
-        (length,) = party.peer.exchange([torch.frombuffer(bytearray(card), dtype=torch.uint8)])
+        (length,) = party.peer.exchange(
+            [torch.frombuffer(bytearray(card), dtype=torch.uint8)], "card"
+        )
     if length.numel() != 1:
         raise WireFormatError("client sent no sequence length")
     n = int(length[0])
@@ -75,7 +77,9 @@ def _client_session(
     party: Party, input_ids: torch.Tensor, attention_mask: torch.Tensor, debug: bool = False
 ) -> tuple[torch.Tensor, ForwardTrace, secure.SharedOps]:
     with party.stats.op("setup"):
-        (card_bytes,) = party.peer.exchange([torch.tensor([input_ids.numel()], dtype=torch.int64)])
+        (card_bytes,) = party.peer.exchange(
+            [torch.tensor([input_ids.numel()], dtype=torch.int64)], "card"
+        )
     try:
         card = json.loads(bytes(card_bytes.numpy().tobytes()))
         w = secure.shapes_only(card)
@@ -151,6 +155,22 @@ def classify_remote(
     return SecureResult(logits, trace, party.stats.snapshot(), time.perf_counter() - start)
 
 
+def encode_text(
+    text: str, max_length: int = 128, tokenizer=None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """MiniLM token ids and attention mask of ``text``, padded or truncated to ``max_length``."""
+    if max_length < 2:
+        raise InputError("max_length must be at least 2 ([CLS] and [SEP])")
+    if tokenizer is None:
+        from privformer.models.registry import load_tokenizer
+
+        tokenizer = load_tokenizer("minilm")
+    enc = tokenizer(
+        text, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt"
+    )
+    return enc["input_ids"][0], enc["attention_mask"][0]
+
+
 class CipherPruneClassifier:
     """A BERT classifier with learned pruning, runnable as ``plain``, ``simulate`` or
     ``encrypted`` (2PC over localhost with the dealer and server in threads)."""
@@ -166,14 +186,8 @@ class CipherPruneClassifier:
 
     def encode(self, text: str, max_length: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids and mask padded to ``max_length`` (the public length of a secure run)."""
-        if self.tokenizer is None:
-            from privformer.models.registry import load_tokenizer
-
-            self.tokenizer = load_tokenizer("minilm")
-        enc = self.tokenizer(
-            text, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt"
-        )
-        return enc["input_ids"][0], enc["attention_mask"][0]
+        ids, mask = encode_text(text, max_length, self.tokenizer)
+        return ids, mask
 
     def run(
         self,
