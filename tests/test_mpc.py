@@ -35,7 +35,9 @@ def _both(fn, x: torch.Tensor, y: torch.Tensor | None = None):
         xs = sh.share_input(p, CLIENT, fixed.encode(x) if p.role == CLIENT else None, x.shape)
         args = [xs]
         if y is not None:
-            args.append(sh.share_input(p, SERVER, fixed.encode(y) if p.role == SERVER else None, y.shape))
+            args.append(
+                sh.share_input(p, SERVER, fixed.encode(y) if p.role == SERVER else None, y.shape)
+            )
         with p.stats.op("under test"):
             out = fn(p, *args)
         return sh.open_(out), p.stats.snapshot()
@@ -123,7 +125,10 @@ def test_truncation_is_exact_to_one_unit():
 
 def test_products_and_linear_layers():
     torch.manual_seed(1)
-    x, y = torch.rand(16, 32, dtype=torch.float64) * 8 - 4, torch.rand(32, 8, dtype=torch.float64) * 8 - 4
+    x, y = (
+        torch.rand(16, 32, dtype=torch.float64) * 8 - 4,
+        torch.rand(32, 8, dtype=torch.float64) * 8 - 4,
+    )
     w = torch.rand(32, 8, dtype=torch.float64) - 0.5
     out, stats = _both(lambda p, a, b: sh.mul(a, a), x, y)
     assert (fixed.decode(out) - x * x).abs().max() < 2e-5
@@ -168,7 +173,9 @@ def test_gelu_matches_its_twin(cfg):
 
 @pytest.mark.parametrize("cfg", [approx.EXP_HIGH, approx.EXP_LOW], ids=lambda c: c.name)
 def test_exp_matches_its_twin(cfg):
-    x = -torch.cat([torch.linspace(0, 20, 401, dtype=torch.float64), torch.rand(1000).double() * 18])
+    x = -torch.cat(
+        [torch.linspace(0, 20, 401, dtype=torch.float64), torch.rand(1000).double() * 18]
+    )
     out, _ = _both(lambda p, a: nl.exp_neg(a, cfg), x)
     # 2^s squarings multiply the relative error of the Taylor value (<= 2 units) by 2^s:
     # 64 * 2 * 3.8e-6 = 4.9e-4 at worst for exp-high
@@ -184,7 +191,9 @@ def test_softmax_matches_twin_on_peaked_and_flat_rows():
     mask[50:] = -1024.0
 
     def prog(p, a):
-        m = sh.share_input(p, CLIENT, fixed.encode(mask.expand(8, 64)) if p.role == CLIENT else None, (8, 64))
+        m = sh.share_input(
+            p, CLIENT, fixed.encode(mask.expand(8, 64)) if p.role == CLIENT else None, (8, 64)
+        )
         return nl.softmax(a, m)
 
     out, _ = _both(prog, rows)
@@ -196,7 +205,10 @@ def test_softmax_matches_twin_on_peaked_and_flat_rows():
 
 def test_layernorm_matches_twin():
     torch.manual_seed(3)
-    x = torch.randn(10, 48, dtype=torch.float64) * torch.logspace(-0.5, 1, 10, dtype=torch.float64)[:, None]
+    x = (
+        torch.randn(10, 48, dtype=torch.float64)
+        * torch.logspace(-0.5, 1, 10, dtype=torch.float64)[:, None]
+    )
     g, b = torch.rand(48, dtype=torch.float64) + 0.5, torch.randn(48, dtype=torch.float64) * 0.1
 
     def prog(p, a):

@@ -17,6 +17,7 @@ from privformer.crypto.mpc.party import CLIENT, Party
 from privformer.crypto.mpc.shared import Shared, cat, mul, mul_public, truncate
 
 _ADDER_LEVELS = 6  # log2(64)
+COEFF_BITS = 26
 
 
 def _and(p: Party, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -79,23 +80,30 @@ def max_lastdim(x: Shared) -> Shared:
     return x
 
 
-def polynomial(u: Shared, coeffs: tuple[float, ...]) -> Shared:
+def polynomial(u: Shared, coeffs: tuple[float, ...], frac_bits: int = fixed.FRAC_BITS) -> Shared:
     """sum_k c_k u^k. Powers come in doubling levels (u^(k+1..2k) = u^k * u^(1..k), one batched
-    product per level, so degree d costs ceil(log2 d) products), then one truncation for the sum."""
+    product per level, so degree d costs ceil(log2 d) products), then one truncation for the sum.
+    ``u`` and the result are at scale 2^frac_bits."""
     degree = len(coeffs) - 1
     powers = {1: u}
     k = 1
     while k < degree:
         todo = [j for j in range(1, k + 1) if k + j <= degree]
-        prod = mul(cat([powers[k]] * len(todo), 0), cat([powers[j] for j in todo], 0))
+        prod = mul(
+            cat([powers[k]] * len(todo), 0), cat([powers[j] for j in todo], 0), frac_bits=frac_bits
+        )
         n = u.shape[0]
         for i, j in enumerate(todo):
             powers[k + j] = prod[i * n : (i + 1) * n]
         k *= 2
+    scale = float(1 << frac_bits)
     acc = torch.zeros_like(u.share)
     for deg in range(1, degree + 1):
-        acc = acc + powers[deg].share * fixed.encode(torch.tensor(coeffs[deg]))
-    return truncate(Shared(acc, u.party)).add_public(coeffs[0])
+        acc = acc + powers[deg].share * int(round(coeffs[deg] * scale))
+    out = truncate(Shared(acc, u.party), frac_bits)
+    return out.add_public(
+        int(round(coeffs[0] * scale)) * torch.ones((), dtype=torch.int64), encoded=True
+    )
 
 
 def gelu(x: Shared, cfg: approx.GeluApprox = approx.GELU_HIGH) -> Shared:
@@ -117,23 +125,39 @@ def gelu(x: Shared, cfg: approx.GeluApprox = approx.GELU_HIGH) -> Shared:
     return inner + prods[:n] + prods[n:]
 
 
+#: exp's polynomial and squarings run on values in [0, 1] (after clamping, |x / 2^s| <= 1/4), so
+#: they can carry 30 fractional bits (products stay below 2^60): the 2^s squarings then amplify
+#: a 2^-30 rounding instead of a 2^-18 one.
+EXP_FRAC_BITS = 30
+
+
 def exp_neg(x: Shared, cfg: approx.ExpApprox = approx.EXP_HIGH) -> Shared:
     """exp on x <= 0 as in ``approx.exp_neg``."""
     below = ltz(x.add_public(cfg.clamp))
     clamp = torch.full_like(x.share, 0)
     xc = select(below, Shared(clamp, x.party).add_public(-cfg.clamp), x)
-    y = truncate(xc, cfg.squarings)
-    p = polynomial(y, tuple(1.0 / math.factorial(k) for k in range(cfg.taylor + 1)))
+    extra = EXP_FRAC_BITS - fixed.FRAC_BITS
+    # y = xc / 2^s at scale 2^30: a local shift when s <= extra, exact
+    y = xc.mul_int(1 << (extra - cfg.squarings))
+    p = polynomial(y, tuple(1.0 / math.factorial(k) for k in range(cfg.taylor + 1)), EXP_FRAC_BITS)
     for _ in range(cfg.squarings):
-        p = mul(p, p)
+        p = mul(p, p, frac_bits=EXP_FRAC_BITS)
+    p = truncate(p, extra)
     return p - mul(below, p, fixed_point=False)
 
 
 def reciprocal(d: Shared, upper: float) -> Shared:
-    """1/d for d in [1, upper] (Newton from 1/upper, ``approx.reciprocal``)."""
-    y = Shared(torch.zeros_like(d.share), d.party).add_public(1.0 / upper)
+    """1/d for d in [1, upper] (Newton from 1/upper, ``approx.reciprocal``), returned at scale
+    2^30: 1/d is small when d is large, and 18 bits would leave it a relative error of 1e-4.
+    Products stay below 2^61 because d y <= 2 and y <= 1."""
+    fine = EXP_FRAC_BITS
+    y = Shared(torch.zeros_like(d.share), d.party).add_public(
+        int(round((1 << fine) / upper)) * torch.ones((), dtype=torch.int64), encoded=True
+    )
+    two = (2 << fine) * torch.ones((), dtype=torch.int64)
     for _ in range(approx.reciprocal_iterations(upper)):
-        y = mul(y, (-mul(d, y)).add_public(2.0))
+        dy = mul(d, y)  # scale 2^(18 + 30) -> 2^30
+        y = mul(y, (-dy).add_public(two, encoded=True), frac_bits=fine)
     return y
 
 
@@ -143,7 +167,8 @@ def softmax(x: Shared, mask_add: Shared | None, cfg: approx.ExpApprox = approx.E
         x = x + mask_add
     z = x - max_lastdim(x)
     e = exp_neg(z, cfg)
-    return mul(e, reciprocal(e.sum(-1, keepdim=True), float(x.shape[-1])))
+    recip = reciprocal(e.sum(-1, keepdim=True), float(x.shape[-1]))
+    return mul(e, recip, frac_bits=EXP_FRAC_BITS)
 
 
 def rsqrt(v: Shared) -> Shared:
