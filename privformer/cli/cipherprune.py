@@ -125,7 +125,9 @@ def add_parser(sub) -> None:
     train.add_argument("--out", help="output folder (default: privformer's cache)")
     train.add_argument("--epochs", type=int, default=2)
     train.add_argument("--steps", type=int, default=150, help="threshold-learning steps")
-    train.add_argument("--lam", type=float, default=DEFAULT_LAMBDA, help="weight of the cost penalty")
+    train.add_argument(
+        "--lam", type=float, default=DEFAULT_LAMBDA, help="weight of the cost penalty"
+    )
     train.set_defaults(func=_cmd_train)
 
     dealer = cmds.add_parser("dealer", help="serve correlated randomness to sessions")
