@@ -95,6 +95,14 @@ def secure_row(
             / 1e6
             for op in sorted({op for r in runs for op in r.stats["per_op"]})
         },
+        "per_op_rounds": {
+            op: sum(r.stats["per_op"].get(op, {}).get("rounds", 0) for r in runs) / k
+            for op in sorted({op for r in runs for op in r.stats["per_op"]})
+        },
+        "per_op_s": {
+            op: sum(r.stats["seconds"].get(op, 0.0) for r in runs) / k
+            for op in sorted({op for r in runs for op in r.stats["seconds"]})
+        },
         "labels": [r.label for r in runs],
     }
 
@@ -220,6 +228,22 @@ def main() -> None:
         "tokens entering each layer",
         rows + base_rows,
         ["model", "config", "tokens", "tokens_per_layer"],
+    )
+    prune_rows = [
+        {
+            "config": r["config"],
+            "tokens": r["tokens"],
+            "prune_rounds": r["per_op_rounds"].get("prune"),
+            "prune_MB": r["per_op_MB"].get("prune"),
+            "prune_s": r["per_op_s"].get("prune"),
+        }
+        for r in rows
+        if "prune" in r["per_op_rounds"]
+    ]
+    print_table(
+        "token removal (importance, comparisons, compaction)",
+        prune_rows,
+        ["config", "tokens", "prune_rounds", "prune_MB", "prune_s"],
     )
     print_table("accuracy", acc, ["data", "tokens", "mode", "examples", "accuracy"])
     sp = speedups(rows)

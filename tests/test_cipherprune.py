@@ -295,3 +295,33 @@ def test_bad_input_is_refused_clearly():
     with pytest.raises(InputError, match="max_length"):
         encode_text("x", 1)
     assert fixed.MAX_INPUT > 1024  # the attention mask value must be encodable
+
+
+@pytest.mark.slow
+def test_secure_run_at_128_tokens_matches_simulate():
+    """The full public length of the benchmark: 128 tokens, pruning and reduction on."""
+    w, _ = classifier()
+    tok = tokenizer("minilm")
+    pruning = PruningConfig([0.5 / 128] * 6, [1.0 / 128] * 6)
+    clf = CipherPruneClassifier(w, pruning, tok)
+    ids, mask = encode_text(_texts(1)[0], 128, tok)
+    sim, sec = clf.run(ids, mask, "simulate"), clf.run(ids, mask, "encrypted")
+    assert sec.trace.tokens_per_layer == sim.trace.tokens_per_layer
+    assert sec.label == sim.label and (sec.logits - sim.logits).abs().max() < 5e-3
+
+
+@pytest.mark.slow
+def test_bert_base_shapes_run_under_2pc():
+    """BERT-base dimensions (768 hidden, 12 layers, 12 heads, 3072) with random weights: shape
+    coverage of the engine at the paper's model size, against the float twin."""
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    bert = BertModel(BertConfig()).eval()
+    w = BertClassifierWeights.from_hf(bert, torch.nn.Linear(768, 2))
+    pruning = PruningConfig([0.5 / 16] * 12, [0.5 / 16] * 12)
+    clf = CipherPruneClassifier(w, pruning, tokenizer("minilm"))
+    ids, mask = encode_text(_texts(1)[0], 16, clf.tokenizer)
+    sim, sec = clf.run(ids, mask, "simulate"), clf.run(ids, mask, "encrypted")
+    assert sec.trace.tokens_per_layer == sim.trace.tokens_per_layer
+    assert (sec.logits - sim.logits).abs().max() < 5e-3

@@ -65,15 +65,21 @@ class Stats:
     per_op: dict[str, OpStats] = field(default_factory=dict)
     dealer_bytes_sent: int = 0
     dealer_bytes_recv: int = 0
+    #: Wall seconds spent inside each outermost operator scope (compute and communication).
+    seconds: dict[str, float] = field(default_factory=dict)
     _scope: list[str] = field(default_factory=list)
 
     @contextlib.contextmanager
     def op(self, name: str) -> Iterator[None]:
+        outermost = not self._scope
         self._scope.append(name)
+        start = time.perf_counter()
         try:
             yield
         finally:
             self._scope.pop()
+            if outermost:
+                self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
     def record(self, sent: int, recv: int) -> None:
         step = OpStats(sent, recv, 1, max(sent, recv))
@@ -85,6 +91,7 @@ class Stats:
         return {
             "total": self.total.as_dict(),
             "per_op": {k: v.as_dict() for k, v in sorted(self.per_op.items())},
+            "seconds": {k: round(v, 4) for k, v in sorted(self.seconds.items())},
             "dealer_bytes_sent": self.dealer_bytes_sent,
             "dealer_bytes_recv": self.dealer_bytes_recv,
         }
