@@ -1,5 +1,6 @@
-"""CKKS operator benchmark (what exists so far): encrypted SGN and QuickSum on the SEAL backend,
-and the float64 simulate twins on real MiniLM activations (time and error).
+"""CKKS operator benchmark (what exists so far): encrypted SGN, the plaintext-weight matmul at
+MiniLM's shape and QuickSum on the SEAL backend, and the float64 simulate twins on real MiniLM
+activations (time and error).
 
     python bench/he_ops.py      # prints a table, writes bench/results/he_ops.json
 
@@ -25,6 +26,7 @@ from privformer.crypto.seal_backend import SealBackend  # noqa: E402
 from privformer.data import load_movie_reviews  # noqa: E402
 from privformer.models.registry import load_model, load_tokenizer  # noqa: E402
 from privformer.protocols.nexus import approx, he_ops  # noqa: E402
+from privformer.protocols.nexus import matmul as mm  # noqa: E402
 from privformer.protocols.nexus.calibration import record_bert_activations  # noqa: E402
 
 
@@ -56,6 +58,7 @@ def encrypted_rows() -> list[dict]:
             "python_peak_mb": peak / 2**20,
         }
     )
+    rows.append(matmul_row(backend))
     small = SealBackend("test-small")
     width = 4096
     (_, keygen_s) = _timed(lambda: small.generate_rotation_keys(he_ops.quick_sum_steps(width)))
@@ -73,6 +76,35 @@ def encrypted_rows() -> list[dict]:
         }
     )
     return rows
+
+
+def matmul_row(backend: SealBackend, tokens: int = 128) -> dict:
+    """X (tokens x 384, encrypted) times MiniLM's real layer-0 query weight (384 x 384)."""
+    model = load_model("minilm")
+    w = model.encoder.layer[0].attention.self.query.weight.detach().double().numpy().T
+    layout = mm.TokenInterleaved(tokens, backend.slots)
+    _, keygen_s = _timed(lambda: backend.generate_rotation_keys(mm.rotation_steps(layout)))
+    x = np.random.default_rng(2).normal(size=(tokens, w.shape[0]))
+    cts = mm.encrypt_activation(backend, x, layout)
+    tracemalloc.start()
+    out, s = _timed(lambda: mm.matmul_plain(backend, cts, w, layout))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    got = mm.decrypt_activation(backend, out, layout, w.shape[1])
+    blocks = layout.blocks(w.shape[0]) * layout.blocks(w.shape[1])
+    return {
+        "operator": f"matmul {tokens}x{w.shape[0]} @ {w.shape[0]}x{w.shape[1]} (BSGS diagonals)",
+        "preset": "depth19 (N=2^15)",
+        "slots": backend.slots,
+        "levels_used": backend.level(cts[0]) - backend.level(out[0]),
+        "seconds": s,
+        "keygen_s": keygen_s,
+        "max_err_vs_simulate": float(np.abs(got - x @ w).max()),
+        "python_peak_mb": peak / 2**20,
+        "plaintext_products": blocks * layout.features,
+        "rotations": len(cts) * (mm.baby_steps(layout.features) - 1)
+        + layout.blocks(w.shape[1]) * (layout.features // mm.baby_steps(layout.features) - 1),
+    }
 
 
 def simulate_rows() -> list[dict]:
@@ -139,6 +171,8 @@ def main() -> None:
             "seconds",
             "keygen_s",
             "max_err_vs_simulate",
+            "plaintext_products",
+            "rotations",
         ],
     )
     print_table(

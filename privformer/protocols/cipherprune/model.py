@@ -27,6 +27,16 @@ from privformer.errors import InputError, UnsupportedModelError
 #: Additive attention mask of padded keys: far below the exp clamp, far inside the ring.
 MASK_VALUE = -1024.0
 EMBEDDING_SCALE = 16.0
+DIM_FIELDS = (
+    "layers",
+    "hidden",
+    "heads",
+    "intermediate",
+    "vocab",
+    "max_positions",
+    "eps",
+    "classes",
+)
 
 
 @dataclass
@@ -74,6 +84,10 @@ class BertClassifierWeights:
     eps: float
     classes: int
     meta: dict[str, Any] = field(default_factory=dict)
+
+    def dims(self) -> dict[str, Any]:
+        """The public dimensions (what config.json and the model card hold)."""
+        return {k: getattr(self, k) for k in DIM_FIELDS}
 
     @property
     def head_dim(self) -> int:
@@ -198,19 +212,7 @@ def save_classifier(w: BertClassifierWeights, pruning: PruningConfig, out: str |
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in w.tensors.items()}, str(out / "weights.safetensors"))
-    cfg = {
-        k: getattr(w, k)
-        for k in (
-            "layers",
-            "hidden",
-            "heads",
-            "intermediate",
-            "vocab",
-            "max_positions",
-            "eps",
-            "classes",
-        )
-    }
+    cfg = w.dims()
     (out / "config.json").write_text(json.dumps({**cfg, "meta": w.meta}, indent=1))
     (out / "pruning.json").write_text(pruning.to_json())
     return out

@@ -221,19 +221,7 @@ def shapes_only(card: dict) -> BertClassifierWeights:
 
 def model_card(w: BertClassifierWeights, pruning: PruningConfig) -> dict:
     """What the server publishes: dimensions, tensor shapes, which layers prune and how."""
-    dims = {
-        k: getattr(w, k)
-        for k in (
-            "layers",
-            "hidden",
-            "heads",
-            "intermediate",
-            "vocab",
-            "max_positions",
-            "eps",
-            "classes",
-        )
-    }
+    dims = w.dims()
     return {
         "dims": dims,
         "shapes": {k: list(v.shape) for k, v in w.tensors.items()},

@@ -1,0 +1,140 @@
+"""Plaintext-weight x ciphertext-activation matmul X @ W, by generalized diagonals with
+baby-step giant-step rotations, in a token-interleaved packing.
+
+Packing ("token-interleaved", one picture per ciphertext of S slots, n tokens, F = S / n features):
+
+    slot  0 .. n-1     : feature 0 of tokens 0 .. n-1
+    slot  n .. 2n-1    : feature 1 of tokens 0 .. n-1
+    ...
+    slot (F-1)n .. S-1 : feature F-1
+
+A d-wide activation takes ceil(d / F) ciphertexts (feature blocks). Rotating a ciphertext left by
+k n slots moves every token's feature f + k (mod F) to feature f at once, so one rotation serves
+all n tokens, and the output comes back in the same packing (matmuls chain without repacking).
+
+For one F x F weight block, Y = sum_k diag_k * rot(X, k n) with
+diag_k[f n + t] = W[(f + k) mod F, f] (F plaintext multiplications). Baby-step giant-step
+with k = g b + j:
+Y = sum_g rot(sum_j rot(diag_{g b + j}, -g b n) * rot(X, j n), g b n): b - 1 rotations per input
+block (shared by every output block) and F / b - 1 per output block, instead of F - 1 per pair of
+blocks. Cost: blocks_in x blocks_out x F plaintext products, one level.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from privformer.crypto.backend import Ciphertext, CKKSBackend
+from privformer.errors import InputError
+
+
+@dataclass(frozen=True)
+class TokenInterleaved:
+    """The packing above, for ``tokens`` (a power of two dividing the slot count)."""
+
+    tokens: int
+    slots: int
+
+    def __post_init__(self) -> None:
+        if self.tokens < 1 or self.slots % self.tokens or self.tokens & (self.tokens - 1):
+            raise InputError(
+                f"tokens ({self.tokens}) must be a power of two dividing the slots ({self.slots})"
+            )
+
+    @property
+    def features(self) -> int:
+        """Features per ciphertext (F)."""
+        return self.slots // self.tokens
+
+    def blocks(self, width: int) -> int:
+        return math.ceil(width / self.features)
+
+    def pack(self, x: np.ndarray) -> list[np.ndarray]:
+        """(tokens x d) matrix to slot vectors, one per feature block (zero padded)."""
+        x = np.asarray(x, dtype=np.float64)
+        if x.ndim != 2 or x.shape[0] != self.tokens:
+            raise InputError(f"expected a ({self.tokens} x d) activation, got shape {x.shape}")
+        f = self.features
+        padded = np.zeros((self.tokens, self.blocks(x.shape[1]) * f))
+        padded[:, : x.shape[1]] = x
+        return [padded[:, b * f : (b + 1) * f].T.reshape(-1) for b in range(padded.shape[1] // f)]
+
+    def unpack(self, vectors: list[np.ndarray], width: int) -> np.ndarray:
+        f = self.features
+        cols = [np.asarray(v[: self.slots]).reshape(f, self.tokens).T for v in vectors]
+        return np.concatenate(cols, axis=1)[:, :width]
+
+
+def baby_steps(features: int) -> int:
+    """b: a power of two near sqrt(F), minimising (b - 1) + (F / b - 1)."""
+    return 1 << (int(math.log2(features)) // 2)
+
+
+def rotation_steps(layout: TokenInterleaved) -> list[int]:
+    """Rotation keys the matmul needs: j n (baby) and g b n (giant)."""
+    f, n = layout.features, layout.tokens
+    b = baby_steps(f)
+    return sorted({j * n for j in range(1, b)} | {g * b * n for g in range(1, f // b)})
+
+
+def encrypt_activation(
+    backend: CKKSBackend, x: np.ndarray, layout: TokenInterleaved
+) -> list[Ciphertext]:
+    if layout.slots != backend.slots:
+        raise InputError(f"layout has {layout.slots} slots, the backend {backend.slots}")
+    return [backend.encrypt(v) for v in layout.pack(x)]
+
+
+def decrypt_activation(
+    backend: CKKSBackend, cts: list[Ciphertext], layout: TokenInterleaved, width: int
+) -> np.ndarray:
+    return layout.unpack([backend.decrypt(ct) for ct in cts], width)
+
+
+def diagonal(block: np.ndarray, k: int, tokens: int) -> np.ndarray:
+    """diag_k of an F x F block, repeated for every token: slot f n + t holds W[(f + k) % F, f]."""
+    f = block.shape[0]
+    idx = np.arange(f)
+    return np.repeat(block[(idx + k) % f, idx], tokens)
+
+
+def matmul_plain(
+    backend: CKKSBackend, x: list[Ciphertext], weight: np.ndarray, layout: TokenInterleaved
+) -> list[Ciphertext]:
+    """Encrypted X (packed by ``layout``) times the server's plaintext W (d_in x d_out)."""
+    w = np.asarray(weight, dtype=np.float64)
+    f, n = layout.features, layout.tokens
+    if w.ndim != 2 or layout.blocks(w.shape[0]) != len(x):
+        raise InputError(
+            f"weight of shape {w.shape} does not match {len(x)} input blocks of {f} features"
+        )
+    bi, bo = len(x), layout.blocks(w.shape[1])
+    padded = np.zeros((bi * f, bo * f))
+    padded[: w.shape[0], : w.shape[1]] = w
+    b = baby_steps(f)
+    baby = [[ct] + [backend.rotate(ct, j * n) for j in range(1, b)] for ct in x]
+    out = []
+    for jo in range(bo):
+        acc = None
+        for g in range(f // b):
+            inner = None
+            for i in range(bi):
+                block = padded[i * f : (i + 1) * f, jo * f : (jo + 1) * f]
+                for j in range(b):
+                    diag = np.roll(diagonal(block, g * b + j, n), g * b * n)
+                    if not diag.any():
+                        continue
+                    term = backend.multiply_plain(baby[i][j], diag)
+                    inner = term if inner is None else backend.add(inner, term)
+            if inner is None:
+                continue
+            if g:
+                inner = backend.rotate(inner, g * b * n)
+            acc = inner if acc is None else backend.add(acc, inner)
+        if acc is None:  # an all-zero weight block: encrypt zeros at the right level
+            acc = backend.multiply_plain(x[0], 0.0)
+        out.append(acc)
+    return out
