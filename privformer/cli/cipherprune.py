@@ -42,9 +42,14 @@ def _network(name: str | None):
 
 
 def _cmd_train(args) -> int:
-    from privformer.protocols.cipherprune.train import build_classifier
+    from privformer.protocols.cipherprune.train import build_classifier, relearn_thresholds
 
-    path = build_classifier(args.out, epochs=args.epochs, threshold_steps=args.steps, lam=args.lam)
+    if args.thresholds_only:
+        path = relearn_thresholds(_model_dir(args.out), lam=args.lam, threshold_steps=args.steps)
+    else:
+        path = build_classifier(
+            args.out, epochs=args.epochs, threshold_steps=args.steps, lam=args.lam
+        )
     print(f"classifier with learned thresholds: {path}")
     print((path / "pruning.json").read_text())
     return 0
@@ -127,6 +132,11 @@ def add_parser(sub) -> None:
     train.add_argument("--steps", type=int, default=150, help="threshold-learning steps")
     train.add_argument(
         "--lam", type=float, default=DEFAULT_LAMBDA, help="weight of the cost penalty"
+    )
+    train.add_argument(
+        "--thresholds-only",
+        action="store_true",
+        help="keep the fine-tuned weights of an existing classifier, learn new thresholds",
     )
     train.set_defaults(func=_cmd_train)
 

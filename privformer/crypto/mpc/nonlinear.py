@@ -106,23 +106,74 @@ def polynomial(u: Shared, coeffs: tuple[float, ...], frac_bits: int = fixed.FRAC
     )
 
 
-def gelu(x: Shared, cfg: approx.GeluApprox = approx.GELU_HIGH) -> Shared:
-    """Piecewise GELU of ``approx.gelu``: 2 or 3 comparisons in one batch, one polynomial."""
-    checks = [x.add_public(cfg.bound), (-x).add_public(cfg.bound)]  # x < -b, x > b
-    if cfg.in_abs:
-        checks.append(x)
-    n = x.shape[0]
+def _split_flat(x: Shared, n_high: int, dim: int) -> tuple[Shared, Shared]:
+    size = x.shape[dim]
+    hi = Shared(x.share.narrow(dim, 0, n_high).reshape(-1), x.party)
+    lo = Shared(x.share.narrow(dim, n_high, size - n_high).reshape(-1), x.party)
+    return hi, lo
+
+
+def _join_flat(flat: Shared, like: Shared, n_high: int, dim: int) -> Shared:
+    shape_hi = list(like.shape)
+    shape_hi[dim] = n_high
+    shape_lo = list(like.shape)
+    shape_lo[dim] = like.shape[dim] - n_high
+    k = math.prod(shape_hi)
+    hi = flat.share[:k].reshape(shape_hi)
+    lo = flat.share[k:].reshape(shape_lo)
+    return Shared(torch.cat([hi, lo], dim=dim), like.party)
+
+
+def gelu_rows(
+    x: Shared,
+    n_high: int,
+    high: approx.GeluApprox = approx.GELU_HIGH,
+    low: approx.GeluApprox = approx.GELU_LOW,
+) -> Shared:
+    """``approx.gelu`` with ``high`` on the first n_high rows (dim 0) and ``low`` on the rest,
+    both groups in the same rounds: one batch of comparisons, one of products per level."""
+    if not high.in_abs or low.in_abs or low.degree != 1:
+        raise ValueError("gelu_rows pairs an abs-polynomial high GELU with a quadratic low one")
+    hi, lo = _split_flat(x, n_high, 0)
+    h, n_lo = hi.shape[0], lo.shape[0]
+    checks = [
+        hi.add_public(high.bound),
+        (-hi).add_public(high.bound),
+        hi,
+        lo.add_public(low.bound),
+        (-lo).add_public(low.bound),
+    ]
     bits = ltz(cat(checks, 0))
-    below, above = bits[:n], bits[n : 2 * n]
-    if cfg.in_abs:
-        neg = bits[2 * n :]
-        u = x - mul(neg, x, fixed_point=False).mul_int(2)  # |x|
-    else:
-        u = mul(x, x)
-    inner = polynomial(u, cfg.coeffs) + mul_public(x, 0.5)
+    below = cat([bits[:h], bits[3 * h : 3 * h + n_lo]], 0)
+    above = cat([bits[h : 2 * h], bits[3 * h + n_lo :]], 0)
+    neg = bits[2 * h : 3 * h]
+    # |x| for high rows (bit times value) and x^2 for low rows, in one Beaver round
+    prod = mul(cat([neg, lo], 0), cat([hi, lo], 0), fixed_point=False)
+    u_hi = hi - prod[:h].mul_int(2)
+    u_lo = truncate(prod[h:])
+    # high: powers u^2, then u^3 and u^4 (two levels); low needs none (degree 1 in x^2)
+    u2 = mul(u_hi, u_hi)
+    u34 = mul(cat([u2, u2], 0), cat([u_hi, u2], 0))
+    powers_hi = [u_hi, u2, u34[:h], u34[h:]]
+    scale = 1 << COEFF_BITS
+    acc_hi = hi.share * (scale // 2)  # 0.5 x folded into the same truncation
+    for k, c in enumerate(high.coeffs[1:], start=1):
+        acc_hi = acc_hi + powers_hi[k - 1].share * int(round(c * scale))
+    acc_lo = lo.share * (scale // 2) + u_lo.share * int(round(low.coeffs[1] * scale))
+    inner = truncate(Shared(torch.cat([acc_hi, acc_lo]), x.party), COEFF_BITS)
+    consts = torch.cat([torch.full((h,), high.coeffs[0]), torch.full((n_lo,), low.coeffs[0])])
+    inner = inner.add_public(fixed.encode(consts), encoded=True)
+    flat = cat([hi, lo], 0)
     # inner + above * (x - inner) - below * inner, both products in one round
-    prods = mul(cat([above, below], 0), cat([x - inner, -inner], 0), fixed_point=False)
-    return inner + prods[:n] + prods[n:]
+    m = h + n_lo
+    prods = mul(cat([above, below], 0), cat([flat - inner, -inner], 0), fixed_point=False)
+    return _join_flat(inner + prods[:m] + prods[m:], x, n_high, 0)
+
+
+def gelu(x: Shared, cfg: approx.GeluApprox = approx.GELU_HIGH) -> Shared:
+    """``approx.gelu`` with one configuration on every element."""
+    n = x.shape[0]
+    return gelu_rows(x, n, high=cfg) if cfg.in_abs else gelu_rows(x, 0, low=cfg)
 
 
 #: exp's polynomial and squarings run on values in [0, 1] (after clamping, |x / 2^s| <= 1/4), so
@@ -131,19 +182,56 @@ def gelu(x: Shared, cfg: approx.GeluApprox = approx.GELU_HIGH) -> Shared:
 EXP_FRAC_BITS = 30
 
 
-def exp_neg(x: Shared, cfg: approx.ExpApprox = approx.EXP_HIGH) -> Shared:
-    """exp on x <= 0 as in ``approx.exp_neg``."""
-    below = ltz(x.add_public(cfg.clamp))
-    clamp = torch.full_like(x.share, 0)
-    xc = select(below, Shared(clamp, x.party).add_public(-cfg.clamp), x)
+def exp_neg_rows(
+    x: Shared,
+    n_high: int,
+    dim: int,
+    high: approx.ExpApprox = approx.EXP_HIGH,
+    low: approx.ExpApprox = approx.EXP_LOW,
+) -> Shared:
+    """``approx.exp_neg`` with ``high`` on the first n_high rows along ``dim`` and ``low`` on the
+    rest. The groups share rounds: the low group simply stops earlier (``high`` must need at
+    least as many Taylor terms and squarings, and the same clamp)."""
+    if high.clamp != low.clamp or high.taylor < low.taylor or high.squarings < low.squarings:
+        raise ValueError("exp_neg_rows needs high >= low in Taylor degree and squarings")
+    hi, lo = _split_flat(x, n_high, dim)
+    h = hi.shape[0]
+    flat = cat([hi, lo], 0)
+    below = ltz(flat.add_public(high.clamp))
+    xc = select(below, Shared(torch.zeros_like(flat.share), x.party).add_public(-high.clamp), flat)
     extra = EXP_FRAC_BITS - fixed.FRAC_BITS
-    # y = xc / 2^s at scale 2^30: a local shift when s <= extra, exact
-    y = xc.mul_int(1 << (extra - cfg.squarings))
-    p = polynomial(y, tuple(1.0 / math.factorial(k) for k in range(cfg.taylor + 1)), EXP_FRAC_BITS)
-    for _ in range(cfg.squarings):
-        p = mul(p, p, frac_bits=EXP_FRAC_BITS)
+    shifts = torch.cat(
+        [
+            torch.full((h,), 1 << (extra - high.squarings)),
+            torch.full((lo.shape[0],), 1 << (extra - low.squarings)),
+        ]
+    )
+    y = xc.mul_int(shifts)  # x / 2^s at scale 2^30, exact
+    # Taylor terms: y^k for k <= low.taylor on every element, beyond only on the high prefix
+    powers = [y]
+    for k in range(2, high.taylor + 1):
+        end = y.shape[0] if k <= low.taylor else h
+        powers.append(mul(powers[-1][:end], y[:end], frac_bits=EXP_FRAC_BITS))
+    scale = 1 << EXP_FRAC_BITS
+    acc = torch.zeros_like(y.share)
+    for k, pk in enumerate(powers, start=1):
+        coeff = int(round(scale / math.factorial(k)))
+        acc[: pk.shape[0]] += pk.share * coeff
+    p = truncate(Shared(acc, x.party), EXP_FRAC_BITS).add_public(
+        scale * torch.ones((), dtype=torch.int64), encoded=True
+    )
+    for r in range(high.squarings):
+        end = p.shape[0] if r < low.squarings else h
+        sq = mul(p[:end], p[:end], frac_bits=EXP_FRAC_BITS)
+        p = Shared(torch.cat([sq.share, p.share[end:]]), x.party)
     p = truncate(p, extra)
-    return p - mul(below, p, fixed_point=False)
+    return _join_flat(p - mul(below, p, fixed_point=False), x, n_high, dim)
+
+
+def exp_neg(x: Shared, cfg: approx.ExpApprox = approx.EXP_HIGH) -> Shared:
+    """``approx.exp_neg`` with one configuration on every element."""
+    flat = x.reshape(-1)
+    return exp_neg_rows(flat, flat.shape[0], 0, high=cfg, low=cfg).reshape(x.shape)
 
 
 def reciprocal(d: Shared, upper: float) -> Shared:
@@ -161,14 +249,27 @@ def reciprocal(d: Shared, upper: float) -> Shared:
     return y
 
 
-def softmax(x: Shared, mask_add: Shared | None, cfg: approx.ExpApprox = approx.EXP_HIGH) -> Shared:
-    """Softmax over the last axis (rows of x are independent) as in ``approx.softmax``."""
+def softmax_rows(
+    x: Shared,
+    mask_add: Shared | None,
+    n_high: int,
+    dim: int,
+    high: approx.ExpApprox = approx.EXP_HIGH,
+    low: approx.ExpApprox = approx.EXP_LOW,
+) -> Shared:
+    """Softmax over the last axis (``approx.softmax``), the accurate exp on the first n_high
+    rows along ``dim`` and the reduced one on the rest; max and reciprocal are shared."""
     if mask_add is not None:
         x = x + mask_add
     z = x - max_lastdim(x)
-    e = exp_neg(z, cfg)
+    e = exp_neg_rows(z, n_high, dim, high, low)
     recip = reciprocal(e.sum(-1, keepdim=True), float(x.shape[-1]))
     return mul(e, recip, frac_bits=EXP_FRAC_BITS)
+
+
+def softmax(x: Shared, mask_add: Shared | None, cfg: approx.ExpApprox = approx.EXP_HIGH) -> Shared:
+    """Softmax over the last axis (rows of x are independent) as in ``approx.softmax``."""
+    return softmax_rows(x, mask_add, x.shape[0], 0, cfg, cfg)
 
 
 def rsqrt(v: Shared) -> Shared:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from privformer.crypto.mpc import approx, fixed
+from privformer.crypto.mpc import fixed
 from privformer.crypto.mpc import nonlinear as nl
 from privformer.crypto.mpc import shared as sh
 from privformer.crypto.mpc.party import CLIENT, SERVER, Party
@@ -116,14 +116,6 @@ class SharedOps:
                 x, f"{name}.g", self._weight(f"{name}.g"), self._weight(f"{name}.b"), self.w.eps
             )
 
-    def _split_rows(self, x: Shared, n_high: int, high_fn, low_fn, dim: int) -> Shared:
-        size = x.shape[dim]
-        hi = Shared(x.share.narrow(dim, 0, n_high), x.party)
-        if n_high == size:
-            return high_fn(hi)
-        lo = Shared(x.share.narrow(dim, n_high, size - n_high), x.party)
-        return sh.cat([high_fn(hi), low_fn(lo)], dim=dim)
-
     def attention(self, qkv: Shared, mask: Shared, n_high: int) -> tuple[Shared, Shared]:
         n, d, h = qkv.shape[0], self.w.hidden, self.w.heads
         with self.party.stats.op("attention"):
@@ -132,31 +124,16 @@ class SharedOps:
             )
             scores = sh.matmul(q, k.transpose(1, 2))
         with self.party.stats.op("softmax"):
-            key_mask = Shared(mask.share.reshape(1, 1, n).expand(h, 1, n), mask.party)
-            probs = self._split_rows(
-                scores,
-                n_high,
-                lambda s: nl.softmax(
-                    s, Shared(key_mask.share.expand(s.shape).contiguous(), s.party), approx.EXP_HIGH
-                ),
-                lambda s: nl.softmax(
-                    s, Shared(key_mask.share.expand(s.shape).contiguous(), s.party), approx.EXP_LOW
-                ),
-                dim=1,
-            )
+            key_mask = Shared(mask.share.reshape(1, 1, n).expand(h, n, n).contiguous(), mask.party)
+            # rows (queries) of high tokens get the accurate exp, the others the reduced one
+            probs = nl.softmax_rows(scores, key_mask, n_high, dim=1)
         with self.party.stats.op("attention"):
             ctx = sh.matmul(probs, v).transpose(0, 1).reshape(n, d)
         return ctx, probs
 
     def gelu(self, x: Shared, n_high: int) -> Shared:
         with self.party.stats.op("gelu"):
-            return self._split_rows(
-                x,
-                n_high,
-                lambda t: nl.gelu(t, approx.GELU_HIGH),
-                lambda t: nl.gelu(t, approx.GELU_LOW),
-                dim=0,
-            )
+            return nl.gelu_rows(x, n_high)
 
     def prune(self, layer: int, probs: Shared, rows: dict, keep: float, high: float):
         p = self.party

@@ -18,6 +18,7 @@ standard Rotten Tomatoes test split) held out.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Sequence
@@ -329,3 +330,35 @@ def build_classifier(
         (tmp / f"pruning-{LONG_N}.json").write_text(pruning_long.to_json())
 
     return _atomic_materialize(target, build)
+
+
+def relearn_thresholds(
+    path: str | Path, lam: float = DEFAULT_LAMBDA, threshold_steps: int = 150, seed: int = 0
+) -> Path:
+    """Learn new thresholds (128 and 512 tokens) for an existing classifier folder, in place:
+    how to try another lambda without fine-tuning again."""
+    from privformer.models.registry import load_tokenizer
+    from privformer.protocols.cipherprune.model import load_classifier
+
+    path = Path(path)
+    w, _old = load_classifier(path)
+    tok = load_tokenizer("minilm")
+    pruning = learn_thresholds(
+        w,
+        tok,
+        rotten_tomatoes_split()[0],
+        n=int(w.meta.get("n", 128)),
+        lam=lam,
+        steps=threshold_steps,
+        seed=seed,
+    )
+    pruning_long = learn_thresholds(
+        w, tok, imdb_split()[0], n=LONG_N, lam=lam, steps=threshold_steps // 3, batch=2, seed=seed
+    )
+    w.meta.update({"lambda": lam, "threshold_steps": threshold_steps})
+    (path / "pruning.json").write_text(pruning.to_json())
+    (path / f"pruning-{LONG_N}.json").write_text(pruning_long.to_json())
+    config = json.loads((path / "config.json").read_text())
+    config["meta"] = w.meta
+    (path / "config.json").write_text(json.dumps(config, indent=1))
+    return path
