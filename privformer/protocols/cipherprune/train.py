@@ -44,7 +44,7 @@ SPLIT_SEED = 0
 #: engine for MiniLM at 128 tokens (289 MB GELU + 30 MB rest per layer ~ n; 265 MB softmax ~ n^2;
 #: the reduced GELU drops one of three comparisons).
 COST_TOKEN, COST_PAIR, COST_HIGH = 1.0, 0.83, 0.33
-DEFAULT_LAMBDA = 1.0
+DEFAULT_LAMBDA = 0.1
 
 
 def rotten_tomatoes_split() -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
