@@ -97,9 +97,11 @@ def _print_result(text: str, result, as_json: bool) -> None:
     )
     print(f"tokens entering each layer: {out['tokens_per_layer']}  ({out['seconds']} s)")
     if total:
+        setup = result.stats["per_op"].get("setup", {})
+        session = setup.get("bytes_sent", 0) + setup.get("bytes_recv", 0)
         print(
             f"sent {total['bytes_sent']:,} B, received {total['bytes_recv']:,} B, "
-            f"{total['rounds']} rounds"
+            f"{total['rounds']} rounds ({session:,} B of it the once-per-session weight masks)"
         )
 
 
