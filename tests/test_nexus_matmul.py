@@ -59,3 +59,16 @@ def test_matmul_refuses_a_mismatched_weight(backend):
         mm.matmul_plain(backend, cts, np.ones((300, 10)), layout)
     with pytest.raises(InputError, match="activation"):
         mm.encrypt_activation(backend, np.ones((16, 100)), layout)
+
+
+def test_plain_sum_rescales_once_and_agrees(backend):
+    rng = np.random.default_rng(3)
+    xs = [rng.normal(size=backend.slots) for _ in range(3)]
+    ws = [rng.normal(size=backend.slots) for _ in range(3)]
+    cts = [backend.encrypt(x) for x in xs]
+    fused = backend.multiply_plain_sum(list(zip(cts, ws, strict=True)))
+    assert backend.level(fused) == backend.level(cts[0]) - 1
+    exact = sum(x * w for x, w in zip(xs, ws, strict=True))
+    assert np.abs(backend.decrypt(fused) - exact).max() < 1e-4
+    with pytest.raises(ValueError):
+        backend.multiply_plain_sum([])

@@ -67,6 +67,17 @@ class CKKSBackend(ABC):
     def multiply_plain(self, a: Ciphertext, values: np.ndarray | float) -> Ciphertext:
         """Ciphertext x plaintext vector or scalar, rescaled (one level)."""
 
+    def multiply_plain_sum(self, terms: Sequence[tuple[Ciphertext, np.ndarray]]) -> Ciphertext:
+        """sum_i a_i * v_i (a linear combination with plaintext vectors), one level. Backends
+        override it to rescale once for the whole sum instead of once per product."""
+        total = None
+        for ct, values in terms:
+            term = self.multiply_plain(ct, values)
+            total = term if total is None else self.add(total, term)
+        if total is None:
+            raise ValueError("multiply_plain_sum needs at least one term")
+        return total
+
     @abstractmethod
     def rotate(self, a: Ciphertext, steps: int) -> Ciphertext:
         """Cyclic left rotation of the slots by ``steps``."""

@@ -200,6 +200,29 @@ class SealBackend(CKKSBackend):
         )
         return self._rescaled(handle, level, a.length)
 
+    def multiply_plain_sum(self, terms) -> Ciphertext:
+        """Products accumulated at the doubled scale, then one rescale (not one per term)."""
+        terms = list(terms)
+        if not terms:
+            raise ValueError("multiply_plain_sum needs at least one term")
+        level = min(self.level(ct) for ct, _ in terms)
+        if level < 1:
+            raise LevelError("multiply_plain_sum: a ciphertext is at level 0")
+        scale = self._scale[level - 1] * self._prime[level] / self._scale[level]
+        acc = None
+        length = 0
+        for ct, values in terms:
+            ct = self._drop_to(ct, level)
+            length = max(length, ct.length)
+            prod = self._out(
+                self.evaluator.multiply_plain, ct.handle, self._encode(values, level, scale)
+            )
+            if acc is None:
+                acc = prod
+            else:
+                self.evaluator.add_inplace(acc, prod)
+        return self._rescaled(acc, level, length)
+
     def rotate(self, a: Ciphertext, steps: int) -> Ciphertext:
         self._own(a)
         step = int(steps) % self.slots

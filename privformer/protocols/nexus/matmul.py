@@ -120,17 +120,16 @@ def matmul_plain(
     for jo in range(bo):
         acc = None
         for g in range(f // b):
-            inner = None
+            terms = []
             for i in range(bi):
                 block = padded[i * f : (i + 1) * f, jo * f : (jo + 1) * f]
                 for j in range(b):
                     diag = np.roll(diagonal(block, g * b + j, n), g * b * n)
-                    if not diag.any():
-                        continue
-                    term = backend.multiply_plain(baby[i][j], diag)
-                    inner = term if inner is None else backend.add(inner, term)
-            if inner is None:
+                    if diag.any():
+                        terms.append((baby[i][j], diag))
+            if not terms:
                 continue
+            inner = backend.multiply_plain_sum(terms)  # one rescale per giant step
             if g:
                 inner = backend.rotate(inner, g * b * n)
             acc = inner if acc is None else backend.add(acc, inner)
