@@ -56,10 +56,17 @@ def secure_row(
     clf: CipherPruneClassifier, name: str, texts: list[str], n: int, pruning: PruningConfig
 ) -> dict:
     clf.pruning = pruning
-    runs = []
+    runs, agree = [], []
     for text in texts:
         ids, mask = encode_text(text, n, clf.tokenizer)
         runs.append(clf.run(ids, mask, "encrypted", prune=True))
+        sim = clf.run(ids, mask, "simulate", prune=True)
+        # the 2PC run must keep as many tokens per layer and predict the same class as simulate
+        agree.append(
+            sim.label == runs[-1].label
+            and sim.trace.tokens_per_layer == runs[-1].trace.tokens_per_layer
+            and sim.trace.high_per_layer == runs[-1].trace.high_per_layer
+        )
     k = len(runs)
     on = [online(r.stats) for r in runs]
     wall = sum(r.seconds for r in runs) / k
@@ -104,6 +111,7 @@ def secure_row(
             for op in sorted({op for r in runs for op in r.stats["seconds"]})
         },
         "labels": [r.label for r in runs],
+        "agrees_with_simulate": all(agree),
     }
 
 
@@ -223,6 +231,7 @@ def main() -> None:
         "LAN_s",
         "WAN_s",
         "setup_MB",
+        "agrees_with_simulate",
     ]
     print_table("2PC runs (per input; LAN/WAN = wall + modelled network)", rows + base_rows, cols)
     print_table(
