@@ -184,7 +184,6 @@ def main() -> None:
     ap.add_argument("--imdb-eval-size", type=int, default=200)
     ap.add_argument("--quick", action="store_true", help="skip 512 tokens and BERT-base")
     args = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
 
     start = time.time()
     model_dir = tr.build_classifier()

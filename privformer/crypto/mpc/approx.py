@@ -85,13 +85,14 @@ LAYERNORM = LayerNormConfig(var_low=0.05, var_high=256.0)
 RSQRT_REL_TOL = 1e-4
 
 
-def horner_free_poly(u: torch.Tensor, coeffs: tuple[float, ...]) -> torch.Tensor:
+def power_sum(u: torch.Tensor, coeffs: tuple[float, ...]) -> torch.Tensor:
+    """sum_k c_k u^k (the 2PC side computes the same powers and one weighted sum)."""
     return sum(c * u**i for i, c in enumerate(coeffs))
 
 
 def gelu(x: torch.Tensor, cfg: GeluApprox = GELU_HIGH) -> torch.Tensor:
     u = x.abs() if cfg.in_abs else x * x
-    inner = 0.5 * x + horner_free_poly(u, cfg.coeffs)
+    inner = 0.5 * x + power_sum(u, cfg.coeffs)
     return torch.where(x < -cfg.bound, torch.zeros_like(x), torch.where(x > cfg.bound, x, inner))
 
 

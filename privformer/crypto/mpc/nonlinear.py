@@ -14,7 +14,7 @@ import torch
 
 from privformer.crypto.mpc import approx, fixed
 from privformer.crypto.mpc.party import CLIENT, Party
-from privformer.crypto.mpc.shared import Shared, cat, mul, mul_public, truncate
+from privformer.crypto.mpc.shared import Shared, cat, mul, mul_public, scale_by_weight, truncate
 
 _ADDER_LEVELS = 6  # log2(64)
 COEFF_BITS = 26
@@ -78,32 +78,6 @@ def max_lastdim(x: Shared) -> Shared:
         left_smaller = ltz(left - right)
         x = cat([select(left_smaller, right, left), rest], dim=-1)
     return x
-
-
-def polynomial(u: Shared, coeffs: tuple[float, ...], frac_bits: int = fixed.FRAC_BITS) -> Shared:
-    """sum_k c_k u^k. Powers come in doubling levels (u^(k+1..2k) = u^k * u^(1..k), one batched
-    product per level, so degree d costs ceil(log2 d) products), then one truncation for the sum.
-    ``u`` and the result are at scale 2^frac_bits."""
-    degree = len(coeffs) - 1
-    powers = {1: u}
-    k = 1
-    while k < degree:
-        todo = [j for j in range(1, k + 1) if k + j <= degree]
-        prod = mul(
-            cat([powers[k]] * len(todo), 0), cat([powers[j] for j in todo], 0), frac_bits=frac_bits
-        )
-        n = u.shape[0]
-        for i, j in enumerate(todo):
-            powers[k + j] = prod[i * n : (i + 1) * n]
-        k *= 2
-    scale = float(1 << frac_bits)
-    acc = torch.zeros_like(u.share)
-    for deg in range(1, degree + 1):
-        acc = acc + powers[deg].share * int(round(coeffs[deg] * scale))
-    out = truncate(Shared(acc, u.party), frac_bits)
-    return out.add_public(
-        int(round(coeffs[0] * scale)) * torch.ones((), dtype=torch.int64), encoded=True
-    )
 
 
 def _split_flat(x: Shared, n_high: int, dim: int) -> tuple[Shared, Shared]:
@@ -286,8 +260,6 @@ def layernorm(
     x: Shared, name: str, gamma: torch.Tensor | None, beta: torch.Tensor | None, eps: float
 ) -> Shared:
     """LayerNorm over the last axis; gamma, beta are party 1's ring tensors (party 0: None)."""
-    from privformer.crypto.mpc.shared import scale_by_weight
-
     d = x.shape[-1]
     mean = mul_public(x.sum(-1, keepdim=True), 1.0 / d)
     xc = x - mean

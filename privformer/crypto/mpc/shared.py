@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import torch
 
 from privformer.crypto.mpc import fixed
+from privformer.crypto.mpc.dealer import weight_stream
 from privformer.crypto.mpc.party import CLIENT, SERVER, Party
 from privformer.errors import InputError
 
@@ -81,16 +82,9 @@ class Shared:
     def transpose(self, a: int, b: int) -> Shared:
         return Shared(self.share.transpose(a, b), self.party)
 
-    def expand_as(self, other: Shared) -> Shared:
-        return Shared(self.share.expand_as(other.share).contiguous(), self.party)
-
 
 def cat(xs: Sequence[Shared], dim: int = 0) -> Shared:
     return Shared(torch.cat([x.share for x in xs], dim=dim), xs[0].party)
-
-
-def zeros(party: Party, shape: Sequence[int]) -> Shared:
-    return Shared(torch.zeros(tuple(shape), dtype=torch.int64), party)
 
 
 # -- input and output ----------------------------------------------------------------------
@@ -166,8 +160,6 @@ def mul_public(x: Shared, c: float) -> Shared:
 def open_weight_masks(party: Party, weights: dict[str, torch.Tensor | None], shapes: dict) -> None:
     """Once per session: party 1 sends F = W - B for each of its weights (B its dealer mask);
     party 0 keeps them. One round of |W| ring elements (the session's model-setup traffic)."""
-    from privformer.crypto.mpc.dealer import weight_stream  # local: avoids a cycle at import
-
     names = sorted(shapes)
     if party.role == SERVER:
         masked = []

@@ -171,6 +171,18 @@ class Ops(Protocol):
 
 
 @dataclass
+class PruneRecord:
+    """What one pruning step saw (for tests and analysis). The float executor
+    records it for free; the 2PC executor only with ``debug_reveal``, revealing it to the client."""
+
+    layer: int
+    positions: list[int]  # original positions of the rows entering the layer
+    importance: torch.Tensor
+    kept: list[int]  # original positions kept, in the new row order
+    high: list[int]
+
+
+@dataclass
 class ForwardTrace:
     """Public facts of one run: tokens entering each layer and how many of them were high."""
 

@@ -27,18 +27,10 @@ from privformer.protocols.cipherprune.model import (
     MASK_VALUE,
     BertClassifierWeights,
     ForwardTrace,
+    PruneRecord,
     PruningConfig,
     forward,
 )
-
-
-@dataclass
-class DebugRecord:
-    layer: int
-    positions: list[int]
-    importance: torch.Tensor
-    kept: list[int]
-    high: list[int]
 
 
 @dataclass
@@ -49,7 +41,7 @@ class SharedOps:
     attention_mask: torch.Tensor | None = None  # party 0 only
     compaction: str = "shuffle"
     debug_reveal: bool = False
-    debug: list[DebugRecord] = field(default_factory=list)
+    debug: list[PruneRecord] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.enc: dict[str, torch.Tensor] = {}
@@ -174,7 +166,7 @@ class SharedOps:
             old, imp, kept = (fixed.decode(t) for t in got)
             kept_list = kept.round().long().tolist()
             self.debug.append(
-                DebugRecord(layer, old.round().long().tolist(), imp, kept_list, kept_list[:n_high])
+                PruneRecord(layer, old.round().long().tolist(), imp, kept_list, kept_list[:n_high])
             )
 
     def classify(self, x: Shared) -> torch.Tensor | None:

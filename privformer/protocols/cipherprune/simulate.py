@@ -18,22 +18,12 @@ from privformer.protocols.cipherprune.model import (
     MASK_VALUE,
     BertClassifierWeights,
     ForwardTrace,
+    PruneRecord,
     PruningConfig,
     forward,
 )
 
 MODES = ("plain", "simulate")
-
-
-@dataclass
-class PruneRecord:
-    """What one pruning step saw (for tests and analysis; none of it leaves the executor)."""
-
-    layer: int
-    positions: list[int]  # original positions of the rows entering the layer
-    importance: torch.Tensor
-    kept: list[int]  # original positions kept, in the new row order
-    high: list[int]
 
 
 @dataclass

@@ -151,6 +151,8 @@ def soft_forward(
     key_bias = (1.0 - valid) * MASK_VALUE
     alive = torch.ones(b, n)
     hi = torch.ones(b, n)
+    cls_one = torch.zeros(b, n)  # [CLS] is always kept and high
+    cls_one[:, 0] = 1.0
     cost = torch.zeros(())
     # cost relative to running the real (unpadded) tokens unpruned: padding alone is free to
     # drop (it receives no attention), so it must not dilute the penalty
@@ -171,15 +173,12 @@ def soft_forward(
             1 - row_hi
         ) * approx.softmax(scores, None, approx.EXP_LOW)
         ctx = (probs @ v).transpose(1, 2).reshape(b, n, d)
-        if True:  # every layer learns thresholds; PruningConfig can switch layers off later
-            importance = (alive[:, None, :, None] * probs).sum(dim=(1, 2)) / (
-                heads * alive.sum(-1, keepdim=True)
-            )
-            cls_one = torch.zeros(b, n)
-            cls_one[:, 0] = 1.0
-            k_mask = torch.maximum(torch.sigmoid((importance - keep[i]) / tau), cls_one)
-            alive = alive * k_mask
-            hi = torch.maximum(torch.sigmoid((importance - high[i]) / tau), cls_one)
+        # every layer learns thresholds; PruningConfig can switch layers off later
+        importance = (alive[:, None, :, None] * probs).sum(dim=(1, 2)) / (
+            heads * alive.sum(-1, keepdim=True)
+        )
+        alive = alive * torch.maximum(torch.sigmoid((importance - keep[i]) / tau), cls_one)
+        hi = torch.maximum(torch.sigmoid((importance - high[i]) / tau), cls_one)
         x = approx.layernorm(
             ctx @ t[f"l{i}.o.w"] + t[f"l{i}.o.b"] + x, t[f"l{i}.ln1.g"], t[f"l{i}.ln1.b"], w.eps
         )
