@@ -26,8 +26,6 @@ import torch
 from privformer.crypto.mpc.channel import NetworkModel
 from privformer.crypto.mpc.dealer import Dealer
 from privformer.crypto.mpc.party import (
-    CLIENT,
-    SERVER,
     Party,
     accept_client,
     connect_client,
@@ -233,11 +231,10 @@ class CipherPruneClassifier:
 
 
 __all__ = [
-    "CLIENT",
-    "SERVER",
     "CipherPruneClassifier",
     "SecureResult",
     "classify_remote",
+    "encode_text",
     "run_dealer",
     "run_server",
 ]
