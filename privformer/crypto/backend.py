@@ -24,7 +24,11 @@ class Ciphertext:
     def __init__(self, context_id: str, handle: object, length: int):
         self.context_id = context_id
         self.handle = handle
-        self.length = length  # meaningful slots (the rest are zero)
+        self.length = length  # meaningful slots (decrypt returns these)
+
+    def prefix(self, length: int) -> Ciphertext:
+        """The same ciphertext, declaring only its first ``length`` slots meaningful."""
+        return Ciphertext(self.context_id, self.handle, length)
 
 
 class CKKSBackend(ABC):

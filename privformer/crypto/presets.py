@@ -7,6 +7,7 @@ ring dimension N. SEAL enforces the same table again when a context is created (
 | preset | N | modulus chain (bits) | total | levels | scale | slots | bootstrapping |
 |---|---|---|---|---|---|---|---|
 | ``test-small`` | 2^13 | 38, 30 x 4, 60 | 218 <= 218 | 4 | 2^30 | 4096 | no |
+| ``test-medium`` | 2^14 | 60, 40 x 7, 60 | 400 <= 438 | 7 | 2^40 | 8192 | no |
 | ``depth19`` | 2^15 | 60, 40 x 19, 60 | 880 <= 881 | 19 | 2^40 | 16384 | no |
 
 A BERT preset (N = 2^16 with bootstrapping) needs the OpenFHE backend, which does not install on
@@ -75,6 +76,13 @@ PRESETS: dict[str, Preset] = {
         (38, 30, 30, 30, 30, 60),
         30,
         description="fast tests: 4 levels, 4096 slots",
+    ),
+    "test-medium": Preset(
+        "test-medium",
+        1 << 14,
+        (60, *([40] * 7), 60),
+        40,
+        description="tests of multi-level operators: 7 levels at 2^40, 8192 slots",
     ),
     "depth19": Preset(
         "depth19",

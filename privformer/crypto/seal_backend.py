@@ -182,7 +182,8 @@ class SealBackend(CKKSBackend):
         self._own(a)
         level = self.level(a)
         plain = self._encode(values, level, self._scale[level])
-        return self._wrap(self._out(self.evaluator.add_plain, a.handle, plain), a.length)
+        length = max(a.length, np.size(values))  # a vector may fill slots beyond a's values
+        return self._wrap(self._out(self.evaluator.add_plain, a.handle, plain), length)
 
     def multiply(self, a: Ciphertext, b: Ciphertext) -> Ciphertext:
         a, b = self._align(a, b)
@@ -232,7 +233,7 @@ class SealBackend(CKKSBackend):
             raise CryptoError(f"no rotation key for step {step}: call generate_rotation_keys first")
         handle = seal.Ciphertext()
         self.evaluator.rotate_vector(a.handle, step, self._galois, handle)
-        return self._wrap(handle, a.length)
+        return self._wrap(handle, self.slots)  # values may wrap around to any slot
 
     def level(self, a: Ciphertext) -> int:
         self._own(a)

@@ -2,6 +2,11 @@
 
 Each mirrors its float64 twin in ``approx``: the same polynomials, in the same order, so the
 encrypted result differs from ``simulate`` only by CKKS noise.
+
+Levels: every block states its depth, and calls ``ensure_level`` before a step that needs more
+levels than its input has left, which bootstraps there (or raises ``BootstrapUnavailableError``
+naming the operator on a backend that cannot). That is the hook a later compiler replaces with
+planned bootstrap placement.
 """
 
 from __future__ import annotations
@@ -9,7 +14,59 @@ from __future__ import annotations
 import numpy as np
 
 from privformer.crypto.backend import Ciphertext, CKKSBackend
+from privformer.errors import BootstrapUnavailableError, LevelError
 from privformer.protocols.nexus import approx
+
+
+def ensure_level(backend: CKKSBackend, x: Ciphertext, needed: int, operator: str) -> Ciphertext:
+    """``x`` if it has ``needed`` levels left, else ``x`` bootstrapped (which must give them)."""
+    if backend.level(x) >= needed:
+        return x
+    try:
+        x = backend.bootstrap(x)
+    except BootstrapUnavailableError as exc:
+        raise BootstrapUnavailableError(
+            f"{operator}: needs {needed} levels, the ciphertext has {backend.level(x)}; {exc}"
+        ) from exc
+    if backend.level(x) < needed:
+        raise LevelError(
+            f"{operator}: needs {needed} levels in one chain, a bootstrap gives {backend.level(x)}"
+        )
+    return x
+
+
+def mul(backend: CKKSBackend, a: Ciphertext, b: Ciphertext, operator: str) -> Ciphertext:
+    """a * b, bootstrapping an operand first if it has no level left."""
+    return backend.multiply(
+        ensure_level(backend, a, 1, operator), ensure_level(backend, b, 1, operator)
+    )
+
+
+def poly(backend: CKKSBackend, x: Ciphertext, coeffs: np.ndarray) -> Ciphertext:
+    """sum_k coeffs[k] x^k (power basis) in depth ceil(log2(degree + 1)) + (1 if degree is a
+    power of two): each term multiplies c_k x^(lowest power of two in k) by the other powers of
+    two, shallowest first, so no term is deeper than it must be."""
+    coeffs = np.asarray(coeffs, dtype=np.float64)
+    degree = len(coeffs) - 1
+    powers = {1: x}
+    p = 1
+    while 2 * p <= degree:
+        powers[2 * p] = backend.multiply(powers[p], powers[p])
+        p *= 2
+    total = None
+    for k in range(1, degree + 1):
+        if coeffs[k] == 0.0:
+            continue
+        bits = [1 << b for b in range(k.bit_length()) if k >> b & 1]
+        factors = [backend.multiply_plain(powers[bits[0]], float(coeffs[k]))]
+        factors += [powers[b] for b in bits[1:]]
+        while len(factors) > 1:  # multiply the two with the most levels left first
+            factors.sort(key=backend.level, reverse=True)
+            factors = [backend.multiply(factors[0], factors[1]), *factors[2:]]
+        total = factors[0] if total is None else backend.add(total, factors[0])
+    if total is None:
+        raise ValueError("poly needs a non-constant polynomial")
+    return backend.add_plain(total, float(coeffs[0]))
 
 
 def odd_poly(backend: CKKSBackend, x: Ciphertext, coeffs: np.ndarray) -> Ciphertext:
@@ -30,27 +87,68 @@ def odd_poly(backend: CKKSBackend, x: Ciphertext, coeffs: np.ndarray) -> Ciphert
     return total
 
 
-def sgn(backend: CKKSBackend, x: Ciphertext, g: int = 2, f: int = 2) -> Ciphertext:
-    """Encrypted SGN for slots in [-1, 1]: g4 applied g times, then f4 f times (depth 4(g+f))."""
-    for _ in range(g):
-        x = odd_poly(backend, x, approx.G4)
-    for _ in range(f):
-        x = odd_poly(backend, x, approx.F4)
+def sgn(
+    backend: CKKSBackend, x: Ciphertext, g: int = 2, f: int = 2, operator: str = "sgn"
+) -> Ciphertext:
+    """Encrypted SGN for slots in [-1, 1]: g4 applied g times, then f4 f times (depth 4(g+f)),
+    bootstrapping between polynomials where fewer than 4 levels are left."""
+    for coeffs in [approx.G4] * g + [approx.F4] * f:
+        x = odd_poly(backend, ensure_level(backend, x, 4, operator), coeffs)
     return x
 
 
-def quick_sum_steps(width: int) -> list[int]:
-    """Rotation steps QuickSum needs for a power-of-two width: width/2, ..., 2, 1."""
+def quick_sum_steps(width: int, stride: int = 1) -> list[int]:
+    """Rotation steps for folding ``width`` (a power of two) values ``stride`` slots apart:
+    stride * width/2, ..., stride * 2, stride."""
     if width < 1 or width & (width - 1):
         raise ValueError(f"QuickSum width must be a power of two, got {width}")
-    return [width >> k for k in range(1, width.bit_length())]
+    return [stride * (width >> k) for k in range(1, width.bit_length())]
 
 
-def quick_sum(backend: CKKSBackend, x: Ciphertext, width: int) -> Ciphertext:
-    """Rotate-and-add: slot 0 (and every slot, cyclically within ``width``) gets the sum.
+def quick_sum(backend: CKKSBackend, x: Ciphertext, width: int, stride: int = 1) -> Ciphertext:
+    """Rotate-and-add over ``width`` values ``stride`` slots apart: slot i gets the sum of slots
+    i, i + stride, ..., i + (width - 1) stride (cyclically over the ciphertext).
 
-    The slots beyond ``width`` must be zero; slot i ends with the sum of slots i .. i+width-1.
+    When width * stride is the slot count every slot gets the sum of its whole group; otherwise
+    only slots whose group lies inside the ciphertext (e.g. slot 0, with zeros beyond ``width``).
     """
-    for step in quick_sum_steps(width):
+    for step in quick_sum_steps(width, stride):
         x = backend.add(x, backend.rotate(x, step))
+    return x
+
+
+def smooth_max(
+    backend: CKKSBackend, a: Ciphertext, b: Ciphertext, bound: float, g: int, f: int, operator: str
+) -> Ciphertext:
+    """max(a, b) = (a + b)/2 + (a - b)/2 * SGN((a - b) / (2 bound)); depth 4(g + f) + 2.
+    ``a`` and ``b`` need 2 levels left; SGN bootstraps inside where it must."""
+    diff = backend.sub(a, b)
+    s = sgn(backend, backend.multiply_plain(diff, 1.0 / (2.0 * bound)), g, f, operator)
+    half_diff = backend.multiply_plain(diff, 0.5)
+    s = ensure_level(backend, s, 1, operator)
+    mean = backend.multiply_plain(backend.add(a, b), 0.5)
+    return backend.add(mean, backend.multiply(half_diff, s))
+
+
+def quick_max(
+    backend: CKKSBackend,
+    x: Ciphertext,
+    width: int,
+    stride: int,
+    bound: float,
+    g: int = 3,
+    f: int = 2,
+    operator: str = "quick_max",
+) -> Ciphertext:
+    """Rotate-and-max over ``width`` values ``stride`` slots apart: log2(width) SGN rounds,
+    bootstrapping between rounds where levels run out (NEXUS's argmax schedule).
+
+    The slots must repeat with period width * stride (a divisor of the slot count), so that the
+    rotations are cyclic within each group and every slot gets its group's maximum.
+    """
+    if backend.slots % (width * stride):
+        raise ValueError(f"quick_max: width x stride must divide the {backend.slots} slots")
+    for step in quick_sum_steps(width, stride):
+        x = ensure_level(backend, x, 2, operator)
+        x = smooth_max(backend, x, backend.rotate(x, step), bound, g, f, operator)
     return x

@@ -1,0 +1,41 @@
+"""SEAL with a simulated bootstrap, for accuracy studies and tests only: NOT a secure protocol.
+
+SEAL has no CKKS bootstrapping and OpenFHE, which has it, does not install here (README, "CKKS
+backend"). The NEXUS operators still have to be checked across the bootstraps they need (the
+softmax and LayerNorm of a real model need 30 to 40 levels; a 128-bit ring 2^15 gives 19), so
+this backend stands in for bootstrapping by decrypting and re-encrypting at the top level.
+
+That needs the secret key in the evaluator's process, which NEXUS's server never has: it is a
+test fixture, like CipherPrune's ``debug_reveal``, and nothing in the serving path accepts it.
+To keep the accuracy honest it adds the error a real bootstrap leaves: uniform noise of
+2^-precision_bits times the largest slot magnitude (OpenFHE's CKKS bootstrapping keeps about 20
+bits at ring 2^16 with 59-bit scaling primes; replace this with measurements once OpenFHE runs).
+It also counts bootstraps, so benchmarks can price them at a measured bootstrap time.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import numpy as np
+
+from privformer.crypto.backend import Ciphertext
+from privformer.crypto.presets import Preset
+from privformer.crypto.seal_backend import SealBackend
+
+
+class DecryptRefreshBackend(SealBackend):
+    """``SealBackend`` whose ``bootstrap`` decrypts, adds bootstrap-sized noise, re-encrypts."""
+
+    def __init__(self, preset: Preset | str = "depth19", precision_bits: float = 20.0):
+        super().__init__(preset)
+        self.precision_bits = precision_bits
+        self.bootstraps = 0
+        self._noise = np.random.default_rng(secrets.randbits(64))  # noise, not key material
+
+    def bootstrap(self, a: Ciphertext) -> Ciphertext:
+        values = self.decrypt(a)
+        amplitude = 2.0**-self.precision_bits * max(1.0, float(np.abs(values).max()))
+        values = values + self._noise.uniform(-amplitude, amplitude, values.shape)
+        self.bootstraps += 1
+        return self.encrypt(values)

@@ -1,0 +1,250 @@
+"""Encrypted GELU, softmax, LayerNorm and argmax: the NEXUS nonlinear operators on CKKS.
+
+Each evaluates exactly the polynomials and iterations of its float64 twin in ``approx`` (same
+order, same constants), so encrypted and ``simulate`` results differ only by CKKS noise. The
+encrypted versions cannot check their input ranges: run ``simulate`` first.
+
+Layouts (``matmul.TokenInterleaved``: slot f n + t holds feature f of token t):
+- ``gelu`` is slot-wise, so any packing works;
+- ``softmax`` reduces over ``width`` values ``stride`` slots apart; for attention scores in the
+  diagonal layout of ``attention`` (slot d n + t holds the score of query t against key t + d)
+  that is width = n, stride = n;
+- ``layernorm`` takes the token-interleaved feature blocks of one activation and reduces over
+  the features of each token (rotations by multiples of n, after adding the blocks);
+- ``argmax_onehot`` takes m values in slots 0 .. m-1 of one or more ciphertexts.
+
+Levels (one chain, no bootstrap): GELU 2 + 4(g + f) (18 with g = f = 2, which fits the 19-level
+``depth19`` preset); softmax needs log2(n) SGN rounds for the row maximum, r + 1 for exp and about
+log2(20 n) for the inverse; LayerNorm 4 + 3 per Newton step + 2. Where a ciphertext has fewer
+levels left, ``he_ops.ensure_level`` bootstraps, so these run unchanged on a bootstrapping backend.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from privformer.crypto.backend import Ciphertext, CKKSBackend
+from privformer.errors import InputError
+from privformer.protocols.nexus import approx
+from privformer.protocols.nexus import he_ops as he
+from privformer.protocols.nexus.matmul import TokenInterleaved
+
+
+def gelu_depth(config: approx.GeluConfig = approx.DEFAULT_GELU) -> int:
+    """Levels one GELU consumes: the 1/scale product, SGN, and the indicator x piece product."""
+    return 2 + 4 * (config.g + config.f)
+
+
+def gelu(
+    backend: CKKSBackend, x: Ciphertext, config: approx.GeluConfig = approx.DEFAULT_GELU
+) -> Ciphertext:
+    """NEXUS piecewise GELU: (s0 - s1) cubic(x) + (s1 - s2) mid(x) + s2 x, s_c = (1 + SGN)/2.
+
+    Written as 0.5 [(S0 - S1) cubic + (S1 - S2) mid + (S2 + 1) x] with S the SGN values, the
+    halves folded into the pieces' coefficients, so the indicators cost no extra level.
+    """
+    x = he.ensure_level(backend, x, min(gelu_depth(config), backend.preset.levels), "gelu")
+    scale = 2.0 * config.bound
+    xs = backend.multiply_plain(x, 1.0 / scale)
+    signs = [
+        he.sgn(backend, backend.add_plain(xs, -c / scale), config.g, config.f, "gelu")
+        for c in approx.GELU_BREAKS
+    ]
+    pieces = [
+        he.poly(backend, x, 0.5 * approx.GELU_CUBIC),
+        he.poly(backend, x, 0.5 * approx.GELU_MID),
+        backend.multiply_plain(x, 0.5),
+    ]
+    selectors = [
+        backend.sub(signs[0], signs[1]),
+        backend.sub(signs[1], signs[2]),
+        backend.add_plain(signs[2], 1.0),
+    ]
+    total = None
+    for sel, piece in zip(selectors, pieces, strict=True):
+        term = backend.multiply(he.ensure_level(backend, sel, 1, "gelu"), piece)
+        total = term if total is None else backend.add(total, term)
+    return total
+
+
+def goldschmidt_iterations(width: int, config: approx.SoftmaxConfig) -> int:
+    """The twin's iteration count for rows of ``width`` values."""
+    return config.goldschmidt_iters or math.ceil(math.log2(max(2.0, 20.0 * width)))
+
+
+def softmax(
+    backend: CKKSBackend,
+    x: Ciphertext,
+    width: int,
+    stride: int,
+    config: approx.SoftmaxConfig = approx.DEFAULT_SOFTMAX,
+) -> Ciphertext:
+    """Softmax over groups of ``width`` values ``stride`` slots apart (width x stride = slots).
+
+    Row maximum by QuickMax and subtracted (peaked rows stay accurate), exp(z) as
+    (1 + z / 2^r)^(2^r), the row sum by QuickSum, its inverse by Goldschmidt iteration.
+    """
+    if width * stride != backend.slots:
+        raise InputError(f"softmax: width x stride must equal the {backend.slots} slots")
+    op = "softmax"
+    x = he.ensure_level(backend, x, 2, op)
+    row_max = he.quick_max(backend, x, width, stride, config.bound, config.g, config.f, op)
+    # exp in one chain where the preset allows: a bootstrap between squarings has its error
+    # doubled by every squaring after it.
+    need = min(config.r + 2, backend.preset.levels)
+    z = he.ensure_level(backend, backend.sub(x, row_max), need, op)
+    e = backend.add_plain(backend.multiply_plain(z, 2.0**-config.r), 1.0)
+    for _ in range(config.r):
+        e = he.mul(backend, e, e, op)
+    # err = 1 - sum(e) / width, the Goldschmidt error term; inverse = prod (1 + err^(2^i)).
+    e = he.ensure_level(backend, e, 1, op)
+    err = backend.add_plain(
+        backend.multiply_plain(he.quick_sum(backend, e, width, stride), -1.0 / width), 1.0
+    )
+    inverse = backend.add_plain(err, 1.0)
+    for _ in range(goldschmidt_iterations(width, config) - 1):
+        err = he.mul(backend, err, err, op)
+        inverse = he.mul(backend, inverse, backend.add_plain(err, 1.0), op)
+    scaled = backend.multiply_plain(e, 1.0 / width)
+    return he.mul(backend, scaled, inverse, op)
+
+
+def inv_sqrt(
+    backend: CKKSBackend, u: Ciphertext, iters: int, operator: str = "layernorm"
+) -> Ciphertext:
+    """1/sqrt(u) for u in (0, 1] by Newton, y <- 1.5 y - (0.5 y)(u y^2), 3 levels a step."""
+    a = 0.9 * math.sqrt(6.0)  # approx.newton_start: a (1.5 - u)
+    u = he.ensure_level(backend, u, 2, operator)
+    y = backend.add_plain(backend.multiply_plain(u, -a), 1.5 * a)
+    for _ in range(iters):
+        y = he.ensure_level(backend, y, 3, operator)
+        u = he.ensure_level(backend, u, 2, operator)
+        uy2 = backend.multiply(u, backend.multiply(y, y))
+        y = backend.add(
+            backend.multiply_plain(y, 1.5),
+            backend.multiply(backend.multiply_plain(y, -0.5), uy2),
+        )
+    return y
+
+
+def layernorm(
+    backend: CKKSBackend,
+    blocks: list[Ciphertext],
+    layout: TokenInterleaved,
+    gamma: np.ndarray,
+    beta: np.ndarray,
+    eps: float = 1e-12,
+    config: approx.LayerNormConfig = approx.DEFAULT_LAYERNORM,
+) -> list[Ciphertext]:
+    """gamma (x - mean) / sqrt(var + eps) + beta over each token's features, on the
+    token-interleaved blocks of one activation (the hidden size is len(gamma))."""
+    gamma, beta = np.asarray(gamma, np.float64), np.asarray(beta, np.float64)
+    hidden = gamma.shape[0]
+    if layout.slots != backend.slots or layout.blocks(hidden) != len(blocks):
+        raise InputError(
+            f"layernorm: {len(blocks)} blocks do not hold {hidden} features at "
+            f"{layout.features} features per block"
+        )
+    op, n, feats = "layernorm", layout.tokens, layout.features
+    blocks = [he.ensure_level(backend, b, 4, op) for b in blocks]
+    total = blocks[0]
+    for b in blocks[1:]:
+        total = backend.add(total, b)
+    sums = he.quick_sum(backend, total, feats, n)  # every slot: the sum over its token
+    # Padding features (hidden not a multiple of F) get mask 0, so they stay 0 after centring.
+    masks = layout.pack(np.ones((n, hidden)) / hidden)
+    z = [
+        backend.sub(b, backend.multiply_plain(sums, m)) for b, m in zip(blocks, masks, strict=True)
+    ]
+    squares = backend.multiply(z[0], z[0])
+    for zb in z[1:]:
+        squares = backend.add(squares, backend.multiply(zb, zb))
+    var = he.quick_sum(backend, squares, feats, n)
+    u = backend.add_plain(
+        backend.multiply_plain(var, 1.0 / (hidden * config.var_high)), eps / config.var_high
+    )
+    y = inv_sqrt(backend, u, approx.newton_iterations(config), op)
+    y = he.ensure_level(backend, y, 1, op)
+    scale = 1.0 / math.sqrt(config.var_high)
+    out = []
+    for zb, g, bt in zip(
+        z,
+        layout.pack(np.tile(gamma * scale, (n, 1))),
+        layout.pack(np.tile(beta, (n, 1))),
+        strict=True,
+    ):
+        zb = he.ensure_level(backend, zb, 2, op)
+        out.append(backend.add_plain(backend.multiply(backend.multiply_plain(zb, g), y), bt))
+    return out
+
+
+def _replication_steps(width: int, slots: int) -> list[int]:
+    return [width << k for k in range((slots // width).bit_length() - 1)]
+
+
+def argmax_rotations(count: int, slots: int) -> list[int]:
+    """Rotation steps ``argmax_onehot`` needs for ``count`` values."""
+    inner = min(1 << max(0, (count - 1).bit_length()), slots)
+    return [-s for s in _replication_steps(inner, slots)] + he.quick_sum_steps(inner)
+
+
+def argmax_onehot(
+    backend: CKKSBackend,
+    cts: list[Ciphertext],
+    count: int,
+    config: approx.ArgmaxConfig = approx.DEFAULT_ARGMAX,
+) -> list[Ciphertext]:
+    """One-hot of the largest of ``count`` values held in slots 0 .. count-1 of ``cts`` (the
+    rest zero), in log2(count) QuickMax rounds and one SGN, as NEXUS; bootstraps between rounds.
+
+    Padding to a power of two uses -bound (as the twin), so it never wins.
+    """
+    slots, op = backend.slots, "argmax"
+    width = 1 << max(0, (count - 1).bit_length())
+    n_cts = max(1, width // slots)
+    if len(cts) != math.ceil(count / slots):
+        raise InputError(f"argmax: {count} values need {math.ceil(count / slots)} ciphertexts")
+    padded = []
+    for i in range(n_cts):
+        start = i * slots
+        pad = np.zeros(slots)
+        pad[max(0, count - start) :] = -config.bound
+        pad[min(slots, width - start) :] = 0.0  # beyond the power-of-two width: replicated below
+        if i < len(cts):
+            padded.append(backend.add_plain(cts[i], pad))
+        else:
+            padded.append(backend.add_plain(backend.multiply_plain(cts[0], 0.0), pad))
+    # Across ciphertexts: the twin's first rounds pair value i with i + width / 2.
+    level = padded
+    while len(level) > 1:
+        half = len(level) // 2
+        level = [
+            he.smooth_max(
+                backend,
+                he.ensure_level(backend, level[j], 2, op),
+                he.ensure_level(backend, level[j + half], 2, op),
+                config.bound,
+                config.g,
+                config.f,
+                op,
+            )
+            for j in range(half)
+        ]
+    m = level[0]
+    inner = min(width, slots)
+    for step in _replication_steps(inner, slots):  # period ``inner``: rotations stay in a group
+        m = backend.add(m, backend.rotate(m, -step))
+    m = he.quick_max(backend, m, inner, 1, config.bound, config.g, config.f, op)
+    d = config.margin * 2.0 * config.bound
+    out = []
+    for i, ct in enumerate(padded[: len(cts)]):
+        arg = backend.add_plain(backend.sub(ct, m), d)
+        arg = backend.multiply_plain(
+            he.ensure_level(backend, arg, 2, op), 1.0 / (4.0 * config.bound)
+        )
+        s = he.ensure_level(backend, he.sgn(backend, arg, config.g, config.f, op), 1, op)
+        onehot = backend.multiply_plain(backend.add_plain(s, 1.0), 0.5)
+        out.append(onehot.prefix(min(slots, count - i * slots)))
+    return out
