@@ -90,9 +90,21 @@ class CKKSBackend(ABC):
         """Several rotations of one ciphertext (backends with hoisting override this)."""
         return [self.rotate(a, s) for s in steps]
 
+    @property
+    def rotation_keys(self) -> frozenset[int]:
+        """The left-rotation steps (mod the slot count) that have keys."""
+        return frozenset()
+
     @abstractmethod
     def level(self, a: Ciphertext) -> int:
         """Levels left: how many more rescalings the ciphertext allows."""
+
+    def drop_to(self, a: Ciphertext, level: int) -> Ciphertext:
+        """``a`` brought down to ``level`` (no-op if already there or below). Rotations and
+        products get cheaper with fewer primes, so callers drop to what they still need."""
+        while self.level(a) > level:
+            a = self.multiply_plain(a, 1.0)
+        return a
 
     @abstractmethod
     def bootstrap(self, a: Ciphertext) -> Ciphertext:

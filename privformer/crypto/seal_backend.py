@@ -129,15 +129,10 @@ class SealBackend(CKKSBackend):
         self.encoder.encode(vec.tolist(), self._parms[level], scale, plain)
         return plain
 
-    def _drop_to(self, ct: Ciphertext, level: int) -> Ciphertext:
-        while self.level(ct) > level:
-            ct = self.multiply_plain(ct, 1.0)
-        return ct
-
     def _align(self, a: Ciphertext, b: Ciphertext) -> tuple[Ciphertext, Ciphertext]:
         self._own(a, b)
         level = min(self.level(a), self.level(b))
-        return self._drop_to(a, level), self._drop_to(b, level)
+        return self.drop_to(a, level), self.drop_to(b, level)
 
     def _rescaled(self, handle, level: int, length: int) -> Ciphertext:
         self.evaluator.rescale_to_next_inplace(handle)
@@ -213,7 +208,7 @@ class SealBackend(CKKSBackend):
         acc = None
         length = 0
         for ct, values in terms:
-            ct = self._drop_to(ct, level)
+            ct = self.drop_to(ct, level)
             length = max(length, ct.length)
             prod = self._out(
                 self.evaluator.multiply_plain, ct.handle, self._encode(values, level, scale)
@@ -223,6 +218,10 @@ class SealBackend(CKKSBackend):
             else:
                 self.evaluator.add_inplace(acc, prod)
         return self._rescaled(acc, level, length)
+
+    @property
+    def rotation_keys(self) -> frozenset[int]:
+        return frozenset(self._galois_steps)
 
     def rotate(self, a: Ciphertext, steps: int) -> Ciphertext:
         self._own(a)

@@ -13,10 +13,11 @@ Layouts (``matmul.TokenInterleaved``: slot f n + t holds feature f of token t):
   the features of each token (rotations by multiples of n, after adding the blocks);
 - ``argmax_onehot`` takes m values in slots 0 .. m-1 of one or more ciphertexts.
 
-Levels (one chain, no bootstrap): GELU 2 + 4(g + f) (18 with g = f = 2, which fits the 19-level
-``depth19`` preset); softmax needs log2(n) SGN rounds for the row maximum, r + 1 for exp and about
-log2(20 n) for the inverse; LayerNorm 4 + 3 per Newton step + 2. Where a ciphertext has fewer
-levels left, ``he_ops.ensure_level`` bootstraps, so these run unchanged on a bootstrapping backend.
+Levels (one chain, no bootstrap): GELU 7 + 4(g + f) (27 with the default g = 3, f = 2);
+softmax log2(n) SGN rounds for the row maximum, r + 1 for exp and about log2(20 n) for the
+inverse; LayerNorm 4 + 3 per Newton step + 2. None fits a 19-level chain, and where a ciphertext
+has fewer levels left, ``he_ops.ensure_level`` bootstraps, so these run unchanged on a
+bootstrapping backend.
 """
 
 from __future__ import annotations
@@ -33,28 +34,34 @@ from privformer.protocols.nexus.matmul import TokenInterleaved
 
 
 def gelu_depth(config: approx.GeluConfig = approx.DEFAULT_GELU) -> int:
-    """Levels one GELU consumes: the 1/scale product, SGN, and the indicator x piece product."""
-    return 2 + 4 * (config.g + config.f)
+    """Levels one GELU consumes: 1/scale, SGN, the clamped x_m, the degree-8 middle piece and
+    the selector product (27 with the default g = 3, f = 2)."""
+    return 7 + 4 * (config.g + config.f)
 
 
 def gelu(
     backend: CKKSBackend, x: Ciphertext, config: approx.GeluConfig = approx.DEFAULT_GELU
 ) -> Ciphertext:
-    """NEXUS piecewise GELU: (s0 - s1) cubic(x) + (s1 - s2) mid(x) + s2 x, s_c = (1 + SGN)/2.
+    """NEXUS piecewise GELU: (s0 - s1) cubic(x) + (s1 - s2) mid(x_m) + s2 x, s_c = (1 + S_c)/2
+    with S_c = SGN((x - c) / scale), x_m = a + (s0 - s3)(x - a) (see ``approx.gelu``).
 
-    Written as 0.5 [(S0 - S1) cubic + (S1 - S2) mid + (S2 + 1) x] with S the SGN values, the
-    halves folded into the pieces' coefficients, so the indicators cost no extra level.
+    Written as 0.5 [(S0 - S1) cubic + (S1 - S2) mid + (S2 + 1) x] with the halves folded into
+    the pieces' coefficients, so the indicators cost no extra level.
     """
-    x = he.ensure_level(backend, x, min(gelu_depth(config), backend.preset.levels), "gelu")
-    scale = 2.0 * config.bound
+    op = "gelu"
+    x = he.ensure_level(backend, x, 5, op)  # 1/scale, and the pieces of depth <= 4
+    scale, a = 2.0 * config.bound, approx.GELU_MID_CENTRE
     xs = backend.multiply_plain(x, 1.0 / scale)
     signs = [
-        he.sgn(backend, backend.add_plain(xs, -c / scale), config.g, config.f, "gelu")
-        for c in approx.GELU_BREAKS
+        he.sgn(backend, backend.add_plain(xs, -c / scale), config.g, config.f, op)
+        for c in (*approx.GELU_BREAKS, approx.GELU_CLAMP_HIGH)
     ]
+    half_offset = backend.multiply_plain(backend.add_plain(x, -a), 0.5)  # (x - a) / 2
+    window = backend.sub(signs[0], signs[3])  # 2 (s0 - s3)
+    x_mid = backend.add_plain(he.mul(backend, window, half_offset, op), a)
     pieces = [
         he.poly(backend, x, 0.5 * approx.GELU_CUBIC),
-        he.poly(backend, x, 0.5 * approx.GELU_MID),
+        he.poly(backend, he.ensure_level(backend, x_mid, 4, op), 0.5 * approx.GELU_MID),
         backend.multiply_plain(x, 0.5),
     ]
     selectors = [
@@ -64,7 +71,7 @@ def gelu(
     ]
     total = None
     for sel, piece in zip(selectors, pieces, strict=True):
-        term = backend.multiply(he.ensure_level(backend, sel, 1, "gelu"), piece)
+        term = he.mul(backend, sel, piece, op)
         total = term if total is None else backend.add(total, term)
     return total
 

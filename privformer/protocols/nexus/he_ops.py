@@ -42,6 +42,24 @@ def mul(backend: CKKSBackend, a: Ciphertext, b: Ciphertext, operator: str) -> Ci
     )
 
 
+def power_of_two_steps(slots: int) -> list[int]:
+    """1, 2, 4, ..., slots/2: with these keys any rotation is a product of at most log2(slots)."""
+    return [1 << k for k in range(slots.bit_length() - 1)]
+
+
+def rotate_composed(backend: CKKSBackend, x: Ciphertext, steps: int) -> Ciphertext:
+    """Rotate left by ``steps``: one rotation if it has a key, else one per set bit of
+    ``steps mod slots`` with power-of-two keys (a Galois key at ring 2^15 is hundreds of MB,
+    so only a few are made)."""
+    step = steps % backend.slots
+    if step == 0 or step in backend.rotation_keys:
+        return backend.rotate(x, step)
+    for k in range(step.bit_length()):
+        if step >> k & 1:
+            x = backend.rotate(x, 1 << k)
+    return x
+
+
 def poly(backend: CKKSBackend, x: Ciphertext, coeffs: np.ndarray) -> Ciphertext:
     """sum_k coeffs[k] x^k (power basis) in depth ceil(log2(degree + 1)) + (1 if degree is a
     power of two): each term multiplies c_k x^(lowest power of two in k) by the other powers of
