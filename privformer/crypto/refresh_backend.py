@@ -31,9 +31,11 @@ class DecryptRefreshBackend(SealBackend):
         super().__init__(preset)
         self.precision_bits = precision_bits
         self.bootstraps = 0
+        self.levels_spent = 0  # levels used up by refreshed ciphertexts (a level-cost counter)
         self._noise = np.random.default_rng(secrets.randbits(64))  # noise, not key material
 
     def bootstrap(self, a: Ciphertext) -> Ciphertext:
+        self.levels_spent += self.top - self.level(a)
         values = self.decrypt(a)
         amplitude = 2.0**-self.precision_bits * max(1.0, float(np.abs(values).max()))
         values = values + self._noise.uniform(-amplitude, amplitude, values.shape)
