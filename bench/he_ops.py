@@ -95,15 +95,32 @@ def quick_sum_row() -> dict:
     }
 
 
-def matmul_row() -> dict:
-    """X (128 x 384, encrypted) times MiniLM's real layer-0 query weight (384 x 384)."""
+def _weight(name: str) -> np.ndarray:
+    """A real MiniLM layer-0 weight (d_in x d_out) or a BERT-base-shaped random one."""
+    if name.startswith("bert_base"):
+        d_in, d_out = {"bert_base_attn": (768, 768), "bert_base_ffn_in": (768, 3072)}.get(
+            name, (3072, 768)
+        )
+        return np.random.default_rng(7).normal(0, 0.03, (d_in, d_out))
+    layer = load_model("minilm").encoder.layer[0]
+    module = {
+        "minilm_q": layer.attention.self.query,
+        "minilm_ffn_in": layer.intermediate.dense,
+        "minilm_ffn_out": layer.output.dense,
+    }[name]
+    return module.weight.detach().double().numpy().T
+
+
+def matmul_row(weight: str, level: int | None = None) -> dict:
+    """X (128 tokens, encrypted) times a plaintext weight, at the top level or with X first
+    dropped to ``level`` (a matmul placed just before the bootstrap that follows it)."""
     backend = SealBackend("depth19")
-    model = load_model("minilm")
-    w = model.encoder.layer[0].attention.self.query.weight.detach().double().numpy().T
+    w = _weight(weight)
     layout = mm.TokenInterleaved(TOKENS, backend.slots)
     _, keygen_s = _timed(lambda: backend.generate_rotation_keys(mm.rotation_steps(layout)))
     x = np.random.default_rng(2).normal(size=(TOKENS, w.shape[0]))
     cts = mm.encrypt_activation(backend, x, layout)
+    cts = [backend.drop_to(c, backend.top if level is None else level) for c in cts]
     out, s = _timed(lambda: mm.matmul_plain(backend, cts, w, layout))
     got = mm.decrypt_activation(backend, out, layout, w.shape[1])
     blocks = layout.blocks(w.shape[0]) * layout.blocks(w.shape[1])
@@ -112,7 +129,8 @@ def matmul_row() -> dict:
     )
     return {
         "operator": "matmul X W (BSGS diagonals)",
-        "shape": f"{TOKENS}x384 @ 384x384, MiniLM W_Q",
+        "shape": f"{TOKENS}x{w.shape[0]} @ {w.shape[0]}x{w.shape[1]} {weight}, "
+        f"level {backend.level(cts[0])}",
         "seconds": s,
         "keygen_s": keygen_s,
         "bootstraps": 0,
@@ -274,7 +292,13 @@ def encrypted_rows(acts) -> list[dict]:
     jobs = [
         (sgn_row, ()),
         (quick_sum_row, ()),
-        (matmul_row, ()),
+        (matmul_row, ("minilm_q",)),
+        (matmul_row, ("minilm_q", 1)),
+        (matmul_row, ("minilm_ffn_in", 1)),
+        (matmul_row, ("minilm_ffn_out", 1)),
+        (matmul_row, ("bert_base_attn", 1)),
+        (matmul_row, ("bert_base_ffn_in", 1)),
+        (matmul_row, ("bert_base_ffn_out", 1)),
         (attention_row, (32, 3, "minilm")),
         (attention_row, (64, 6, "bert_base")),
         (gelu_row, (gelu_inputs,)),
