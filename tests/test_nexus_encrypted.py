@@ -21,7 +21,7 @@ from test_nexus_approx import activations
 
 from privformer.crypto.refresh_backend import DecryptRefreshBackend
 from privformer.crypto.seal_backend import SealBackend
-from privformer.errors import BootstrapUnavailableError, InputError
+from privformer.errors import BootstrapUnavailableError, InputError, LevelError
 from privformer.protocols.nexus import approx as A
 from privformer.protocols.nexus import attention as at
 from privformer.protocols.nexus import he_nonlinear as H
@@ -100,6 +100,17 @@ def test_argmax_onehot(refresh, count):
     # SGN is saturated at the margin, so the mask is 0 or 1 up to the refresh error.
     assert np.abs(onehot - A.argmax_onehot(v)).max() <= 1e-3
     assert int(np.argmax(onehot)) == top and np.abs(onehot - (np.arange(count) == top)).max() < 1e-3
+
+
+def test_simulated_bootstrap_refreshes_within_its_stated_precision(refresh):
+    x = np.random.default_rng(4).uniform(-8, 8, refresh.slots)
+    low = refresh.drop_to(refresh.encrypt(x), 0)
+    fresh = refresh.bootstrap(low)
+    assert refresh.level(fresh) == refresh.top == 7
+    # uniform noise of 2^-20 x max|x| (= 8), plus ~1e-9 of CKKS noise
+    assert np.abs(refresh.decrypt(fresh) - x).max() <= 8 * 2.0**-20 + 1e-7
+    with pytest.raises(LevelError, match="needs 9 levels in one chain"):
+        he.ensure_level(refresh, low, 9, "op")
 
 
 def test_operators_that_need_bootstrapping_say_so_on_seal():

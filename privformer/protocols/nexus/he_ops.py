@@ -88,20 +88,26 @@ def poly(backend: CKKSBackend, x: Ciphertext, coeffs: np.ndarray) -> Ciphertext:
 
 
 def odd_poly(backend: CKKSBackend, x: Ciphertext, coeffs: np.ndarray) -> Ciphertext:
-    """sum_k c_k x^(2k+1) for up to five coefficients (degree 9) in depth 4.
+    """sum_k c_k x^(2k+1) for up to five coefficients (degree 9) in depth 4, 6 products.
 
-    Powers x^2, x^4 (depth 1, 2), x^6, x^8 (depth 3); each coefficient is folded into x first
-    (c_k x, depth 1) so c_k x * x^(2k) lands at depth <= 4 instead of 5.
+    c0 x + (c1 x) x^2 + [c2 x + (c3 x) x^2 + (c4 x) x^4] x^4: each coefficient is folded into x
+    first (depth 1), so the bracket is at depth 3 and the whole at depth 4; the products are
+    x^2, x^4, three inside and one outside (instead of 8 for term-by-term powers).
     """
     if len(coeffs) > 5:
         raise ValueError("odd_poly evaluates degree <= 9 in depth 4")
+    scaled = [backend.multiply_plain(x, float(c)) for c in coeffs]  # c_k x, depth 1
     x2 = backend.multiply(x, x)
-    x4 = backend.multiply(x2, x2)
-    powers = [None, x2, x4, backend.multiply(x2, x4), backend.multiply(x4, x4)]
-    total = backend.multiply_plain(x, float(coeffs[0]))
-    for k in range(1, len(coeffs)):
-        term = backend.multiply(backend.multiply_plain(x, float(coeffs[k])), powers[k])
-        total = backend.add(total, term)
+    total = scaled[0]
+    if len(coeffs) > 1:
+        total = backend.add(total, backend.multiply(scaled[1], x2))
+    if len(coeffs) > 2:
+        x4 = backend.multiply(x2, x2)
+        inner = scaled[2]
+        for k, power in ((3, x2), (4, x4)):
+            if len(coeffs) > k:
+                inner = backend.add(inner, backend.multiply(scaled[k], power))
+        total = backend.add(total, backend.multiply(inner, x4))
     return total
 
 
