@@ -104,6 +104,11 @@ def _block_mask(layout: TokenInterleaved, blocks: list[int]) -> np.ndarray:
     return mask.reshape(-1)
 
 
+def _at_level(backend: CKKSBackend, x: Ciphertext, level: int) -> Ciphertext:
+    """x at exactly ``level``: bootstrapped first if below, dropped if above."""
+    return backend.drop_to(he.ensure_level(backend, x, level, "attention"), level)
+
+
 def _check(backend: CKKSBackend, att: AttentionLayout, *groups: list[Ciphertext]) -> None:
     if att.layout.slots != backend.slots:
         raise InputError(f"layout has {att.layout.slots} slots, the backend {backend.slots}")
@@ -119,8 +124,8 @@ def scores(
     layout, dh, n = att.layout, att.head_dim, att.layout.tokens
     out = []
     for qb, kb in zip(q, k, strict=True):
-        qb = backend.drop_to(qb, SCORE_LEVELS - 1)  # used after the token-rotate's level
-        kb = backend.drop_to(kb, SCORE_LEVELS)
+        qb = _at_level(backend, qb, SCORE_LEVELS - 1)  # used after the token-rotate's level
+        kb = _at_level(backend, kb, SCORE_LEVELS)
         rotated = he.rotate_composed(backend, kb, n - 1)
         acc: list[Ciphertext | None] = [None] * att.heads_per_block
         for d in range(n - 1, -1, -1):  # descending, for the Horner accumulation
@@ -147,11 +152,11 @@ def weighted_values(
     layout, dh, n = att.layout, att.head_dim, att.layout.tokens
     out = []
     for i, vb in enumerate(v):
-        vb = backend.drop_to(vb, VALUE_LEVELS)
+        vb = _at_level(backend, vb, VALUE_LEVELS)
         # Head h's offset-d row (block d) is wanted at block h dh: start shifted by -h dh blocks,
         # then one rotation by n per offset.
         chains = [
-            he.rotate_composed(backend, backend.drop_to(p, VALUE_LEVELS), -h * dh * n)
+            he.rotate_composed(backend, _at_level(backend, p, VALUE_LEVELS), -h * dh * n)
             for h, p in enumerate(probs[i * hp : (i + 1) * hp])
         ]
         rotated = vb

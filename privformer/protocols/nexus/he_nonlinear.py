@@ -49,7 +49,7 @@ def gelu(
     the pieces' coefficients, so the indicators cost no extra level.
     """
     op = "gelu"
-    x = he.ensure_level(backend, x, 5, op)  # 1/scale, and the pieces of depth <= 4
+    x = he.ensure_level(backend, x, 3, op)  # the cubic piece (depth 2), then its selector
     scale, a = 2.0 * config.bound, approx.GELU_MID_CENTRE
     xs = backend.multiply_plain(x, 1.0 / scale)
     signs = [

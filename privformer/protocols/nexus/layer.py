@@ -1,0 +1,178 @@
+"""One BERT encoder layer under CKKS, composed from the NEXUS operators, and its float twin.
+
+This is the composition check for the operators (issue 3): the layouts, levels and scales of one
+operator must feed the next. ``encrypted_layer`` runs Q/K/V projections, Q K^T, softmax, P V,
+the output projection, residual, LayerNorm, FFN with GELU, residual, LayerNorm, all on
+token-interleaved ciphertexts; ``simulate_layer`` applies the same approximations in float64.
+The end-to-end model (embeddings, all layers, the argmax head, client and server) is a later step.
+
+Attention here has no padding mask: all ``tokens`` positions are real tokens.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from privformer.crypto.backend import Ciphertext, CKKSBackend
+from privformer.errors import UnsupportedModelError
+from privformer.protocols.nexus import approx
+from privformer.protocols.nexus import attention as at
+from privformer.protocols.nexus import he_nonlinear as hn
+from privformer.protocols.nexus import he_ops as he
+from privformer.protocols.nexus import matmul as mm
+
+_NAMES = {
+    "q": "attention.self.query",
+    "k": "attention.self.key",
+    "v": "attention.self.value",
+    "o": "attention.output.dense",
+    "ffn1": "intermediate.dense",
+    "ffn2": "output.dense",
+}
+
+
+@dataclass(frozen=True)
+class LayerConfig:
+    """The approximations a layer uses (shared by the encrypted layer and its twin)."""
+
+    gelu: approx.GeluConfig = approx.DEFAULT_GELU
+    softmax: approx.SoftmaxConfig = approx.DEFAULT_SOFTMAX
+    layernorm: approx.LayerNormConfig = approx.DEFAULT_LAYERNORM
+
+
+DEFAULT_LAYER = LayerConfig()
+
+
+@dataclass
+class EncoderLayerWeights:
+    """float64 weights of a ``BertLayer``, (d_in x d_out), 1/sqrt(d_head) folded into Q."""
+
+    weights: dict[str, np.ndarray]
+    biases: dict[str, np.ndarray]
+    ln1: tuple[np.ndarray, np.ndarray]
+    ln2: tuple[np.ndarray, np.ndarray]
+    heads: int
+    eps: float
+
+    @classmethod
+    def from_hf(cls, layer: torch.nn.Module, heads: int, eps: float) -> EncoderLayerWeights:
+        if not hasattr(layer, "intermediate") or not hasattr(layer.attention, "self"):
+            raise UnsupportedModelError("expected a transformers BertLayer")
+        mods = {key: layer.get_submodule(name) for key, name in _NAMES.items()}
+
+        def arr(t: torch.Tensor) -> np.ndarray:
+            return t.detach().double().numpy()
+
+        weights = {key: arr(m.weight).T.copy() for key, m in mods.items()}
+        biases = {key: arr(m.bias).copy() for key, m in mods.items()}
+        scale = 1.0 / math.sqrt(weights["q"].shape[1] // heads)
+        weights["q"] *= scale
+        biases["q"] *= scale
+        ln1, ln2 = layer.attention.output.LayerNorm, layer.output.LayerNorm
+        return cls(
+            weights,
+            biases,
+            (arr(ln1.weight), arr(ln1.bias)),
+            (arr(ln2.weight), arr(ln2.bias)),
+            heads,
+            float(ln1.eps),
+        )
+
+    @property
+    def head_dim(self) -> int:
+        return self.weights["q"].shape[1] // self.heads
+
+
+def simulate_layer(
+    x: np.ndarray, w: EncoderLayerWeights, config: LayerConfig = DEFAULT_LAYER
+) -> np.ndarray:
+    """The layer in float64 with the NEXUS approximations (the encrypted layer's twin)."""
+    lin = {key: x @ w.weights[key] + w.biases[key] for key in ("q", "k", "v")}
+    dh = w.head_dim
+    heads = []
+    for h in range(w.heads):
+        cols = slice(h * dh, (h + 1) * dh)
+        probs = approx.softmax(lin["q"][:, cols] @ lin["k"][:, cols].T, config.softmax)
+        heads.append(probs @ lin["v"][:, cols])
+    attn = np.concatenate(heads, axis=1) @ w.weights["o"] + w.biases["o"]
+    h1 = approx.layernorm(attn + x, *w.ln1, eps=w.eps, config=config.layernorm)
+    ffn = approx.gelu(h1 @ w.weights["ffn1"] + w.biases["ffn1"], config.gelu)
+    out = ffn @ w.weights["ffn2"] + w.biases["ffn2"] + h1
+    return approx.layernorm(out, *w.ln2, eps=w.eps, config=config.layernorm)
+
+
+def rotation_steps(layout: mm.TokenInterleaved, head_dim: int) -> list[int]:
+    """Every rotation key ``encrypted_layer`` uses."""
+    att = at.AttentionLayout(layout, head_dim)
+    return sorted(set(mm.rotation_steps(layout)) | set(att.rotation_steps()))
+
+
+def _linear(
+    backend: CKKSBackend,
+    x: list[Ciphertext],
+    weight: np.ndarray,
+    bias: np.ndarray,
+    layout: mm.TokenInterleaved,
+) -> list[Ciphertext]:
+    x = [he.ensure_level(backend, c, 1, "linear") for c in x]
+    out = mm.matmul_plain(backend, x, weight, layout)
+    biases = layout.pack(np.tile(bias, (layout.tokens, 1)))
+    return [backend.add_plain(c, b) for c, b in zip(out, biases, strict=True)]
+
+
+def encrypted_layer(
+    backend: CKKSBackend,
+    x: list[Ciphertext],
+    w: EncoderLayerWeights,
+    layout: mm.TokenInterleaved,
+    config: LayerConfig = DEFAULT_LAYER,
+    seconds: dict[str, float] | None = None,
+) -> list[Ciphertext]:
+    """The layer on token-interleaved ciphertexts of a (tokens x hidden) activation.
+
+    ``seconds``, if given, receives the wall time of each stage (for benchmarks).
+    """
+    att = at.AttentionLayout(layout, w.head_dim)
+    n = layout.tokens
+    clock = _StageClock(seconds)
+    q, k, v = (_linear(backend, x, w.weights[key], w.biases[key], layout) for key in "qkv")
+    clock("Q, K, V projections")
+    scores = at.scores(backend, q, k, att)
+    clock("Q K^T")
+    probs = [hn.softmax(backend, s, n, n, config.softmax) for s in scores]
+    clock("softmax")
+    heads = at.weighted_values(backend, probs, v, att)
+    clock("P V")
+    attn = _linear(backend, heads, w.weights["o"], w.biases["o"], layout)
+    clock("output projection")
+    residual = [backend.add(a, b) for a, b in zip(attn, x, strict=True)]
+    h1 = hn.layernorm(backend, residual, layout, *w.ln1, w.eps, config.layernorm)
+    clock("LayerNorm 1")
+    ffn = _linear(backend, h1, w.weights["ffn1"], w.biases["ffn1"], layout)
+    clock("FFN in")
+    ffn = [hn.gelu(backend, c, config.gelu) for c in ffn]
+    clock("GELU")
+    ffn2 = _linear(backend, ffn, w.weights["ffn2"], w.biases["ffn2"], layout)
+    clock("FFN out")
+    residual = [backend.add(a, b) for a, b in zip(ffn2, h1, strict=True)]
+    out = hn.layernorm(backend, residual, layout, *w.ln2, w.eps, config.layernorm)
+    clock("LayerNorm 2")
+    return out
+
+
+class _StageClock:
+    """Records the time since the previous call under each stage name (if asked to)."""
+
+    def __init__(self, into: dict[str, float] | None):
+        self.into, self.last = into, time.perf_counter()
+
+    def __call__(self, stage: str) -> None:
+        now = time.perf_counter()
+        if self.into is not None:
+            self.into[stage] = now - self.last
+        self.last = now
