@@ -115,14 +115,29 @@ def rotation_steps(layout: mm.TokenInterleaved, head_dim: int) -> list[int]:
 def _linear(
     backend: CKKSBackend,
     x: list[Ciphertext],
-    weight: np.ndarray,
-    bias: np.ndarray,
+    w: EncoderLayerWeights,
+    key: str,
     layout: mm.TokenInterleaved,
 ) -> list[Ciphertext]:
+    """x W_key + b_key (the matmul needs one level; bootstrap first if there is none)."""
     x = [he.ensure_level(backend, c, 1, "linear") for c in x]
-    out = mm.matmul_plain(backend, x, weight, layout)
-    biases = layout.pack(np.tile(bias, (layout.tokens, 1)))
+    out = mm.matmul_plain(backend, x, w.weights[key], layout)
+    biases = layout.pack(np.tile(w.biases[key], (layout.tokens, 1)))
     return [backend.add_plain(c, b) for c, b in zip(out, biases, strict=True)]
+
+
+def _add_and_norm(
+    backend: CKKSBackend,
+    a: list[Ciphertext],
+    b: list[Ciphertext],
+    norm: tuple[np.ndarray, np.ndarray],
+    w: EncoderLayerWeights,
+    layout: mm.TokenInterleaved,
+    config: LayerConfig,
+) -> list[Ciphertext]:
+    """LayerNorm(a + b): the residual connection and the norm after it."""
+    residual = [backend.add(x, y) for x, y in zip(a, b, strict=True)]
+    return hn.layernorm(backend, residual, layout, *norm, w.eps, config.layernorm)
 
 
 def encrypted_layer(
@@ -140,7 +155,7 @@ def encrypted_layer(
     att = at.AttentionLayout(layout, w.head_dim)
     n = layout.tokens
     clock = _StageClock(seconds)
-    q, k, v = (_linear(backend, x, w.weights[key], w.biases[key], layout) for key in "qkv")
+    q, k, v = (_linear(backend, x, w, key, layout) for key in "qkv")
     clock("Q, K, V projections")
     scores = at.scores(backend, q, k, att)
     clock("Q K^T")
@@ -148,19 +163,17 @@ def encrypted_layer(
     clock("softmax")
     heads = at.weighted_values(backend, probs, v, att)
     clock("P V")
-    attn = _linear(backend, heads, w.weights["o"], w.biases["o"], layout)
+    attn = _linear(backend, heads, w, "o", layout)
     clock("output projection")
-    residual = [backend.add(a, b) for a, b in zip(attn, x, strict=True)]
-    h1 = hn.layernorm(backend, residual, layout, *w.ln1, w.eps, config.layernorm)
+    h1 = _add_and_norm(backend, attn, x, w.ln1, w, layout, config)
     clock("LayerNorm 1")
-    ffn = _linear(backend, h1, w.weights["ffn1"], w.biases["ffn1"], layout)
+    ffn = _linear(backend, h1, w, "ffn1", layout)
     clock("FFN in")
     ffn = [hn.gelu(backend, c, config.gelu) for c in ffn]
     clock("GELU")
-    ffn2 = _linear(backend, ffn, w.weights["ffn2"], w.biases["ffn2"], layout)
+    ffn2 = _linear(backend, ffn, w, "ffn2", layout)
     clock("FFN out")
-    residual = [backend.add(a, b) for a, b in zip(ffn2, h1, strict=True)]
-    out = hn.layernorm(backend, residual, layout, *w.ln2, w.eps, config.layernorm)
+    out = _add_and_norm(backend, ffn2, h1, w.ln2, w, layout, config)
     clock("LayerNorm 2")
     return out
 
