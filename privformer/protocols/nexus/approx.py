@@ -10,7 +10,8 @@ Operators and their valid inputs:
   (Asiacrypt 2020), g4 applied ``g`` times then f4 ``f`` times, depth 4 each;
 - ``gelu``: x in [-bound, bound] (default 32: real MiniLM GELU inputs reach -17.2 and 24.6, far
   past NEXUS's [-8, 8]); NEXUS's piecewise form 0 / cubic / middle polynomial / x with
-  breakpoints -4, -1.95, 3, pieces selected by SGN indicators (middle: degree 8, see below);
+  breakpoints -4, -1.95, 3, pieces selected by SGN indicators (middle: degree 8, evaluated on
+  a clamped input, see below);
 - ``softmax``: rows whose spread (max - min) is at most 2^r; the row maximum found with SGN-based
   QuickMax and subtracted (so peaked rows stay accurate), exp(z) ~ (1 + z/2^r)^(2^r), the row
   sum by QuickSum, 1/sum by Goldschmidt iteration;
