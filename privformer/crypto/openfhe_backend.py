@@ -1,0 +1,243 @@
+"""CKKS on OpenFHE (BSD-2) with real bootstrapping, through a Python 3.10 worker process.
+
+OpenFHE's binding ships a module for CPython 3.10 (``openfhe==1.6.1.0.22.4``) and for 3.12 with a
+newer libstdc++ than Debian 12 has; privformer runs on 3.11. So ``OpenFHEBackend`` starts
+``openfhe_worker.py`` under a 3.10 interpreter that has ``openfhe`` installed and talks to it over
+pipes; ciphertexts live in the worker and are handles here. ``setup_openfhe_venv`` makes that
+interpreter from a local CPython 3.10 and PyPI.
+
+Parameters: 128-bit security is enforced by OpenFHE itself (``HEStd_128_classic``; it raises
+for a ring too small for the modulus), uniform ternary secret, FIXEDMANUAL scaling. Fresh
+ciphertexts and bootstrapped ones both have ``usable`` levels; the bootstrap itself takes
+``CryptoContext.GetBootstrapDepth`` more (20 for the default level budget [3, 3]; [2, 2]
+needs 18 but its bootstrapping keys exceeded 24 GB here).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import pickle
+import shutil
+import struct
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from privformer.crypto.backend import Ciphertext, CKKSBackend
+from privformer.errors import ContextMismatchError, CryptoError
+
+OPENFHE_VERSION = "1.6.1.0.22.4"
+WORKER = Path(__file__).with_name("openfhe_worker.py")
+
+
+def default_venv() -> Path:
+    cache = os.environ.get("PRIVFORMER_CACHE") or os.path.expanduser("~/.cache/privformer")
+    return Path(cache) / "openfhe-py310"
+
+
+def find_python310() -> str:
+    """A CPython 3.10 interpreter: $PRIVFORMER_PYTHON310, python3.10 on PATH, or pyenv's."""
+    candidates = [os.environ.get("PRIVFORMER_PYTHON310")]
+    candidates += sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.10.*/bin/python3.10")))
+    candidates.append(shutil.which("python3.10"))
+    for path in candidates:
+        # pyenv's shims exist for every version but run only the enabled ones: skip them.
+        if path and os.path.exists(path) and "/shims/" not in path:
+            return path
+    raise CryptoError(
+        "OpenFHE needs a CPython 3.10 interpreter (its wheels have no 3.11 module): set "
+        "PRIVFORMER_PYTHON310 or put python3.10 on PATH"
+    )
+
+
+def setup_openfhe_venv(venv: Path | None = None) -> Path:
+    """Create (once) a 3.10 venv with ``openfhe`` from PyPI; returns its python."""
+    venv = venv or default_venv()
+    python = venv / "bin" / "python"
+    if python.exists():
+        return python
+    try:
+        subprocess.run([find_python310(), "-m", "venv", str(venv)], check=True)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", f"openfhe=={OPENFHE_VERSION}"], check=True
+        )
+    except subprocess.CalledProcessError as exc:
+        shutil.rmtree(venv, ignore_errors=True)
+        raise CryptoError(f"could not set up the OpenFHE venv in {venv}: {exc}") from exc
+    return python
+
+
+@dataclass(frozen=True)
+class OpenFHEPreset:
+    """The facts operators read from a preset (``levels``, ``slots``) plus OpenFHE's choices."""
+
+    name: str
+    ring_dim: int
+    levels: int  # usable levels of a fresh or bootstrapped ciphertext
+    scale_bits: int
+    bootstrap_levels: int
+    bootstrapping: bool = True
+
+    @property
+    def slots(self) -> int:
+        return self.ring_dim // 2
+
+
+class OpenFHEBackend(CKKSBackend):
+    """A CKKS context with keys and bootstrapping keys, in a worker process."""
+
+    def __init__(
+        self,
+        usable_levels: int = 4,
+        scale_bits: int = 50,
+        first_bits: int = 55,
+        level_budget: Sequence[int] = (3, 3),
+        ring_dim: int | None = None,
+        python: str | Path | None = None,
+    ):
+        python = python or os.environ.get("PRIVFORMER_OPENFHE_PYTHON") or setup_openfhe_venv()
+        self._proc = subprocess.Popen(
+            [str(python), str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        # OpenFHE's bootstrapping needs first_bits - scale_bits <= its correction factor (7 at 50).
+        info = self._call(
+            "setup", usable_levels, scale_bits, first_bits, list(level_budget), ring_dim
+        )
+        self.preset = OpenFHEPreset(
+            f"openfhe-{usable_levels}", info["ring_dim"], usable_levels, scale_bits, info["boot"]
+        )
+        self.context_id = f"openfhe-{self._proc.pid}"
+        self.top = usable_levels
+        self._rotation_keys: set[int] = set()
+
+    # --- worker protocol -----------------------------------------------------------------
+    def _call(self, method: str, *args):
+        body = pickle.dumps((method, args))
+        try:
+            self._proc.stdin.write(struct.pack("<Q", len(body)) + body)
+            self._proc.stdin.flush()
+            head = self._proc.stdout.read(8)
+            (size,) = struct.unpack("<Q", head)
+            status, result = pickle.loads(self._proc.stdout.read(size))
+        except (BrokenPipeError, struct.error) as exc:
+            raise CryptoError(f"the OpenFHE worker died during {method}") from exc
+        if status != "ok":
+            raise CryptoError(f"OpenFHE {method}: {result}")
+        return result
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.stdin.close()
+            self._proc.wait(timeout=30)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # interpreter shutdown: nothing to report to
+            self.close()
+
+    def _wrap(self, handle: int, length: int) -> Ciphertext:
+        return Ciphertext(self.context_id, handle, length)
+
+    def _own(self, *cts: Ciphertext) -> None:
+        for ct in cts:
+            if ct.context_id != self.context_id:
+                raise ContextMismatchError(
+                    f"ciphertext of context {ct.context_id} used with context {self.context_id}"
+                )
+
+    def _vector(self, values) -> tuple[float | None, bytes | None]:
+        arr = np.atleast_1d(np.asarray(values, dtype=np.float64))
+        if not np.isfinite(arr).all():
+            raise CryptoError("cannot encode NaN or infinite values")
+        if arr.size == 1:
+            return float(arr[0]), None
+        if arr.size > self.slots:
+            raise CryptoError(f"{arr.size} values exceed the {self.slots} slots")
+        vec = np.zeros(self.slots)
+        vec[: arr.size] = arr
+        return None, vec.tobytes()
+
+    def _need_level(self, ct: Ciphertext, op: str) -> None:
+        if self.level(ct) < 1:
+            raise CryptoError(f"{op}: ciphertext is at level 0; bootstrap it first")
+
+    # --- keys, encoding, encryption ------------------------------------------------------
+    @property
+    def rotation_keys(self) -> frozenset[int]:
+        return frozenset(self._rotation_keys)
+
+    def generate_rotation_keys(self, steps: Sequence[int]) -> None:
+        wanted = {int(s) % self.slots for s in steps} - {0} - self._rotation_keys
+        if wanted:
+            self._call("rotation_keygen", sorted(wanted))
+            self._rotation_keys |= wanted
+
+    def encrypt(self, values: np.ndarray) -> Ciphertext:
+        arr = np.asarray(values, dtype=np.float64).ravel()
+        if arr.size == 0 or arr.size > self.slots:
+            raise CryptoError(f"can encrypt 1..{self.slots} values, got {arr.size}")
+        _, data = self._vector(np.concatenate([arr, np.zeros(self.slots - arr.size)]))
+        return self._wrap(self._call("encrypt", data), arr.size)
+
+    def decrypt(self, ct: Ciphertext) -> np.ndarray:
+        self._own(ct)
+        return np.frombuffer(self._call("decrypt", ct.handle, self.slots))[: ct.length].copy()
+
+    # --- arithmetic ----------------------------------------------------------------------
+    def add(self, a: Ciphertext, b: Ciphertext) -> Ciphertext:
+        self._own(a, b)
+        return self._wrap(self._call("add", a.handle, b.handle), max(a.length, b.length))
+
+    def sub(self, a: Ciphertext, b: Ciphertext) -> Ciphertext:
+        self._own(a, b)
+        return self._wrap(self._call("sub", a.handle, b.handle), max(a.length, b.length))
+
+    def add_plain(self, a: Ciphertext, values) -> Ciphertext:
+        self._own(a)
+        scalar, data = self._vector(values)
+        length = max(a.length, np.size(values))
+        return self._wrap(self._call("add_plain", a.handle, scalar, data), length)
+
+    def multiply(self, a: Ciphertext, b: Ciphertext) -> Ciphertext:
+        self._own(a, b)
+        self._need_level(a, "multiply")
+        self._need_level(b, "multiply")
+        return self._wrap(self._call("multiply", a.handle, b.handle), max(a.length, b.length))
+
+    def multiply_plain(self, a: Ciphertext, values) -> Ciphertext:
+        self._own(a)
+        self._need_level(a, "multiply_plain")
+        scalar, data = self._vector(values)
+        return self._wrap(self._call("multiply_plain", a.handle, scalar, data), a.length)
+
+    def rotate(self, a: Ciphertext, steps: int) -> Ciphertext:
+        self._own(a)
+        step = int(steps) % self.slots
+        if step == 0:
+            return a
+        if step not in self._rotation_keys:
+            raise CryptoError(f"no rotation key for step {step}: call generate_rotation_keys first")
+        return self._wrap(self._call("rotate", a.handle, step), self.slots)
+
+    def level(self, a: Ciphertext) -> int:
+        self._own(a)
+        return self._call("level", a.handle)
+
+    def bootstrap(self, a: Ciphertext) -> Ciphertext:
+        self._own(a)
+        return self._wrap(self._call("bootstrap", a.handle), a.length)
+
+    def serialize(self, a: Ciphertext) -> bytes:
+        raise CryptoError("ciphertext serialization is not wired for the OpenFHE backend yet")
+
+    def deserialize(self, data: bytes, length: int) -> Ciphertext:
+        raise CryptoError("ciphertext serialization is not wired for the OpenFHE backend yet")
+
+
+if __name__ == "__main__":  # python -m privformer.crypto.openfhe_backend: make the venv
+    print(setup_openfhe_venv(Path(sys.argv[1]) if len(sys.argv) > 1 else None))

@@ -1,0 +1,154 @@
+"""OpenFHE CKKS in a worker process: the server side of ``openfhe_backend.OpenFHEBackend``.
+
+OpenFHE's Python binding installs here only for CPython 3.10 (see the README), while privformer
+runs on 3.11, so this script runs under a 3.10 interpreter with ``openfhe`` and the standard
+library only (no privformer, no numpy). It owns the context, the keys and every ciphertext;
+the parent refers to ciphertexts by integer handles.
+
+Wire format on stdin/stdout: 8-byte little-endian length, then a pickle of (method, args);
+the reply is a pickle of ("ok", result) or ("err", message). Vectors travel as float64 bytes.
+Scaling is FIXEDMANUAL: every product is rescaled at once, as the backend interface promises.
+"""
+
+from __future__ import annotations
+
+import pickle
+import struct
+import sys
+from array import array
+
+TECHNIQUE = "FLEXIBLEAUTO"
+
+
+def _floats(data: bytes) -> list[float]:
+    values = array("d")
+    values.frombytes(data)
+    return values.tolist()
+
+
+class Worker:
+    def __init__(self) -> None:
+        self.cts: dict[int, object] = {}
+        self.next_id = 0
+
+    # --- context -------------------------------------------------------------------------
+    def setup(self, usable: int, scale_bits: int, first_bits: int, level_budget, ring_dim):
+        import openfhe as o
+
+        self.o = o
+        dist = o.SecretKeyDist.UNIFORM_TERNARY
+        self.boot_depth = o.CryptoContext.GetBootstrapDepth(list(level_budget), dist)
+        self.depth = usable + self.boot_depth
+        params = o.CCParamsCKKSRNS()
+        params.SetSecurityLevel(o.SecurityLevel.HEStd_128_classic)  # never HEStd_NotSet
+        params.SetSecretKeyDist(dist)
+        params.SetScalingModSize(scale_bits)
+        params.SetFirstModSize(first_bits)
+        params.SetScalingTechnique(getattr(o.ScalingTechnique, TECHNIQUE))
+        params.SetMultiplicativeDepth(self.depth)
+        params.SetNumLargeDigits(3)  # hybrid key switching; 2 would force ring 2^17 here
+        if ring_dim:
+            params.SetRingDim(ring_dim)
+        cc = o.GenCryptoContext(params)
+        for feature in ("PKE", "KEYSWITCH", "LEVELEDSHE", "ADVANCEDSHE", "FHE"):
+            cc.Enable(getattr(o.PKESchemeFeature, feature))
+        self.cc = cc
+        self.slots = cc.GetRingDimension() // 2
+        cc.EvalBootstrapSetup(list(level_budget))
+        self.keys = cc.KeyGen()
+        cc.EvalMultKeyGen(self.keys.secretKey)
+        cc.EvalBootstrapKeyGen(self.keys.secretKey, self.slots)
+        return {"ring_dim": cc.GetRingDimension(), "depth": self.depth, "boot": self.boot_depth}
+
+    def rotation_keygen(self, steps):
+        self.cc.EvalRotateKeyGen(self.keys.secretKey, [int(s) for s in steps])
+
+    # --- handles -------------------------------------------------------------------------
+    def _new(self, ct) -> int:
+        self.next_id += 1
+        self.cts[self.next_id] = ct
+        return self.next_id
+
+    def free(self, ids):
+        for i in ids:
+            self.cts.pop(i, None)
+
+    def level(self, a: int) -> int:
+        """Rescalings left to the operators: one fewer than the chain has, because
+        EvalBootstrap needs its input one level above the bottom."""
+        ct = self.cts[a]
+        return self.depth - ct.GetLevel() - (ct.GetNoiseScaleDeg() - 1) - 1
+
+    def _plain(self, data: bytes, consumed: int):
+        return self.cc.MakeCKKSPackedPlaintext(_floats(data), 1, consumed)
+
+    def _aligned(self, a: int, b: int):
+        x, y = self.cts[a], self.cts[b]
+        if x.GetLevel() < y.GetLevel():
+            x = self.cc.LevelReduce(x, None, y.GetLevel() - x.GetLevel())
+        elif y.GetLevel() < x.GetLevel():
+            y = self.cc.LevelReduce(y, None, x.GetLevel() - y.GetLevel())
+        return x, y
+
+    # --- operations ----------------------------------------------------------------------
+    def encrypt(self, data: bytes) -> int:
+        # Fresh ciphertexts get the levels a bootstrap leaves, so both look alike to operators.
+        fresh = self._plain(data, self.boot_depth - 1)
+        return self._new(self.cc.Encrypt(self.keys.publicKey, fresh))
+
+    def decrypt(self, a: int, length: int) -> bytes:
+        plain = self.cc.Decrypt(self.cts[a], self.keys.secretKey)
+        plain.SetLength(length)
+        return array("d", plain.GetRealPackedValue()).tobytes()
+
+    def add(self, a: int, b: int) -> int:
+        return self._new(self.cc.EvalAdd(*self._aligned(a, b)))
+
+    def sub(self, a: int, b: int) -> int:
+        return self._new(self.cc.EvalSub(*self._aligned(a, b)))
+
+    def add_plain(self, a: int, scalar, data):
+        ct = self.cts[a]
+        if data is None:
+            return self._new(self.cc.EvalAdd(ct, float(scalar)))
+        return self._new(self.cc.EvalAdd(ct, self._plain(data, ct.GetLevel())))
+
+    def multiply(self, a: int, b: int) -> int:
+        return self._new(self._rescaled(self.cc.EvalMult(*self._aligned(a, b))))
+
+    def multiply_plain(self, a: int, scalar, data):
+        ct = self.cts[a]
+        if data is None:
+            return self._new(self._rescaled(self.cc.EvalMult(ct, float(scalar))))
+        return self._new(self._rescaled(self.cc.EvalMult(ct, self._plain(data, ct.GetLevel()))))
+
+    def _rescaled(self, ct):
+        return self.cc.Rescale(ct) if TECHNIQUE == "FIXEDMANUAL" else ct
+
+    def rotate(self, a: int, step: int) -> int:
+        return self._new(self.cc.EvalRotate(self.cts[a], int(step)))
+
+    def bootstrap(self, a: int) -> int:
+        return self._new(self.cc.EvalBootstrap(self.cts[a]))
+
+
+def main() -> None:
+    worker = Worker()
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    while True:
+        head = stdin.read(8)
+        if len(head) < 8:
+            return
+        (size,) = struct.unpack("<Q", head)
+        method, args = pickle.loads(stdin.read(size))
+        try:
+            reply = ("ok", getattr(worker, method)(*args))
+        except Exception as exc:  # reported to the parent, which raises CryptoError
+            reply = ("err", f"{type(exc).__name__}: {exc}")
+        body = pickle.dumps(reply)
+        stdout.write(struct.pack("<Q", len(body)) + body)
+        stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
