@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from privformer.crypto.presets import Preset
+from privformer.errors import ContextMismatchError
 
 
 class Ciphertext:
@@ -40,6 +41,17 @@ class CKKSBackend(ABC):
     @property
     def slots(self) -> int:
         return self.preset.slots
+
+    def _wrap(self, handle: object, length: int) -> Ciphertext:
+        return Ciphertext(self.context_id, handle, length)
+
+    def _own(self, *cts: Ciphertext) -> None:
+        """Refuse ciphertexts of another context (they would decrypt to garbage)."""
+        for ct in cts:
+            if ct.context_id != self.context_id:
+                raise ContextMismatchError(
+                    f"ciphertext of context {ct.context_id} used with context {self.context_id}"
+                )
 
     # --- keys ----------------------------------------------------------------------------------
     @abstractmethod

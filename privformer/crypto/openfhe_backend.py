@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from privformer.crypto.backend import Ciphertext, CKKSBackend
-from privformer.errors import ContextMismatchError, CryptoError
+from privformer.errors import CryptoError
 
 OPENFHE_VERSION = "1.6.1.0.22.4"
 WORKER = Path(__file__).with_name("openfhe_worker.py")
@@ -140,15 +140,6 @@ class OpenFHEBackend(CKKSBackend):
         with contextlib.suppress(Exception):  # interpreter shutdown: nothing to report to
             self.close()
 
-    def _wrap(self, handle: int, length: int) -> Ciphertext:
-        return Ciphertext(self.context_id, handle, length)
-
-    def _own(self, *cts: Ciphertext) -> None:
-        for ct in cts:
-            if ct.context_id != self.context_id:
-                raise ContextMismatchError(
-                    f"ciphertext of context {ct.context_id} used with context {self.context_id}"
-                )
 
     def _vector(self, values) -> tuple[float | None, bytes | None]:
         arr = np.atleast_1d(np.asarray(values, dtype=np.float64))

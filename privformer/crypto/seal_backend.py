@@ -101,15 +101,6 @@ class SealBackend(CKKSBackend):
         method(*args, dest)
         return dest
 
-    def _wrap(self, handle, length: int) -> Ciphertext:
-        return Ciphertext(self.context_id, handle, length)
-
-    def _own(self, *cts: Ciphertext) -> None:
-        for ct in cts:
-            if ct.context_id != self.context_id:
-                raise ContextMismatchError(
-                    f"ciphertext of context {ct.context_id} used with context {self.context_id}"
-                )
 
     def _level_of(self, handle) -> int:
         return self.context.get_context_data(handle.parms_id()).chain_index()
