@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from privformer.crypto.presets import Preset
-from privformer.errors import ContextMismatchError
+from privformer.errors import ContextMismatchError, CryptoError, LevelError
 
 
 class Ciphertext:
@@ -44,6 +44,37 @@ class CKKSBackend(ABC):
 
     def _wrap(self, handle: object, length: int) -> Ciphertext:
         return Ciphertext(self.context_id, handle, length)
+
+    # --- checks every backend applies the same way -------------------------------------------
+    def _plain_values(self, values: np.ndarray | float) -> np.ndarray:
+        """Plaintext values as float64: finite, at most one per slot (one: a constant)."""
+        arr = np.atleast_1d(np.asarray(values, dtype=np.float64))
+        if not np.isfinite(arr).all():
+            raise CryptoError("cannot encode NaN or infinite values")
+        if arr.size > self.slots:
+            raise CryptoError(f"{arr.size} values exceed the {self.slots} slots")
+        return arr
+
+    def _encryptable(self, values: np.ndarray) -> np.ndarray:
+        arr = np.asarray(values, dtype=np.float64).ravel()
+        if arr.size == 0 or arr.size > self.slots:
+            raise CryptoError(f"can encrypt 1..{self.slots} values, got {arr.size}")
+        return arr
+
+    def _need_level(self, ct: Ciphertext, op: str) -> int:
+        """The ciphertext's level, which a product needs to be at least 1."""
+        level = self.level(ct)
+        if level < 1:
+            raise LevelError(f"{op}: ciphertext is at level 0; bootstrap it or use a deeper preset")
+        return level
+
+    def _rotation_step(self, a: Ciphertext, steps: int) -> int:
+        """``steps`` mod the slot count, checked to have a key (0: no rotation needed)."""
+        self._own(a)
+        step = int(steps) % self.slots
+        if step and step not in self.rotation_keys:
+            raise CryptoError(f"no rotation key for step {step}: call generate_rotation_keys first")
+        return step
 
     def _own(self, *cts: Ciphertext) -> None:
         """Refuse ciphertexts of another context (they would decrypt to garbage)."""

@@ -140,22 +140,13 @@ class OpenFHEBackend(CKKSBackend):
         with contextlib.suppress(Exception):  # interpreter shutdown: nothing to report to
             self.close()
 
-
     def _vector(self, values) -> tuple[float | None, bytes | None]:
-        arr = np.atleast_1d(np.asarray(values, dtype=np.float64))
-        if not np.isfinite(arr).all():
-            raise CryptoError("cannot encode NaN or infinite values")
+        arr = self._plain_values(values)
         if arr.size == 1:
             return float(arr[0]), None
-        if arr.size > self.slots:
-            raise CryptoError(f"{arr.size} values exceed the {self.slots} slots")
         vec = np.zeros(self.slots)
         vec[: arr.size] = arr
         return None, vec.tobytes()
-
-    def _need_level(self, ct: Ciphertext, op: str) -> None:
-        if self.level(ct) < 1:
-            raise CryptoError(f"{op}: ciphertext is at level 0; bootstrap it first")
 
     # --- keys, encoding, encryption ------------------------------------------------------
     @property
@@ -169,9 +160,7 @@ class OpenFHEBackend(CKKSBackend):
             self._rotation_keys |= wanted
 
     def encrypt(self, values: np.ndarray) -> Ciphertext:
-        arr = np.asarray(values, dtype=np.float64).ravel()
-        if arr.size == 0 or arr.size > self.slots:
-            raise CryptoError(f"can encrypt 1..{self.slots} values, got {arr.size}")
+        arr = self._encryptable(values)
         _, data = self._vector(np.concatenate([arr, np.zeros(self.slots - arr.size)]))
         return self._wrap(self._call("encrypt", data), arr.size)
 
@@ -207,12 +196,9 @@ class OpenFHEBackend(CKKSBackend):
         return self._wrap(self._call("multiply_plain", a.handle, scalar, data), a.length)
 
     def rotate(self, a: Ciphertext, steps: int) -> Ciphertext:
-        self._own(a)
-        step = int(steps) % self.slots
+        step = self._rotation_step(a, steps)
         if step == 0:
             return a
-        if step not in self._rotation_keys:
-            raise CryptoError(f"no rotation key for step {step}: call generate_rotation_keys first")
         return self._wrap(self._call("rotate", a.handle, step), self.slots)
 
     def level(self, a: Ciphertext) -> int:

@@ -29,7 +29,6 @@ from privformer.errors import (
     BootstrapUnavailableError,
     CiphertextFormatError,
     ContextMismatchError,
-    CryptoError,
     InsecureParametersError,
     LevelError,
 )
@@ -101,16 +100,11 @@ class SealBackend(CKKSBackend):
         method(*args, dest)
         return dest
 
-
     def _level_of(self, handle) -> int:
         return self.context.get_context_data(handle.parms_id()).chain_index()
 
     def _encode(self, values: np.ndarray | float, level: int, scale: float):
-        arr = np.atleast_1d(np.asarray(values, dtype=np.float64))
-        if not np.isfinite(arr).all():
-            raise CryptoError("cannot encode NaN or infinite values")
-        if arr.size > self.slots:
-            raise CryptoError(f"{arr.size} values exceed the {self.slots} slots")
+        arr = self._plain_values(values)
         plain = seal.Plaintext()
         if arr.size == 1:
             # A constant in every slot: SEAL's scalar encoding skips the FFT (80x faster).
@@ -131,17 +125,9 @@ class SealBackend(CKKSBackend):
         handle.scale = self._scale[level - 1]  # equal up to float rounding by construction
         return self._wrap(handle, length)
 
-    def _need_level(self, ct: Ciphertext, op: str) -> int:
-        level = self.level(ct)
-        if level < 1:
-            raise LevelError(f"{op}: ciphertext is at level 0; bootstrap it or use a deeper preset")
-        return level
-
     # --- encoding and encryption ---------------------------------------------------------------
     def encrypt(self, values: np.ndarray) -> Ciphertext:
-        arr = np.asarray(values, dtype=np.float64).ravel()
-        if arr.size == 0 or arr.size > self.slots:
-            raise CryptoError(f"can encrypt 1..{self.slots} values, got {arr.size}")
+        arr = self._encryptable(values)
         handle = seal.Ciphertext()
         self.encryptor.encrypt(self._encode(arr, self.top, self._scale[self.top]), handle)
         return self._wrap(handle, arr.size)
@@ -216,12 +202,9 @@ class SealBackend(CKKSBackend):
         return frozenset(self._galois_steps)
 
     def rotate(self, a: Ciphertext, steps: int) -> Ciphertext:
-        self._own(a)
-        step = int(steps) % self.slots
+        step = self._rotation_step(a, steps)
         if step == 0:
             return a
-        if step not in self._galois_steps:
-            raise CryptoError(f"no rotation key for step {step}: call generate_rotation_keys first")
         handle = seal.Ciphertext()
         self.evaluator.rotate_vector(a.handle, step, self._galois, handle)
         return self._wrap(handle, self.slots)  # values may wrap around to any slot
