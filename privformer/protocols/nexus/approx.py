@@ -131,7 +131,8 @@ def gelu(x: np.ndarray, config: GeluConfig = DEFAULT_GELU) -> np.ndarray:
 
 
 # --- slot folding ----------------------------------------------------------------------------
-def _next_pow2(n: int) -> int:
+def next_pow2(n: int) -> int:
+    """The smallest power of two >= n (the width folds pad to)."""
     return 1 << max(0, (n - 1).bit_length())
 
 
@@ -142,7 +143,7 @@ def _fold(x: np.ndarray, pad: float, combine) -> np.ndarray:
     the combination of all values (cyclically), so the first n slots are returned.
     """
     n = x.shape[-1]
-    width = _next_pow2(n)
+    width = next_pow2(n)
     acc = np.concatenate([x, np.full((*x.shape[:-1], width - n), pad)], axis=-1)
     step = width // 2
     while step:

@@ -193,7 +193,7 @@ def _replication_steps(width: int, slots: int) -> list[int]:
 
 def argmax_rotations(count: int, slots: int) -> list[int]:
     """Rotation steps ``argmax_onehot`` needs for ``count`` values."""
-    inner = min(1 << max(0, (count - 1).bit_length()), slots)
+    inner = min(approx.next_pow2(count), slots)
     return [-s for s in _replication_steps(inner, slots)] + he.quick_sum_steps(inner)
 
 
@@ -209,7 +209,7 @@ def argmax_onehot(
     Padding to a power of two uses -bound (as the twin), so it never wins.
     """
     slots, op = backend.slots, "argmax"
-    width = 1 << max(0, (count - 1).bit_length())
+    width = approx.next_pow2(count)
     n_cts = max(1, width // slots)
     if len(cts) != math.ceil(count / slots):
         raise InputError(f"argmax: {count} values need {math.ceil(count / slots)} ciphertexts")
