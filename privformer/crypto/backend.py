@@ -37,6 +37,7 @@ class CKKSBackend(ABC):
 
     preset: Preset
     context_id: str
+    top: int  # levels of a fresh ciphertext, and of a bootstrapped one
 
     @property
     def slots(self) -> int:

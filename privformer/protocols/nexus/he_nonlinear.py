@@ -119,21 +119,32 @@ def softmax(
 
 
 def inv_sqrt(
-    backend: CKKSBackend, u: Ciphertext, iters: int, operator: str = "layernorm"
+    backend: CKKSBackend, total: Ciphertext, c: float, iters: int, operator: str = "layernorm"
 ) -> Ciphertext:
-    """1/sqrt(u) for u in (0, 1] by Newton, y <- 1.5 y - (0.5 y)(u y^2), 3 levels a step."""
+    """1/sqrt(u) for u = c * total in (0, 1], by Newton, y <- 1.5 y - 0.5 y (u y^2).
+
+    CKKS noise is absolute (about 1e-8 after a rescale at a 2^40 scale), so u itself, as small
+    as 2e-4, is only good to ~5e-5 relative, and that error moves Newton's fixed point. The
+    first ``iters - 1`` steps use u (3 levels a step): their error is a bias the last step
+    removes. The last step forms u y^2 as (c/2)(total y^2), whose factors are all >= 1 in
+    magnitude, so it is good to ~1e-7 (4 levels). ``total`` needs 3 levels, so it is never
+    bootstrapped here: a bootstrap's error is relative to the largest slot, which would
+    bring the small variances' problem back.
+    """
     a = 0.9 * math.sqrt(6.0)  # approx.newton_start: a (1.5 - u)
-    u = he.ensure_level(backend, u, 2, operator)
+    total = he.ensure_level(backend, total, 3, operator)
+    u = he.ensure_level(backend, backend.multiply_plain(total, c), 2, operator)
     y = backend.add_plain(backend.multiply_plain(u, -a), 1.5 * a)
-    for _ in range(iters):
+    for _ in range(iters - 1):
         y = he.ensure_level(backend, y, 3, operator)
-        u = he.ensure_level(backend, u, 2, operator)
         uy2 = backend.multiply(u, backend.multiply(y, y))
         y = backend.add(
             backend.multiply_plain(y, 1.5),
             backend.multiply(backend.multiply_plain(y, -0.5), uy2),
         )
-    return y
+    y = he.ensure_level(backend, y, 4, operator)
+    t = backend.multiply(total, backend.multiply(y, y))  # ~1/c = hidden * var_high
+    return backend.multiply(y, backend.add_plain(backend.multiply_plain(t, -0.5 * c), 1.5))
 
 
 def layernorm(
@@ -155,7 +166,10 @@ def layernorm(
             f"{layout.features} features per block"
         )
     op, n, feats = "layernorm", layout.tokens, layout.features
-    blocks = [he.ensure_level(backend, b, 4, op) for b in blocks]
+    # 5 levels: z, z^2, then the variance sum with the 3 levels inv_sqrt's last step needs, so
+    # only x and y are bootstrapped (y's bootstrap error is Newton's to correct). On a chain
+    # shorter than 5 the variance sum is bootstrapped too, and small variances lose precision.
+    blocks = [he.ensure_level(backend, b, min(5, backend.top), op) for b in blocks]
     total = blocks[0]
     for b in blocks[1:]:
         total = backend.add(total, b)
@@ -168,12 +182,11 @@ def layernorm(
     squares = backend.multiply(z[0], z[0])
     for zb in z[1:]:
         squares = backend.add(squares, backend.multiply(zb, zb))
-    var = he.quick_sum(backend, squares, feats, n)
-    u = backend.add_plain(
-        backend.multiply_plain(var, 1.0 / (hidden * config.var_high)), eps / config.var_high
-    )
-    y = inv_sqrt(backend, u, approx.newton_iterations(config), op)
-    y = he.ensure_level(backend, y, 1, op)
+    var = he.quick_sum(backend, squares, feats, n)  # hidden x the variance
+    total = backend.add_plain(var, hidden * eps)
+    c = 1.0 / (hidden * config.var_high)
+    y = inv_sqrt(backend, total, c, approx.newton_iterations(config), op)  # sqrt(var_high / var)
+    y = he.ensure_level(backend, y, 2, op)
     scale = 1.0 / math.sqrt(config.var_high)
     out = []
     for zb, g, bt in zip(
@@ -182,8 +195,10 @@ def layernorm(
         layout.pack(np.tile(beta, (n, 1))),
         strict=True,
     ):
+        # z y (magnitude ~16 x the normalised value) before the small gamma / 16: the absolute
+        # rescale noise then stays small against every factor.
         zb = he.ensure_level(backend, zb, 2, op)
-        out.append(backend.add_plain(backend.multiply(backend.multiply_plain(zb, g), y), bt))
+        out.append(backend.add_plain(backend.multiply_plain(backend.multiply(zb, y), g), bt))
     return out
 
 
