@@ -2,7 +2,8 @@
 128 tokens, next to the NEXUS paper's CPU figures, plus the float64 simulate twins on real MiniLM
 activations (time and error).
 
-    python bench/he_ops.py      # prints tables, writes bench/results/he_ops.json
+    python bench/he_ops.py                  # prints tables, writes bench/results/he_ops.json
+    python bench/he_ops.py --only LayerNorm # re-measures those rows, keeps the others' figures
 
 Backend: SEAL through TenSEAL, single-threaded, ring 2^15 (``depth19``: 19 levels at 2^40,
 16,384 slots, so a 128 x 128 block per ciphertext). SEAL cannot bootstrap and OpenFHE does not
@@ -19,6 +20,7 @@ tokens, CPU, ring 2^16; secondary): GELU 44 s, softmax 47 s, LayerNorm 32 s, arg
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import resource
 import sys
@@ -42,6 +44,7 @@ from privformer.protocols.nexus import matmul as mm  # noqa: E402
 from privformer.protocols.nexus.calibration import record_bert_activations  # noqa: E402
 
 TOKENS = 128
+RESULTS_FILE = Path(__file__).resolve().parent / "results" / "he_ops.json"
 PAPER_S = {"GELU": 44.0, "softmax": 47.0, "LayerNorm": 32.0, "argmax": 54.0}
 
 
@@ -284,7 +287,7 @@ def _run(job):
     return row
 
 
-def encrypted_rows(acts) -> list[dict]:
+def encrypted_rows(acts, only: str | None = None) -> list[dict]:
     rng = np.random.default_rng(3)
     gelu_inputs = rng.choice(acts["gelu"], 1 << 14, replace=False)
     score_rows = [r for block in acts["scores"] for r in block][::7][:TOKENS]
@@ -307,11 +310,14 @@ def encrypted_rows(acts) -> list[dict]:
         (layernorm_row, (ln_rows, 768)),
         (argmax_row, ()),
     ]
+    if only:
+        jobs = [job for job in jobs if only.lower() in JOB_OPERATOR[job[0].__name__].lower()]
     rows = []
     ctx = multiprocessing.get_context("spawn")
     for job in jobs:  # one fresh process each, so peak RSS is the operator's own
         with ctx.Pool(1) as pool:
             row = pool.apply(_run, (job,))
+        row["measured_on"] = time.strftime("%Y-%m-%d")
         print(f"{row['operator']:28s} {row['shape'][:48]:48s} {row['seconds']:8.1f} s", flush=True)
         rows.append(row)
     return rows
@@ -371,9 +377,26 @@ def simulate_rows(acts) -> list[dict]:
     return rows
 
 
+JOB_OPERATOR = {
+    "sgn_row": "SGN",
+    "quick_sum_row": "QuickSum",
+    "matmul_row": "matmul",
+    "attention_row": "attention",
+    "gelu_row": "GELU",
+    "softmax_row": "softmax",
+    "layernorm_row": "LayerNorm",
+    "argmax_row": "argmax",
+}
+
+
 def main() -> None:
+    only = sys.argv[sys.argv.index("--only") + 1] if "--only" in sys.argv else None
     acts = record_activations()
-    enc, sim = encrypted_rows(acts), simulate_rows(acts)
+    enc, sim = encrypted_rows(acts, only), simulate_rows(acts)
+    if only:  # keep the rows not re-measured, in their order
+        fresh = {(r["operator"], r["shape"]): r for r in enc}
+        old = json.loads(RESULTS_FILE.read_text())["encrypted"]
+        enc = [fresh.pop((r["operator"], r["shape"]), r) for r in old] + list(fresh.values())
     print_table(
         "Encrypted (SEAL ring 2^15, 1 thread; bootstraps simulated and not timed)",
         enc,

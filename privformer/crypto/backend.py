@@ -8,13 +8,15 @@ contexts raises ``ContextMismatchError`` instead of computing garbage.
 
 from __future__ import annotations
 
+import hashlib
+import struct
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 import numpy as np
 
 from privformer.crypto.presets import Preset
-from privformer.errors import ContextMismatchError, CryptoError, LevelError
+from privformer.errors import CiphertextFormatError, ContextMismatchError, CryptoError, LevelError
 
 
 class Ciphertext:
@@ -30,6 +32,10 @@ class Ciphertext:
     def prefix(self, length: int) -> Ciphertext:
         """The same ciphertext, declaring only its first ``length`` slots meaningful."""
         return Ciphertext(self.context_id, self.handle, length)
+
+
+_MAGIC = b"PFCT1"  # privformer ciphertext, envelope version 1
+_HEAD = len(_MAGIC) + 8 + 8  # magic, context id (8 bytes), meaningful slot count
 
 
 class CKKSBackend(ABC):
@@ -155,8 +161,32 @@ class CKKSBackend(ABC):
         """Refresh a ciphertext to a high level (raises where the backend cannot)."""
 
     # --- serialization -------------------------------------------------------------------------
+    # The envelope is the same for every backend: magic, context id, slot count, SHA-256 of all
+    # that and the body, then the backend's own bytes. A corrupted or foreign ciphertext is
+    # refused here by name, before the library parses (or silently mis-decrypts) it.
+    def _envelope(self, a: Ciphertext, body: bytes) -> bytes:
+        header = _MAGIC + bytes.fromhex(self.context_id) + struct.pack("<Q", a.length)
+        return header + hashlib.sha256(header + body).digest() + body
+
+    def _open_envelope(self, data: bytes) -> tuple[bytes, int]:
+        """(the backend's bytes, the slot count), after checking format, digest and context."""
+        if len(data) < _HEAD + 32 or not data.startswith(_MAGIC):
+            raise CiphertextFormatError("not a privformer ciphertext (bad magic or too short)")
+        context_id = data[len(_MAGIC) : len(_MAGIC) + 8].hex()
+        (length,) = struct.unpack("<Q", data[len(_MAGIC) + 8 : _HEAD])
+        digest, body = data[_HEAD : _HEAD + 32], data[_HEAD + 32 :]
+        if hashlib.sha256(data[:_HEAD] + body).digest() != digest:
+            raise CiphertextFormatError(
+                "ciphertext checksum mismatch: corrupted in transit or storage"
+            )
+        if context_id != self.context_id:
+            raise ContextMismatchError(
+                f"ciphertext of context {context_id}, this is {self.context_id}"
+            )
+        return body, length
+
     @abstractmethod
     def serialize(self, a: Ciphertext) -> bytes: ...
 
     @abstractmethod
-    def deserialize(self, data: bytes, length: int) -> Ciphertext: ...
+    def deserialize(self, data: bytes, length: int | None = None) -> Ciphertext: ...

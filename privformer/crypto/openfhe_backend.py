@@ -7,10 +7,18 @@ pipes; ciphertexts live in the worker and are handles here. ``setup_openfhe_venv
 interpreter from a local CPython 3.10 and PyPI.
 
 Parameters: 128-bit security is enforced by OpenFHE itself (``HEStd_128_classic``; it raises
-for a ring too small for the modulus), uniform ternary secret, FIXEDMANUAL scaling. Fresh
-ciphertexts and bootstrapped ones both have ``usable`` levels; the bootstrap itself takes
-``CryptoContext.GetBootstrapDepth`` more (20 for the default level budget [3, 3]; [2, 2]
-needs 18 but its bootstrapping keys exceeded 24 GB here).
+for a ring too small for the modulus), uniform ternary secret, FLEXIBLEAUTO scaling. Fresh
+ciphertexts and bootstrapped ones both have ``levels`` levels; the bootstrap itself takes
+``CryptoContext.GetBootstrapDepth`` more (20 for level budget [3, 3]; [2, 2] needs 18 but its
+bootstrapping keys exceeded 24 GB here) plus one per extra Meta-BTS iteration.
+
+Why these defaults. A uniform ternary secret makes the bootstrap's mod-raise overflow up to
+K = 512, so the message is scaled down by ~2^9 inside it and precision is roughly the scaling
+prime's size minus ~45 bits: one bootstrap kept 5.8 bits at 50-bit primes and 11.4 at 56
+(measured). 59-bit primes with 25 levels do not fit ring 2^16 at 128 bits, and ring 2^17's keys
+exceeded 22 GB. Two Meta-BTS iterations double the bits (20.2 at 55-bit primes, 22.4 at 56) for
+one extra level and twice the time; 7 key-switching digits shrink the special modulus enough for
+55-bit primes and 4 levels after bootstrapping to fit ring 2^16.
 """
 
 from __future__ import annotations
@@ -19,10 +27,12 @@ import contextlib
 import glob
 import os
 import pickle
+import secrets
 import shutil
 import struct
 import subprocess
 import sys
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from privformer.crypto.backend import Ciphertext, CKKSBackend
-from privformer.errors import CryptoError
+from privformer.errors import CiphertextFormatError, CryptoError
 
 OPENFHE_VERSION = "1.6.1.0.22.4"
 WORKER = Path(__file__).with_name("openfhe_worker.py")
@@ -89,35 +99,78 @@ class OpenFHEPreset:
         return self.ring_dim // 2
 
 
+class _Handle:
+    """A ciphertext's id in the worker; the worker frees it when no Ciphertext holds it
+    (a ring-2^16 ciphertext at the top of the chain is ~27 MB)."""
+
+    __slots__ = ("id", "__weakref__")
+
+    def __init__(self, ident: int):
+        self.id = ident
+
+
 class OpenFHEBackend(CKKSBackend):
-    """A CKKS context with keys and bootstrapping keys, in a worker process."""
+    """A CKKS context with keys and bootstrapping keys, in a worker process.
+
+    Defaults (measured on 2 cores, see the README): ring 2^16 (OpenFHE's HEStd_128_classic
+    check picks it), 55-bit scaling primes, a 60-bit first prime, 7 key-switching digits, level
+    budget [3, 3] (a 20-level bootstrap) run twice as Meta-BTS, and 4 levels after each
+    bootstrap. A bootstrap takes ~35 s and keeps ~20 bits (error ~1e-6 for slots up to 32,
+    ~5e-6 up to 256); setup takes ~36 s and the worker ~16.4 GB.
+    """
 
     def __init__(
         self,
-        usable_levels: int = 4,
-        scale_bits: int = 50,
-        first_bits: int = 55,
+        levels: int = 4,
+        scale_bits: int = 55,
+        first_bits: int = 60,
         level_budget: Sequence[int] = (3, 3),
         ring_dim: int | None = None,
+        num_large_digits: int = 7,
+        bootstrap_iterations: int = 2,
+        bootstrap_precision: int = 10,
         python: str | Path | None = None,
     ):
         python = python or os.environ.get("PRIVFORMER_OPENFHE_PYTHON") or setup_openfhe_venv()
         self._proc = subprocess.Popen(
             [str(python), str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
         )
-        # OpenFHE's bootstrapping needs first_bits - scale_bits <= its correction factor (7 at 50).
+        self._dead: list[int] = []  # worker ids whose last Ciphertext is gone
+        # OpenFHE's bootstrapping needs first_bits - scale_bits <= its correction factor (8
+        # here). bootstrap_precision is one bootstrap's precision in bits, which Meta-BTS
+        # uses to scale its second pass (measured ~10 at 55-bit primes).
         info = self._call(
-            "setup", usable_levels, scale_bits, first_bits, list(level_budget), ring_dim
+            "setup",
+            levels,
+            scale_bits,
+            first_bits,
+            list(level_budget),
+            ring_dim,
+            num_large_digits,
+            bootstrap_iterations,
+            bootstrap_precision,
         )
         self.preset = OpenFHEPreset(
-            f"openfhe-{usable_levels}", info["ring_dim"], usable_levels, scale_bits, info["boot"]
+            f"openfhe-{levels}", info["ring_dim"], levels, scale_bits, info["boot"]
         )
-        self.context_id = f"openfhe-{self._proc.pid}"
-        self.top = usable_levels
+        self.context_id = secrets.token_hex(8)
+        self.top = levels
         self._rotation_keys: set[int] = set()
+
+    def live_ciphertexts(self) -> int:
+        """Ciphertexts the worker holds (freed ones are released with the next call)."""
+        return self._call("live")
+
+    def _wrap(self, handle: object, length: int) -> Ciphertext:
+        h = _Handle(handle)
+        weakref.finalize(h, self._dead.append, handle)
+        return super()._wrap(h, length)
 
     # --- worker protocol -----------------------------------------------------------------
     def _call(self, method: str, *args):
+        if self._dead and method != "free":
+            dead, self._dead[:] = list(self._dead), []
+            self._call("free", dead)
         body = pickle.dumps((method, args))
         try:
             self._proc.stdin.write(struct.pack("<Q", len(body)) + body)
@@ -166,54 +219,60 @@ class OpenFHEBackend(CKKSBackend):
 
     def decrypt(self, ct: Ciphertext) -> np.ndarray:
         self._own(ct)
-        return np.frombuffer(self._call("decrypt", ct.handle, self.slots))[: ct.length].copy()
+        return np.frombuffer(self._call("decrypt", ct.handle.id, self.slots))[: ct.length].copy()
 
     # --- arithmetic ----------------------------------------------------------------------
     def add(self, a: Ciphertext, b: Ciphertext) -> Ciphertext:
         self._own(a, b)
-        return self._wrap(self._call("add", a.handle, b.handle), max(a.length, b.length))
+        return self._wrap(self._call("add", a.handle.id, b.handle.id), max(a.length, b.length))
 
     def sub(self, a: Ciphertext, b: Ciphertext) -> Ciphertext:
         self._own(a, b)
-        return self._wrap(self._call("sub", a.handle, b.handle), max(a.length, b.length))
+        return self._wrap(self._call("sub", a.handle.id, b.handle.id), max(a.length, b.length))
 
     def add_plain(self, a: Ciphertext, values) -> Ciphertext:
         self._own(a)
         scalar, data = self._vector(values)
         length = max(a.length, np.size(values))
-        return self._wrap(self._call("add_plain", a.handle, scalar, data), length)
+        return self._wrap(self._call("add_plain", a.handle.id, scalar, data), length)
 
     def multiply(self, a: Ciphertext, b: Ciphertext) -> Ciphertext:
         self._own(a, b)
         self._need_level(a, "multiply")
         self._need_level(b, "multiply")
-        return self._wrap(self._call("multiply", a.handle, b.handle), max(a.length, b.length))
+        return self._wrap(self._call("multiply", a.handle.id, b.handle.id), max(a.length, b.length))
 
     def multiply_plain(self, a: Ciphertext, values) -> Ciphertext:
         self._own(a)
         self._need_level(a, "multiply_plain")
         scalar, data = self._vector(values)
-        return self._wrap(self._call("multiply_plain", a.handle, scalar, data), a.length)
+        return self._wrap(self._call("multiply_plain", a.handle.id, scalar, data), a.length)
 
     def rotate(self, a: Ciphertext, steps: int) -> Ciphertext:
         step = self._rotation_step(a, steps)
         if step == 0:
             return a
-        return self._wrap(self._call("rotate", a.handle, step), self.slots)
+        return self._wrap(self._call("rotate", a.handle.id, step), self.slots)
 
     def level(self, a: Ciphertext) -> int:
         self._own(a)
-        return self._call("level", a.handle)
+        return self._call("level", a.handle.id)
 
     def bootstrap(self, a: Ciphertext) -> Ciphertext:
         self._own(a)
-        return self._wrap(self._call("bootstrap", a.handle), a.length)
+        return self._wrap(self._call("bootstrap", a.handle.id), a.length)
 
     def serialize(self, a: Ciphertext) -> bytes:
-        raise CryptoError("ciphertext serialization is not wired for the OpenFHE backend yet")
+        self._own(a)
+        return self._envelope(a, self._call("serialize", a.handle.id))
 
-    def deserialize(self, data: bytes, length: int) -> Ciphertext:
-        raise CryptoError("ciphertext serialization is not wired for the OpenFHE backend yet")
+    def deserialize(self, data: bytes, length: int | None = None) -> Ciphertext:
+        body, stored_length = self._open_envelope(data)
+        try:
+            handle = self._call("deserialize", body)
+        except CryptoError as exc:
+            raise CiphertextFormatError(f"OpenFHE rejected the ciphertext: {exc}") from exc
+        return self._wrap(handle, stored_length if length is None else length)
 
 
 if __name__ == "__main__":  # python -m privformer.crypto.openfhe_backend: make the venv

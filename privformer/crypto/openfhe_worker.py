@@ -7,7 +7,8 @@ the parent refers to ciphertexts by integer handles.
 
 Wire format on stdin/stdout: 8-byte little-endian length, then a pickle of (method, args);
 the reply is a pickle of ("ok", result) or ("err", message). Vectors travel as float64 bytes.
-Scaling is FIXEDMANUAL: every product is rescaled at once, as the backend interface promises.
+Scaling is FLEXIBLEAUTO: OpenFHE rescales before the next product, and ``level`` counts a
+pending rescale as spent, so levels mean what the backend interface promises.
 """
 
 from __future__ import annotations
@@ -32,13 +33,27 @@ class Worker:
         self.next_id = 0
 
     # --- context -------------------------------------------------------------------------
-    def setup(self, usable: int, scale_bits: int, first_bits: int, level_budget, ring_dim):
+    def setup(
+        self,
+        levels: int,
+        scale_bits: int,
+        first_bits: int,
+        level_budget,
+        ring_dim,
+        num_large_digits: int,
+        iterations: int,
+        precision: int,
+    ):
         import openfhe as o
 
         self.o = o
         dist = o.SecretKeyDist.UNIFORM_TERNARY
         self.boot_depth = o.CryptoContext.GetBootstrapDepth(list(level_budget), dist)
-        self.depth = usable + self.boot_depth
+        self.iterations, self.precision = iterations, precision
+        # The chain: the levels operators get, one more that EvalBootstrap's input needs, the
+        # bootstrap, and one per extra iteration of Meta-BTS (iterative bootstrapping).
+        self.consumed_at_top = self.boot_depth + iterations - 1
+        self.depth = levels + 1 + self.consumed_at_top
         params = o.CCParamsCKKSRNS()
         params.SetSecurityLevel(o.SecurityLevel.HEStd_128_classic)  # never HEStd_NotSet
         params.SetSecretKeyDist(dist)
@@ -46,7 +61,9 @@ class Worker:
         params.SetFirstModSize(first_bits)
         params.SetScalingTechnique(getattr(o.ScalingTechnique, TECHNIQUE))
         params.SetMultiplicativeDepth(self.depth)
-        params.SetNumLargeDigits(3)  # hybrid key switching; 2 would force ring 2^17 here
+        # More digits shrink the special modulus P, which is what lets 55-bit primes and
+        # 25 levels fit ring 2^16 at 128 bits; each key grows with the digit count.
+        params.SetNumLargeDigits(num_large_digits)
         if ring_dim:
             params.SetRingDim(ring_dim)
         cc = o.GenCryptoContext(params)
@@ -73,6 +90,9 @@ class Worker:
         for i in ids:
             self.cts.pop(i, None)
 
+    def live(self) -> int:
+        return len(self.cts)
+
     def level(self, a: int) -> int:
         """Rescalings left to the operators: one fewer than the chain has, because
         EvalBootstrap needs its input one level above the bottom."""
@@ -93,7 +113,7 @@ class Worker:
     # --- operations ----------------------------------------------------------------------
     def encrypt(self, data: bytes) -> int:
         # Fresh ciphertexts get the levels a bootstrap leaves, so both look alike to operators.
-        fresh = self._plain(data, self.boot_depth - 1)
+        fresh = self._plain(data, self.consumed_at_top)
         return self._new(self.cc.Encrypt(self.keys.publicKey, fresh))
 
     def decrypt(self, a: int, length: int) -> bytes:
@@ -129,7 +149,22 @@ class Worker:
         return self._new(self.cc.EvalRotate(self.cts[a], int(step)))
 
     def bootstrap(self, a: int) -> int:
-        return self._new(self.cc.EvalBootstrap(self.cts[a]))
+        if self.iterations == 1:
+            return self._new(self.cc.EvalBootstrap(self.cts[a]))
+        return self._new(self.cc.EvalBootstrap(self.cts[a], self.iterations, self.precision))
+
+    def serialize(self, a: int) -> bytes:
+        return self.o.Serialize(self.cts[a], self.o.BINARY)
+
+    def deserialize(self, body: bytes) -> int:
+        ct = self.o.DeserializeCiphertextString(body, self.o.BINARY)
+        if ct.GetKeyTag() != self.keys.publicKey.GetKeyTag():
+            raise ValueError("the ciphertext was encrypted under another key")
+        if ct.GetLevel() > self.depth:
+            raise ValueError(
+                f"ciphertext level {ct.GetLevel()} is beyond this chain's {self.depth}"
+            )
+        return self._new(ct)
 
 
 def main() -> None:

@@ -13,10 +13,8 @@ with an encoded 1. So ciphertexts that reach a level by different paths add with
 
 from __future__ import annotations
 
-import hashlib
 import os
 import secrets
-import struct
 import tempfile
 from collections.abc import Sequence
 
@@ -28,12 +26,9 @@ from privformer.crypto.presets import Preset, get_preset
 from privformer.errors import (
     BootstrapUnavailableError,
     CiphertextFormatError,
-    ContextMismatchError,
     InsecureParametersError,
     LevelError,
 )
-
-_MAGIC = b"PFCT1"
 
 
 class SealBackend(CKKSBackend):
@@ -226,24 +221,10 @@ class SealBackend(CKKSBackend):
             path = os.path.join(tmp, "ct")
             a.handle.save(path)
             body = open(path, "rb").read()  # noqa: SIM115
-        header = _MAGIC + bytes.fromhex(self.context_id) + struct.pack("<Q", a.length)
-        return header + hashlib.sha256(header + body).digest() + body
+        return self._envelope(a, body)
 
     def deserialize(self, data: bytes, length: int | None = None) -> Ciphertext:
-        head = len(_MAGIC) + 8 + 8
-        if len(data) < head + 32 or not data.startswith(_MAGIC):
-            raise CiphertextFormatError("not a privformer ciphertext (bad magic or too short)")
-        context_id = data[len(_MAGIC) : len(_MAGIC) + 8].hex()
-        (stored_length,) = struct.unpack("<Q", data[len(_MAGIC) + 8 : head])
-        digest, body = data[head : head + 32], data[head + 32 :]
-        if hashlib.sha256(data[:head] + body).digest() != digest:
-            raise CiphertextFormatError(
-                "ciphertext checksum mismatch: corrupted in transit or storage"
-            )
-        if context_id != self.context_id:
-            raise ContextMismatchError(
-                f"ciphertext of context {context_id}, this is {self.context_id}"
-            )
+        body, stored_length = self._open_envelope(data)
         handle = seal.Ciphertext()
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "ct")
