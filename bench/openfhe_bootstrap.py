@@ -1,7 +1,8 @@
 """OpenFHE bootstrapping at 128-bit security: precision, time and memory per parameter set.
 
 Every set uses OpenFHE's HEStd_128_classic check (which fixes ring 2^16 here), a uniform ternary
-secret and level budget [3, 3] (a 20-level bootstrap). They differ in the scaling prime, the
+secret key and level budget [3, 3]. They differ in the bootstrap's secret (uniform: a 20-level
+bootstrap; sparse-secret encapsulation: 16, see ``openfhe_backend``), the scaling prime, the
 key-switching digits (which decide whether the chain fits ring 2^16 at all) and Meta-BTS
 iterations. For each: setup (context, keys, bootstrapping keys), the worker's peak memory, and
 bootstraps of ciphertexts spent to level 0 holding uniform values in [-B, B], with their max
@@ -31,24 +32,50 @@ from privformer.crypto.openfhe_backend import OpenFHEBackend  # noqa: E402
 from privformer.protocols.nexus import approx, he_ops  # noqa: E402
 
 BOUNDS = (1.0, 32.0, 256.0)
-SETS = [
-    # name, backend keyword arguments
+UNIFORM = "UNIFORM_TERNARY"
+SETS = [  # name, OpenFHEBackend keyword arguments
     (
-        "50-bit, 1 pass (before)",
-        dict(levels=3, scale_bits=50, first_bits=55, num_large_digits=3, bootstrap_iterations=1),
+        "uniform, 50-bit, 1 pass",
+        dict(
+            secret=UNIFORM,
+            levels=3,
+            scale_bits=50,
+            first_bits=55,
+            num_large_digits=3,
+            bootstrap_iterations=1,
+        ),
     ),
     (
-        "56-bit, 1 pass",
-        dict(levels=3, scale_bits=56, first_bits=60, num_large_digits=5, bootstrap_iterations=1),
+        "uniform, 56-bit, 1 pass",
+        dict(
+            secret=UNIFORM,
+            levels=3,
+            scale_bits=56,
+            first_bits=60,
+            num_large_digits=5,
+            bootstrap_iterations=1,
+        ),
     ),
-    ("55-bit, Meta-BTS x2 (default)", dict()),
+    (
+        "uniform, 55-bit, Meta-BTS x2",
+        dict(
+            secret=UNIFORM,
+            levels=4,
+            scale_bits=55,
+            first_bits=60,
+            num_large_digits=7,
+            bootstrap_precision=10,
+        ),
+    ),
+    ("encapsulated, 50-bit, 1 pass", dict(levels=9, bootstrap_iterations=1)),
+    ("encapsulated, 50-bit, Meta-BTS x2 (default)", dict()),
 ]
 
 
 def measure(name: str, kwargs: dict, with_sgn: bool) -> dict:
     start = time.perf_counter()
     backend = OpenFHEBackend(**kwargs)
-    row = {"set": name, "setup_s": time.perf_counter() - start, **backend_facts(backend, kwargs)}
+    row = {"set": name, "setup_s": time.perf_counter() - start, **backend_facts(backend)}
     rng = np.random.default_rng(0)
     for bound in BOUNDS:
         x = rng.uniform(-bound, bound, backend.slots)
@@ -71,13 +98,15 @@ def measure(name: str, kwargs: dict, with_sgn: bool) -> dict:
     return row
 
 
-def backend_facts(backend: OpenFHEBackend, kwargs: dict) -> dict:
+def backend_facts(backend: OpenFHEBackend) -> dict:
+    p = backend.preset
     return {
-        "ring_dim": backend.preset.ring_dim,
-        "scale_bits": backend.preset.scale_bits,
-        "digits": kwargs.get("num_large_digits", 7),
-        "iterations": kwargs.get("bootstrap_iterations", 2),
-        "boot_levels": backend.preset.bootstrap_levels,
+        "ring_dim": p.ring_dim,
+        "secret": p.secret,
+        "scale_bits": p.scale_bits,
+        "digits": p.key_switch_digits,
+        "iterations": p.bootstrap_iterations,
+        "boot_levels": p.bootstrap_levels,
     }
 
 
@@ -89,7 +118,7 @@ def main() -> None:
             row = pool.apply(measure, (name, kwargs, i == len(SETS) - 1))
         print(f"{name:32s} setup {row['setup_s']:6.1f} s  bootstrap {row['bootstrap_s']:6.1f} s")
         rows.append(row)
-    columns = ["set", "ring_dim", "digits", "iterations", "setup_s", "bootstrap_s"]
+    columns = ["set", "scale_bits", "digits", "boot_levels", "setup_s", "bootstrap_s"]
     columns += [f"bits_B{b:g}" for b in BOUNDS] + ["levels_after", "worker_peak_gb"]
     columns += ["sgn_s", "sgn_err_vs_twin"]
     print_table(

@@ -12,13 +12,19 @@ ciphertexts and bootstrapped ones both have ``levels`` levels; the bootstrap its
 ``CryptoContext.GetBootstrapDepth`` more (20 for level budget [3, 3]; [2, 2] needs 18 but its
 bootstrapping keys exceeded 24 GB here) plus one per extra Meta-BTS iteration.
 
-Why these defaults. A uniform ternary secret makes the bootstrap's mod-raise overflow up to
-K = 512, so the message is scaled down by ~2^9 inside it and precision is roughly the scaling
-prime's size minus ~45 bits: one bootstrap kept 5.8 bits at 50-bit primes and 11.4 at 56
-(measured). 59-bit primes with 25 levels do not fit ring 2^16 at 128 bits, and ring 2^17's keys
-exceeded 22 GB. Two Meta-BTS iterations double the bits (20.2 at 55-bit primes, 22.4 at 56) for
-one extra level and twice the time; 7 key-switching digits shrink the special modulus enough for
-55-bit primes and 4 levels after bootstrapping to fit ring 2^16.
+Why these defaults (measured on 2 cores; ``bench/openfhe_bootstrap.py``). The secret key is
+uniform ternary, so the HE Standard's table and OpenFHE's check cover it. ``SPARSE_ENCAPSULATED``
+(Bossuat, Troncoso-Pastoriza, Hubaux, ePrint 2022/024) key-switches to a sparse secret (Hamming
+weight 32) only inside the bootstrap, at a small modulus (q0 times one auxiliary prime); that LWE
+instance is far above 128 bits by the lattice-estimator runs OpenFHE's maintainers published
+(openfhe-development issue #1041; we cite it, we could not run the estimator here). With that
+sparse secret the mod-raise overflow is bounded by K = 16 instead of 512, so the bootstrap takes
+16 levels instead of 20 and loses ~5 fewer bits. At 50-bit primes, 4 key-switching digits (which
+shrink the special modulus so the 26-level chain fits ring 2^16) and two Meta-BTS passes, a
+bootstrap keeps ~21 bits (error 3.7e-7 for slots in [-1, 1] and [-32, 32]), leaves 8 levels,
+takes ~25 s, and the worker peaks at ~13 GB. With ``secret="UNIFORM_TERNARY"`` the best fit
+found is 55-bit primes, 7 digits, Meta-BTS x2: ~20 bits, 4 levels, ~35 s, 16.4 GB; one pass at
+50-bit primes keeps only ~6 bits.
 """
 
 from __future__ import annotations
@@ -92,6 +98,9 @@ class OpenFHEPreset:
     levels: int  # usable levels of a fresh or bootstrapped ciphertext
     scale_bits: int
     bootstrap_levels: int
+    secret: str
+    key_switch_digits: int
+    bootstrap_iterations: int
     bootstrapping: bool = True
 
     @property
@@ -112,23 +121,21 @@ class _Handle:
 class OpenFHEBackend(CKKSBackend):
     """A CKKS context with keys and bootstrapping keys, in a worker process.
 
-    Defaults (measured on 2 cores, see the README): ring 2^16 (OpenFHE's HEStd_128_classic
-    check picks it), 55-bit scaling primes, a 60-bit first prime, 7 key-switching digits, level
-    budget [3, 3] (a 20-level bootstrap) run twice as Meta-BTS, and 4 levels after each
-    bootstrap. A bootstrap takes ~35 s and keeps ~20 bits (error ~1e-6 for slots up to 32,
-    ~5e-6 up to 256); setup takes ~36 s and the worker ~16.4 GB.
+    Defaults (see the module docstring): ring 2^16, 50-bit primes, sparse-secret
+    encapsulation, level budget [3, 3], Meta-BTS x2, 8 levels after each bootstrap.
     """
 
     def __init__(
         self,
-        levels: int = 4,
-        scale_bits: int = 55,
-        first_bits: int = 60,
+        levels: int = 8,
+        scale_bits: int = 50,
+        first_bits: int = 51,
         level_budget: Sequence[int] = (3, 3),
         ring_dim: int | None = None,
-        num_large_digits: int = 7,
+        num_large_digits: int = 4,
         bootstrap_iterations: int = 2,
-        bootstrap_precision: int = 10,
+        bootstrap_precision: int = 11,
+        secret: str = "SPARSE_ENCAPSULATED",
         python: str | Path | None = None,
     ):
         python = python or os.environ.get("PRIVFORMER_OPENFHE_PYTHON") or setup_openfhe_venv()
@@ -138,7 +145,12 @@ class OpenFHEBackend(CKKSBackend):
         self._dead: list[int] = []  # worker ids whose last Ciphertext is gone
         # OpenFHE's bootstrapping needs first_bits - scale_bits <= its correction factor (8
         # here). bootstrap_precision is one bootstrap's precision in bits, which Meta-BTS
-        # uses to scale its second pass (measured ~10 at 55-bit primes).
+        # uses to scale its second pass (measured ~11 at 50-bit primes, encapsulated).
+        if secret not in ("UNIFORM_TERNARY", "SPARSE_ENCAPSULATED"):
+            raise CryptoError(
+                f"secret {secret!r}: use UNIFORM_TERNARY or SPARSE_ENCAPSULATED (a plain sparse "
+                "secret's 128-bit security is not covered by the HE Standard)"
+            )
         info = self._call(
             "setup",
             levels,
@@ -149,12 +161,21 @@ class OpenFHEBackend(CKKSBackend):
             num_large_digits,
             bootstrap_iterations,
             bootstrap_precision,
+            secret,
         )
         self.preset = OpenFHEPreset(
-            f"openfhe-{levels}", info["ring_dim"], levels, scale_bits, info["boot"]
+            f"openfhe-{secret.lower()}-{levels}",
+            info["ring_dim"],
+            levels,
+            scale_bits,
+            info["boot"],
+            secret,
+            num_large_digits,
+            bootstrap_iterations,
         )
         self.context_id = secrets.token_hex(8)
         self.top = levels
+        self.bootstraps = 0  # how many this context has run (benchmarks price them)
         self._rotation_keys: set[int] = set()
 
     def live_ciphertexts(self) -> int:
@@ -260,7 +281,9 @@ class OpenFHEBackend(CKKSBackend):
 
     def bootstrap(self, a: Ciphertext) -> Ciphertext:
         self._own(a)
-        return self._wrap(self._call("bootstrap", a.handle.id), a.length)
+        out = self._wrap(self._call("bootstrap", a.handle.id), a.length)
+        self.bootstraps += 1
+        return out
 
     def serialize(self, a: Ciphertext) -> bytes:
         self._own(a)

@@ -43,11 +43,12 @@ class Worker:
         num_large_digits: int,
         iterations: int,
         precision: int,
+        secret: str,
     ):
         import openfhe as o
 
         self.o = o
-        dist = o.SecretKeyDist.UNIFORM_TERNARY
+        dist = getattr(o.SecretKeyDist, secret)
         self.boot_depth = o.CryptoContext.GetBootstrapDepth(list(level_budget), dist)
         self.iterations, self.precision = iterations, precision
         # The chain: the levels operators get, one more that EvalBootstrap's input needs, the
@@ -61,8 +62,8 @@ class Worker:
         params.SetFirstModSize(first_bits)
         params.SetScalingTechnique(getattr(o.ScalingTechnique, TECHNIQUE))
         params.SetMultiplicativeDepth(self.depth)
-        # More digits shrink the special modulus P, which is what lets 55-bit primes and
-        # 25 levels fit ring 2^16 at 128 bits; each key grows with the digit count.
+        # More digits shrink the special modulus P, which is what lets the chain fit ring 2^16
+        # at 128 bits; each key grows with the digit count.
         params.SetNumLargeDigits(num_large_digits)
         if ring_dim:
             params.SetRingDim(ring_dim)
