@@ -121,9 +121,7 @@ def main() -> None:
     columns = ["set", "scale_bits", "digits", "boot_levels", "setup_s", "bootstrap_s"]
     columns += [f"bits_B{b:g}" for b in BOUNDS] + ["levels_after", "worker_peak_gb"]
     columns += ["sgn_s", "sgn_err_vs_twin"]
-    print_table(
-        "OpenFHE CKKS bootstrapping, 128-bit (HEStd_128_classic), uniform ternary", rows, columns
-    )
+    print_table("OpenFHE CKKS bootstrapping, 128-bit (HEStd_128_classic)", rows, columns)
     path = write_results(
         "openfhe_bootstrap", {"benchmark": "openfhe_bootstrap", "machine": machine(), "rows": rows}
     )
