@@ -69,5 +69,9 @@ class CiphertextFormatError(CryptoError):
     """A serialized ciphertext is corrupted or belongs to another context."""
 
 
+class BootstrapRangeError(CryptoError):
+    """A bootstrap input exceeds the bound its caller stated (a real bootstrap returns garbage)."""
+
+
 class BootstrapUnavailableError(CryptoError):
     """The backend cannot bootstrap (SEAL has no CKKS bootstrapping)."""

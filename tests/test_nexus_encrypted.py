@@ -21,7 +21,12 @@ from test_nexus_approx import activations
 
 from privformer.crypto.refresh_backend import DecryptRefreshBackend
 from privformer.crypto.seal_backend import SealBackend
-from privformer.errors import BootstrapUnavailableError, InputError, LevelError
+from privformer.errors import (
+    BootstrapRangeError,
+    BootstrapUnavailableError,
+    InputError,
+    LevelError,
+)
 from privformer.protocols.nexus import approx as A
 from privformer.protocols.nexus import attention as at
 from privformer.protocols.nexus import he_nonlinear as H
@@ -108,12 +113,16 @@ def test_argmax_onehot(refresh, count):
 def test_simulated_bootstrap_refreshes_within_its_stated_precision(refresh):
     x = np.random.default_rng(4).uniform(-8, 8, refresh.slots)
     low = refresh.drop_to(refresh.encrypt(x), 0)
-    fresh = refresh.bootstrap(low)
+    fresh = refresh.bootstrap(low, bound=8.0)
     assert refresh.level(fresh) == refresh.top == 7
     # uniform noise of 2^-20 x max|x| (= 8), plus ~1e-9 of CKKS noise
     assert np.abs(refresh.decrypt(fresh) - x).max() <= 8 * 2.0**-20 + 1e-7
     with pytest.raises(LevelError, match="needs 9 levels in one chain"):
-        he.ensure_level(refresh, low, 9, "op")
+        he.ensure_level(refresh, low, 9, "op", bound=8.0)
+    # A bound the values break is refused: a real bootstrap would return garbage (OpenFHE's
+    # errs by 0.04 on a constant 8 it was not told to scale).
+    with pytest.raises(BootstrapRangeError, match="op: a bootstrap input reaches 7.99.*stated bound 1"):
+        he.ensure_level(refresh, low, 2, "op")
 
 
 def test_operators_that_need_bootstrapping_say_so_on_seal():

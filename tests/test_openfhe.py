@@ -61,6 +61,9 @@ def test_arithmetic_rotation_and_levels(backend):
     ]
     for ct, want in checks:
         assert np.abs(backend.decrypt(ct) - want).max() <= 1e-6
+    hoisted = backend.rotate_many(a, [5, 0, -3])  # one decomposition shared by the steps
+    for ct, want in zip(hoisted, [np.roll(x, -5), x, np.roll(x, 3)], strict=True):
+        assert np.abs(backend.decrypt(ct) - want).max() <= 1e-6
 
 
 @pytest.mark.parametrize("bound, tol", [(1.0, 4e-6), (32.0, 4e-6), (256.0, 1e-4)])

@@ -157,8 +157,14 @@ class CKKSBackend(ABC):
         return a
 
     @abstractmethod
-    def bootstrap(self, a: Ciphertext) -> Ciphertext:
-        """Refresh a ciphertext to a high level (raises where the backend cannot)."""
+    def bootstrap(self, a: Ciphertext, bound: float = 1.0) -> Ciphertext:
+        """Refresh a ciphertext to ``top`` levels (raises where the backend cannot).
+
+        ``bound``: the caller's promise that every slot lies in [-bound, bound]. A real CKKS
+        bootstrap only works on small values (OpenFHE's failed on a constant 128 while
+        uniform values in [-64, 64] were fine: the limit is on the encoding's coefficients),
+        so a backend scales by 1 / bound when it must. An encrypted value cannot be checked,
+        so the bound is the caller's to get right; the test fixture checks it."""
 
     # --- serialization -------------------------------------------------------------------------
     # The envelope is the same for every backend: magic, context id, slot count, SHA-256 of all

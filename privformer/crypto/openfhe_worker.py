@@ -19,6 +19,7 @@ import sys
 from array import array
 
 TECHNIQUE = "FLEXIBLEAUTO"
+HIDDEN_LEVELS = 2
 
 
 def _floats(data: bytes) -> list[float]:
@@ -51,10 +52,11 @@ class Worker:
         dist = getattr(o.SecretKeyDist, secret)
         self.boot_depth = o.CryptoContext.GetBootstrapDepth(list(level_budget), dist)
         self.iterations, self.precision = iterations, precision
-        # The chain: the levels operators get, one more that EvalBootstrap's input needs, the
-        # bootstrap, and one per extra iteration of Meta-BTS (iterative bootstrapping).
+        # The chain: the levels operators get, two hidden ones (one to scale a bootstrap's
+        # input into range, one that EvalBootstrap's input needs), the bootstrap, and one per
+        # extra iteration of Meta-BTS (iterative bootstrapping).
         self.consumed_at_top = self.boot_depth + iterations - 1
-        self.depth = levels + 1 + self.consumed_at_top
+        self.depth = levels + HIDDEN_LEVELS + self.consumed_at_top
         params = o.CCParamsCKKSRNS()
         params.SetSecurityLevel(o.SecurityLevel.HEStd_128_classic)  # never HEStd_NotSet
         params.SetSecretKeyDist(dist)
@@ -95,10 +97,9 @@ class Worker:
         return len(self.cts)
 
     def level(self, a: int) -> int:
-        """Rescalings left to the operators: one fewer than the chain has, because
-        EvalBootstrap needs its input one level above the bottom."""
+        """Rescalings left to the operators: the chain's, less the two hidden levels."""
         ct = self.cts[a]
-        return self.depth - ct.GetLevel() - (ct.GetNoiseScaleDeg() - 1) - 1
+        return self.depth - ct.GetLevel() - (ct.GetNoiseScaleDeg() - 1) - HIDDEN_LEVELS
 
     def _plain(self, data: bytes, consumed: int):
         return self.cc.MakeCKKSPackedPlaintext(_floats(data), 1, consumed)
@@ -149,10 +150,27 @@ class Worker:
     def rotate(self, a: int, step: int) -> int:
         return self._new(self.cc.EvalRotate(self.cts[a], int(step)))
 
-    def bootstrap(self, a: int) -> int:
+    def rotate_many(self, a: int, steps) -> list[int]:
+        """Hoisted rotations: the key-switching decomposition of ``a`` is computed once and
+        shared by every step (OpenFHE's EvalFastRotation)."""
+        ct = self.cts[a]
+        digits = self.cc.EvalFastRotationPrecompute(ct)
+        order = self.cc.GetCyclotomicOrder()
+        return [self._new(self.cc.EvalFastRotation(ct, int(s), order, digits)) for s in steps]
+
+    def bootstrap(self, a: int, shift: int) -> int:
+        """Bootstrap x / 2^shift (the hidden level pays for the scaling), then double the
+        result ``shift`` times, which costs no level and scales the error by 2^shift too."""
+        ct = self.cts[a]
+        if shift:
+            ct = self.cc.EvalMult(ct, 2.0**-shift)
         if self.iterations == 1:
-            return self._new(self.cc.EvalBootstrap(self.cts[a]))
-        return self._new(self.cc.EvalBootstrap(self.cts[a], self.iterations, self.precision))
+            ct = self.cc.EvalBootstrap(ct)
+        else:
+            ct = self.cc.EvalBootstrap(ct, self.iterations, self.precision)
+        for _ in range(shift):
+            ct = self.cc.EvalAdd(ct, ct)
+        return self._new(ct)
 
     def serialize(self, a: int) -> bytes:
         return self.o.Serialize(self.cts[a], self.o.BINARY)

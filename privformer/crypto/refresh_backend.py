@@ -22,6 +22,7 @@ import numpy as np
 from privformer.crypto.backend import Ciphertext
 from privformer.crypto.presets import Preset
 from privformer.crypto.seal_backend import SealBackend
+from privformer.errors import BootstrapRangeError
 
 
 class DecryptRefreshBackend(SealBackend):
@@ -34,9 +35,16 @@ class DecryptRefreshBackend(SealBackend):
         self.levels_spent = 0  # levels used up by refreshed ciphertexts (a level-cost counter)
         self._noise = np.random.default_rng(secrets.randbits(64))  # noise, not key material
 
-    def bootstrap(self, a: Ciphertext) -> Ciphertext:
+    def bootstrap(self, a: Ciphertext, bound: float = 1.0) -> Ciphertext:
         self.levels_spent += self.top - self.level(a)
         values = self.decrypt(a)
+        peak = float(np.abs(values).max())
+        # Bounds are magnitudes, not walls: a real bootstrap degrades gradually past its range
+        # (OpenFHE: a constant 1 keeps 3.4e-7, 8 errs by 0.04), so 25% headroom is allowed.
+        if peak > 1.25 * bound:
+            raise BootstrapRangeError(
+                f"a bootstrap input reaches {peak:.6g}, beyond its stated bound {bound:g}"
+            )
         amplitude = 2.0**-self.precision_bits * max(1.0, float(np.abs(values).max()))
         values = values + self._noise.uniform(-amplitude, amplitude, values.shape)
         self.bootstraps += 1

@@ -208,7 +208,7 @@ class SealBackend(CKKSBackend):
         self._own(a)
         return self._level_of(a.handle)
 
-    def bootstrap(self, a: Ciphertext) -> Ciphertext:
+    def bootstrap(self, a: Ciphertext, bound: float = 1.0) -> Ciphertext:
         raise BootstrapUnavailableError(
             "SEAL has no CKKS bootstrapping; it needs the OpenFHE backend, which does not install "
             "on this platform yet (see README, 'CKKS backend')"

@@ -229,6 +229,7 @@ class LayerNormConfig:
 
     var_low: float = 0.05  # MiniLM's LayerNorm inputs: variance 0.145 .. 129.7 (measured)
     var_high: float = 256.0
+    input_bound: float = 256.0  # |x| (MiniLM's reach 220); bootstraps are scaled for it
     newton_iters: int | None = None
 
 

@@ -98,15 +98,20 @@ def _token_rotated(
     return backend.multiply_plain_sum([(rotated, low), (wrapped, high)])
 
 
+# |Q|, |K|, |V| entries a bootstrap may have to take (MiniLM's reach ~20; see LayerConfig).
+ACTIVATION_BOUND = 64.0
+
+
 def _block_mask(layout: TokenInterleaved, blocks: list[int]) -> np.ndarray:
     mask = np.zeros((layout.features, layout.tokens))
     mask[blocks] = 1.0
     return mask.reshape(-1)
 
 
-def _at_level(backend: CKKSBackend, x: Ciphertext, level: int) -> Ciphertext:
-    """x at exactly ``level``: bootstrapped first if below, dropped if above."""
-    return backend.drop_to(he.ensure_level(backend, x, level, "attention"), level)
+def _at_level(backend: CKKSBackend, x: Ciphertext, level: int, bound: float) -> Ciphertext:
+    """x at exactly ``level``: bootstrapped first if below (slots within ``bound``), dropped
+    if above."""
+    return backend.drop_to(he.ensure_level(backend, x, level, "attention", bound), level)
 
 
 def _check(backend: CKKSBackend, att: AttentionLayout, *groups: list[Ciphertext]) -> None:
@@ -117,15 +122,20 @@ def _check(backend: CKKSBackend, att: AttentionLayout, *groups: list[Ciphertext]
 
 
 def scores(
-    backend: CKKSBackend, q: list[Ciphertext], k: list[Ciphertext], att: AttentionLayout
+    backend: CKKSBackend,
+    q: list[Ciphertext],
+    k: list[Ciphertext],
+    att: AttentionLayout,
+    bound: float = ACTIVATION_BOUND,
 ) -> list[Ciphertext]:
-    """Q K^T for every head (in block order), each a ciphertext in the diagonal layout."""
+    """Q K^T for every head (in block order), each a ciphertext in the diagonal layout.
+    ``bound``: |Q|, |K| entries (for the bootstraps that may bring them to level)."""
     _check(backend, att, q, k)
     layout, dh, n = att.layout, att.head_dim, att.layout.tokens
     out = []
     for qb, kb in zip(q, k, strict=True):
-        qb = _at_level(backend, qb, SCORE_LEVELS - 1)  # used after the token-rotate's level
-        kb = _at_level(backend, kb, SCORE_LEVELS)
+        qb = _at_level(backend, qb, SCORE_LEVELS - 1, bound)  # used after the token-rotate
+        kb = _at_level(backend, kb, SCORE_LEVELS, bound)
         rotated = he.rotate_composed(backend, kb, n - 1)
         acc: list[Ciphertext | None] = [None] * att.heads_per_block
         for d in range(n - 1, -1, -1):  # descending, for the Horner accumulation
@@ -142,9 +152,13 @@ def scores(
 
 
 def weighted_values(
-    backend: CKKSBackend, probs: list[Ciphertext], v: list[Ciphertext], att: AttentionLayout
+    backend: CKKSBackend,
+    probs: list[Ciphertext],
+    v: list[Ciphertext],
+    att: AttentionLayout,
+    bound: float = ACTIVATION_BOUND,
 ) -> list[Ciphertext]:
-    """softmax(S) V for every head, back in V's token-interleaved blocks."""
+    """softmax(S) V for every head, back in V's token-interleaved blocks (|V| <= ``bound``)."""
     hp = att.heads_per_block
     if len(probs) != hp * len(v):
         raise InputError(f"{len(probs)} heads of probabilities for {len(v)} blocks of {hp} heads")
@@ -152,11 +166,11 @@ def weighted_values(
     layout, dh, n = att.layout, att.head_dim, att.layout.tokens
     out = []
     for i, vb in enumerate(v):
-        vb = _at_level(backend, vb, VALUE_LEVELS)
+        vb = _at_level(backend, vb, VALUE_LEVELS, bound)
         # Head h's offset-d row (block d) is wanted at block h dh: start shifted by -h dh blocks,
         # then one rotation by n per offset.
         chains = [
-            he.rotate_composed(backend, _at_level(backend, p, VALUE_LEVELS), -h * dh * n)
+            he.rotate_composed(backend, _at_level(backend, p, VALUE_LEVELS, 1.0), -h * dh * n)
             for h, p in enumerate(probs[i * hp : (i + 1) * hp])
         ]
         rotated = vb

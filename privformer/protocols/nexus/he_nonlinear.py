@@ -39,6 +39,22 @@ def gelu_depth(config: approx.GeluConfig = approx.DEFAULT_GELU) -> int:
     return 7 + 4 * (config.g + config.f)
 
 
+MID_BOUND = 8.0  # x_m stays within [-4, 5] up to selector noise
+
+
+def _piece_bounds(bound: float) -> list[float]:
+    """Largest |piece| on [-bound, bound] for the cubic and linear pieces (each is bootstrapped
+    only before its selector product), and on x_m's range for the middle piece."""
+    x = np.linspace(-bound, bound, 4001)
+    xm = np.linspace(-MID_BOUND, MID_BOUND, 4001)
+    peaks = [
+        np.abs(np.polyval(0.5 * np.asarray(approx.GELU_CUBIC)[::-1], x)).max(),
+        np.abs(np.polyval(0.5 * np.asarray(approx.GELU_MID)[::-1], xm)).max(),
+        0.5 * bound,
+    ]
+    return [1.01 * float(p) for p in peaks]
+
+
 def gelu(
     backend: CKKSBackend, x: Ciphertext, config: approx.GeluConfig = approx.DEFAULT_GELU
 ) -> Ciphertext:
@@ -49,7 +65,7 @@ def gelu(
     the pieces' coefficients, so the indicators cost no extra level.
     """
     op = "gelu"
-    x = he.ensure_level(backend, x, 3, op)  # the cubic piece (depth 2), then its selector
+    x = he.ensure_level(backend, x, 3, op, config.bound)  # cubic piece (depth 2), selector
     scale, a = 2.0 * config.bound, approx.GELU_MID_CENTRE
     xs = backend.multiply_plain(x, 1.0 / scale)
     signs = [
@@ -58,10 +74,11 @@ def gelu(
     ]
     half_offset = backend.multiply_plain(backend.add_plain(x, -a), 0.5)  # (x - a) / 2
     window = backend.sub(signs[0], signs[3])  # 2 (s0 - s3)
-    x_mid = backend.add_plain(he.mul(backend, window, half_offset, op), a)
+    # window in [0, 2], half_offset within bound: bootstraps (if any) state the larger.
+    x_mid = backend.add_plain(he.mul(backend, window, half_offset, op, config.bound), a)
     pieces = [
         he.poly(backend, x, 0.5 * approx.GELU_CUBIC),
-        he.poly(backend, he.ensure_level(backend, x_mid, 4, op), 0.5 * approx.GELU_MID),
+        he.poly(backend, he.ensure_level(backend, x_mid, 4, op, MID_BOUND), 0.5 * approx.GELU_MID),
         backend.multiply_plain(x, 0.5),
     ]
     selectors = [
@@ -70,8 +87,8 @@ def gelu(
         backend.add_plain(signs[2], 1.0),
     ]
     total = None
-    for sel, piece in zip(selectors, pieces, strict=True):
-        term = he.mul(backend, sel, piece, op)
+    for sel, piece, bound in zip(selectors, pieces, _piece_bounds(config.bound), strict=True):
+        term = he.mul(backend, sel, piece, op, bound)
         total = term if total is None else backend.add(total, term)
     return total
 
@@ -96,12 +113,12 @@ def softmax(
     if width * stride != backend.slots:
         raise InputError(f"softmax: width x stride must equal the {backend.slots} slots")
     op = "softmax"
-    x = he.ensure_level(backend, x, 2, op)
+    x = he.ensure_level(backend, x, 2, op, config.bound)
     row_max = he.quick_max(backend, x, width, stride, config.bound, config.g, config.f, op)
     # exp in one chain where the preset allows: a bootstrap between squarings has its error
     # doubled by every squaring after it.
     need = min(config.r + 2, backend.preset.levels)
-    z = he.ensure_level(backend, backend.sub(x, row_max), need, op)
+    z = he.ensure_level(backend, backend.sub(x, row_max), need, op, 2.0 * config.bound)
     e = backend.add_plain(backend.multiply_plain(z, 2.0**-config.r), 1.0)
     for _ in range(config.r):
         e = he.mul(backend, e, e, op)
@@ -111,15 +128,21 @@ def softmax(
         backend.multiply_plain(he.quick_sum(backend, e, width, stride), -1.0 / width), 1.0
     )
     inverse = backend.add_plain(err, 1.0)
+    # inverse climbs to width / sum(e) <= width (the row maximum's e is 1)
     for _ in range(goldschmidt_iterations(width, config) - 1):
         err = he.mul(backend, err, err, op)
-        inverse = he.mul(backend, inverse, backend.add_plain(err, 1.0), op)
+        inverse = he.mul(backend, inverse, backend.add_plain(err, 1.0), op, width)
     scaled = backend.multiply_plain(e, 1.0 / width)
-    return he.mul(backend, scaled, inverse, op)
+    return he.mul(backend, scaled, inverse, op, width)
 
 
 def inv_sqrt(
-    backend: CKKSBackend, total: Ciphertext, c: float, iters: int, operator: str = "layernorm"
+    backend: CKKSBackend,
+    total: Ciphertext,
+    c: float,
+    iters: int,
+    y_bound: float,
+    operator: str = "layernorm",
 ) -> Ciphertext:
     """1/sqrt(u) for u = c * total in (0, 1], by Newton, y <- 1.5 y - 0.5 y (u y^2).
 
@@ -132,17 +155,17 @@ def inv_sqrt(
     bring the small variances' problem back.
     """
     a = 0.9 * math.sqrt(6.0)  # approx.newton_start: a (1.5 - u)
-    total = he.ensure_level(backend, total, 3, operator)
+    total = he.ensure_level(backend, total, 3, operator, 1.0 / c)
     u = he.ensure_level(backend, backend.multiply_plain(total, c), 2, operator)
     y = backend.add_plain(backend.multiply_plain(u, -a), 1.5 * a)
     for _ in range(iters - 1):
-        y = he.ensure_level(backend, y, 3, operator)
+        y = he.ensure_level(backend, y, 3, operator, y_bound)
         uy2 = backend.multiply(u, backend.multiply(y, y))
         y = backend.add(
             backend.multiply_plain(y, 1.5),
             backend.multiply(backend.multiply_plain(y, -0.5), uy2),
         )
-    y = he.ensure_level(backend, y, 4, operator)
+    y = he.ensure_level(backend, y, 4, operator, y_bound)
     t = backend.multiply(total, backend.multiply(y, y))  # ~1/c = hidden * var_high
     return backend.multiply(y, backend.add_plain(backend.multiply_plain(t, -0.5 * c), 1.5))
 
@@ -169,7 +192,8 @@ def layernorm(
     # 5 levels: z, z^2, then the variance sum with the 3 levels inv_sqrt's last step needs, so
     # only x and y are bootstrapped (y's bootstrap error is Newton's to correct). On a chain
     # shorter than 5 the variance sum is bootstrapped too, and small variances lose precision.
-    blocks = [he.ensure_level(backend, b, min(5, backend.top), op) for b in blocks]
+    x_bound = config.input_bound
+    blocks = [he.ensure_level(backend, b, min(5, backend.top), op, x_bound) for b in blocks]
     total = blocks[0]
     for b in blocks[1:]:
         total = backend.add(total, b)
@@ -185,8 +209,10 @@ def layernorm(
     var = he.quick_sum(backend, squares, feats, n)  # hidden x the variance
     total = backend.add_plain(var, hidden * eps)
     c = 1.0 / (hidden * config.var_high)
-    y = inv_sqrt(backend, total, c, approx.newton_iterations(config), op)  # sqrt(var_high / var)
-    y = he.ensure_level(backend, y, 2, op)
+    # Newton from below rises monotonically to 1/sqrt(u) <= sqrt(var_high / var_low).
+    y_bound = 1.01 * math.sqrt(config.var_high / config.var_low)
+    y = inv_sqrt(backend, total, c, approx.newton_iterations(config), y_bound, op)
+    y = he.ensure_level(backend, y, 2, op, y_bound)
     scale = 1.0 / math.sqrt(config.var_high)
     out = []
     for zb, g, bt in zip(
@@ -197,7 +223,7 @@ def layernorm(
     ):
         # z y (magnitude ~16 x the normalised value) before the small gamma / 16: the absolute
         # rescale noise then stays small against every factor.
-        zb = he.ensure_level(backend, zb, 2, op)
+        zb = he.ensure_level(backend, zb, 2, op, 2.0 * x_bound)
         out.append(backend.add_plain(backend.multiply_plain(backend.multiply(zb, y), g), bt))
     return out
 
@@ -245,8 +271,8 @@ def argmax_onehot(
         level = [
             he.smooth_max(
                 backend,
-                he.ensure_level(backend, level[j], 2, op),
-                he.ensure_level(backend, level[j + half], 2, op),
+                he.ensure_level(backend, level[j], 2, op, config.bound),
+                he.ensure_level(backend, level[j + half], 2, op, config.bound),
                 config.bound,
                 config.g,
                 config.f,
@@ -264,7 +290,7 @@ def argmax_onehot(
     for i, ct in enumerate(padded[: len(cts)]):
         arg = backend.add_plain(backend.sub(ct, m), d)
         arg = backend.multiply_plain(
-            he.ensure_level(backend, arg, 2, op), 1.0 / (4.0 * config.bound)
+            he.ensure_level(backend, arg, 2, op, 2.0 * config.bound + d), 1.0 / (4.0 * config.bound)
         )
         s = he.ensure_level(backend, he.sgn(backend, arg, config.g, config.f, op), 1, op)
         onehot = backend.multiply_plain(backend.add_plain(s, 1.0), 0.5)

@@ -14,20 +14,25 @@ from __future__ import annotations
 import numpy as np
 
 from privformer.crypto.backend import Ciphertext, CKKSBackend
-from privformer.errors import BootstrapUnavailableError, LevelError
+from privformer.errors import BootstrapRangeError, BootstrapUnavailableError, LevelError
 from privformer.protocols.nexus import approx
 
 
-def ensure_level(backend: CKKSBackend, x: Ciphertext, needed: int, operator: str) -> Ciphertext:
-    """``x`` if it has ``needed`` levels left, else ``x`` bootstrapped (which must give them)."""
+def ensure_level(
+    backend: CKKSBackend, x: Ciphertext, needed: int, operator: str, bound: float = 1.0
+) -> Ciphertext:
+    """``x`` if it has ``needed`` levels left, else ``x`` bootstrapped (which must give them).
+    ``bound``: every slot of ``x`` lies in [-bound, bound] (see ``CKKSBackend.bootstrap``)."""
     if backend.level(x) >= needed:
         return x
     try:
-        x = backend.bootstrap(x)
+        x = backend.bootstrap(x, bound)
     except BootstrapUnavailableError as exc:
         raise BootstrapUnavailableError(
             f"{operator}: needs {needed} levels, the ciphertext has {backend.level(x)}; {exc}"
         ) from exc
+    except BootstrapRangeError as exc:
+        raise BootstrapRangeError(f"{operator}: {exc}") from exc
     if backend.level(x) < needed:
         raise LevelError(
             f"{operator}: needs {needed} levels in one chain, a bootstrap gives {backend.level(x)}"
@@ -35,10 +40,12 @@ def ensure_level(backend: CKKSBackend, x: Ciphertext, needed: int, operator: str
     return x
 
 
-def mul(backend: CKKSBackend, a: Ciphertext, b: Ciphertext, operator: str) -> Ciphertext:
-    """a * b, bootstrapping an operand first if it has no level left."""
+def mul(
+    backend: CKKSBackend, a: Ciphertext, b: Ciphertext, operator: str, bound: float = 1.0
+) -> Ciphertext:
+    """a * b, bootstrapping an operand first if it has no level left (both within ``bound``)."""
     return backend.multiply(
-        ensure_level(backend, a, 1, operator), ensure_level(backend, b, 1, operator)
+        ensure_level(backend, a, 1, operator, bound), ensure_level(backend, b, 1, operator, bound)
     )
 
 
@@ -173,6 +180,6 @@ def quick_max(
     if backend.slots % (width * stride):
         raise ValueError(f"quick_max: width x stride must divide the {backend.slots} slots")
     for step in quick_sum_steps(width, stride):
-        x = ensure_level(backend, x, 2, operator)
+        x = ensure_level(backend, x, 2, operator, bound)
         x = smooth_max(backend, x, backend.rotate(x, step), bound, g, f, operator)
     return x

@@ -43,6 +43,9 @@ class LayerConfig:
     gelu: approx.GeluConfig = approx.DEFAULT_GELU
     softmax: approx.SoftmaxConfig = approx.DEFAULT_SOFTMAX
     layernorm: approx.LayerNormConfig = approx.DEFAULT_LAYERNORM
+    # |entries| of hidden states, Q, K, V and FFN outputs, for the bootstraps that may refresh
+    # them (a real bootstrap needs them scaled into range; see CKKSBackend.bootstrap).
+    activation_bound: float = at.ACTIVATION_BOUND
 
 
 DEFAULT_LAYER = LayerConfig()
@@ -118,9 +121,10 @@ def _linear(
     w: EncoderLayerWeights,
     key: str,
     layout: mm.TokenInterleaved,
+    bound: float,
 ) -> list[Ciphertext]:
     """x W_key + b_key (the matmul needs one level; bootstrap first if there is none)."""
-    x = [he.ensure_level(backend, c, 1, "linear") for c in x]
+    x = [he.ensure_level(backend, c, 1, "linear", bound) for c in x]
     out = mm.matmul_plain(backend, x, w.weights[key], layout)
     biases = layout.pack(np.tile(w.biases[key], (layout.tokens, 1)))
     return [backend.add_plain(c, b) for c, b in zip(out, biases, strict=True)]
@@ -155,23 +159,24 @@ def encrypted_layer(
     att = at.AttentionLayout(layout, w.head_dim)
     n = layout.tokens
     clock = _StageClock(seconds)
-    q, k, v = (_linear(backend, x, w, key, layout) for key in "qkv")
+    bound = config.activation_bound
+    q, k, v = (_linear(backend, x, w, key, layout, bound) for key in "qkv")
     clock("Q, K, V projections")
-    scores = at.scores(backend, q, k, att)
+    scores = at.scores(backend, q, k, att, bound)
     clock("Q K^T")
     probs = [hn.softmax(backend, s, n, n, config.softmax) for s in scores]
     clock("softmax")
-    heads = at.weighted_values(backend, probs, v, att)
+    heads = at.weighted_values(backend, probs, v, att, bound)
     clock("P V")
-    attn = _linear(backend, heads, w, "o", layout)
+    attn = _linear(backend, heads, w, "o", layout, bound)
     clock("output projection")
     h1 = _add_and_norm(backend, attn, x, w.ln1, w, layout, config)
     clock("LayerNorm 1")
-    ffn = _linear(backend, h1, w, "ffn1", layout)
+    ffn = _linear(backend, h1, w, "ffn1", layout, bound)
     clock("FFN in")
     ffn = [hn.gelu(backend, c, config.gelu) for c in ffn]
     clock("GELU")
-    ffn2 = _linear(backend, ffn, w, "ffn2", layout)
+    ffn2 = _linear(backend, ffn, w, "ffn2", layout, bound)
     clock("FFN out")
     out = _add_and_norm(backend, ffn2, h1, w.ln2, w, layout, config)
     clock("LayerNorm 2")

@@ -115,7 +115,7 @@ def matmul_plain(
     padded = np.zeros((bi * f, bo * f))
     padded[: w.shape[0], : w.shape[1]] = w
     b = baby_steps(f)
-    baby = [[ct] + [backend.rotate(ct, j * n) for j in range(1, b)] for ct in x]
+    baby = [[ct, *backend.rotate_many(ct, [j * n for j in range(1, b)])] for ct in x]  # hoisted
     out = []
     for jo in range(bo):
         acc = None
