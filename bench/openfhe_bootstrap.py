@@ -33,12 +33,12 @@ from privformer.protocols.nexus import approx, he_ops  # noqa: E402
 
 BOUNDS = (1.0, 32.0, 256.0)
 UNIFORM = "UNIFORM_TERNARY"
-SETS = [  # name, OpenFHEBackend keyword arguments
+SETS = [  # name, OpenFHEBackend keyword arguments (levels: the operators', one more is hidden)
     (
         "uniform, 50-bit, 1 pass",
         dict(
             secret=UNIFORM,
-            levels=3,
+            levels=2,
             scale_bits=50,
             first_bits=55,
             num_large_digits=3,
@@ -49,7 +49,7 @@ SETS = [  # name, OpenFHEBackend keyword arguments
         "uniform, 56-bit, 1 pass",
         dict(
             secret=UNIFORM,
-            levels=3,
+            levels=2,
             scale_bits=56,
             first_bits=60,
             num_large_digits=5,
@@ -60,14 +60,14 @@ SETS = [  # name, OpenFHEBackend keyword arguments
         "uniform, 55-bit, Meta-BTS x2",
         dict(
             secret=UNIFORM,
-            levels=4,
+            levels=3,
             scale_bits=55,
             first_bits=60,
             num_large_digits=7,
             bootstrap_precision=10,
         ),
     ),
-    ("encapsulated, 50-bit, 1 pass", dict(levels=9, bootstrap_iterations=1)),
+    ("encapsulated, 50-bit, 1 pass", dict(levels=8, bootstrap_iterations=1)),
     ("encapsulated, 50-bit, Meta-BTS x2 (default)", dict()),
 ]
 

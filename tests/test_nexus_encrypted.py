@@ -121,7 +121,9 @@ def test_simulated_bootstrap_refreshes_within_its_stated_precision(refresh):
         he.ensure_level(refresh, low, 9, "op", bound=8.0)
     # A bound the values break is refused: a real bootstrap would return garbage (OpenFHE's
     # errs by 0.04 on a constant 8 it was not told to scale).
-    with pytest.raises(BootstrapRangeError, match="op: a bootstrap input reaches 7.99.*stated bound 1"):
+    with pytest.raises(
+        BootstrapRangeError, match="op: a bootstrap input reaches 7.99.*stated bound 1"
+    ):
         he.ensure_level(refresh, low, 2, "op")
 
 

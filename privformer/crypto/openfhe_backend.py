@@ -21,10 +21,11 @@ instance is far above 128 bits by the lattice-estimator runs OpenFHE's maintaine
 sparse secret the mod-raise overflow is bounded by K = 16 instead of 512, so the bootstrap takes
 16 levels instead of 20 and loses ~5 fewer bits. At 50-bit primes, 4 key-switching digits (which
 shrink the special modulus so the 26-level chain fits ring 2^16) and two Meta-BTS passes, a
-bootstrap keeps ~21 bits (error 3.7e-7 for slots in [-1, 1] and [-32, 32]), leaves 8 levels,
-takes ~25 s, and the worker peaks at ~13 GB. With ``secret="UNIFORM_TERNARY"`` the best fit
-found is 55-bit primes, 7 digits, Meta-BTS x2: ~20 bits, 4 levels, ~35 s, 16.4 GB; one pass at
-50-bit primes keeps only ~6 bits.
+bootstrap keeps ~21 bits of [-1, 1] (error 3.5e-7) and leaves 8 levels: 7 for operators, one
+hidden for scaling inputs into range (see ``bootstrap``). It takes ~23 s; the worker peaks at
+~13 GB. With ``secret="UNIFORM_TERNARY"`` the best fit found is 55-bit primes, 7 digits,
+Meta-BTS x2: ~20 bits, 3 levels for operators, ~35 s, 16.4 GB; one pass at 50-bit primes keeps
+only ~6 bits.
 """
 
 from __future__ import annotations
@@ -129,7 +130,8 @@ class OpenFHEBackend(CKKSBackend):
     """A CKKS context with keys and bootstrapping keys, in a worker process.
 
     Defaults (see the module docstring): ring 2^16, 50-bit primes, sparse-secret
-    encapsulation, level budget [3, 3], Meta-BTS x2, 8 levels after each bootstrap.
+    encapsulation, level budget [3, 3], Meta-BTS x2, 7 levels for operators after each
+    bootstrap.
     """
 
     def __init__(
