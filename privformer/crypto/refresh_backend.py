@@ -45,7 +45,7 @@ class DecryptRefreshBackend(SealBackend):
             raise BootstrapRangeError(
                 f"a bootstrap input reaches {peak:.6g}, beyond its stated bound {bound:g}"
             )
-        amplitude = 2.0**-self.precision_bits * max(1.0, float(np.abs(values).max()))
+        amplitude = 2.0**-self.precision_bits * max(1.0, peak)
         values = values + self._noise.uniform(-amplitude, amplitude, values.shape)
         self.bootstraps += 1
         return self.encrypt(values)
