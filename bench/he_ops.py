@@ -6,11 +6,11 @@ activations (time and error).
     python bench/he_ops.py --only LayerNorm # re-measures those rows, keeps the others' figures
 
 Backend: SEAL through TenSEAL, single-threaded, ring 2^15 (``depth19``: 19 levels at 2^40,
-16,384 slots, so a 128 x 128 block per ciphertext). SEAL cannot bootstrap and OpenFHE does not
-install here, so operators that need more than 19 levels run on ``DecryptRefreshBackend``
-(bootstrap simulated by decrypt + 2^-20 noise + encrypt): their times EXCLUDE bootstrapping,
-whose count is reported instead (NEXUS: bootstrapping was 62% of its CPU time). Each operator
-runs in a fresh process, so peak RSS is its own.
+16,384 slots, so a 128 x 128 block per ciphertext). SEAL cannot bootstrap, so operators that
+need more than 19 levels run with the ``SecretKeyRefresh`` bootstrapper (decrypt + 2^-20 noise
++ encrypt): their times EXCLUDE bootstrapping, whose count is reported instead (NEXUS:
+bootstrapping was 62% of its CPU time). Each operator runs in a fresh process, so peak RSS is
+its own.
 
 Where an operator repeats identical work on independent ciphertexts (GELU on each of the
 activation's ciphertexts, softmax on each head), one ciphertext is measured and the layer figure
@@ -33,15 +33,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, print_table, write_results  # noqa: E402
 
 import privformer  # noqa: E402,F401
-from privformer.crypto.refresh_backend import DecryptRefreshBackend  # noqa: E402
-from privformer.crypto.seal_backend import SealBackend  # noqa: E402
+from privformer import approx
+from privformer.crypto.ckks import circuits as he_ops  # noqa: E402
+from privformer.crypto.ckks.refresh import SecretKeyRefresh
+from privformer.crypto.ckks.seal import SealBackend  # noqa: E402
 from privformer.data import load_movie_reviews  # noqa: E402
+from privformer.models.calibration import record_bert_activations  # noqa: E402
 from privformer.models.registry import load_model, load_tokenizer  # noqa: E402
-from privformer.protocols.nexus import approx, he_ops  # noqa: E402
 from privformer.protocols.nexus import attention as at  # noqa: E402
 from privformer.protocols.nexus import he_nonlinear as hn  # noqa: E402
 from privformer.protocols.nexus import matmul as mm  # noqa: E402
-from privformer.protocols.nexus.calibration import record_bert_activations  # noqa: E402
 
 TOKENS = 128
 RESULTS_FILE = Path(__file__).resolve().parent / "results" / "he_ops.json"
@@ -61,7 +62,7 @@ def _peak_rss_mb() -> float:
 def _refresh_stats(backend, out_level: int) -> dict:
     return {
         "bootstraps": backend.bootstraps,
-        "levels_consumed": backend.levels_spent + backend.top - out_level,
+        "levels_consumed": backend.bootstrapper.levels_spent + backend.top - out_level,
     }
 
 
@@ -76,8 +77,8 @@ def sgn_row() -> dict:
         "seconds": s,
         "keygen_s": keygen_s,
         "bootstraps": 0,
-        "levels_consumed": backend.top - backend.level(out),
-        "max_err_vs_simulate": float(np.abs(backend.decrypt(out) - approx.sgn(x)).max()),
+        "levels_consumed": backend.top - backend.levels_left(out),
+        "max_err_vs_simulate": float(np.abs(backend.decrypt(out) - approx.sign.sgn(x)).max()),
     }
 
 
@@ -93,7 +94,7 @@ def quick_sum_row() -> dict:
         "seconds": s,
         "keygen_s": keygen_s,
         "bootstraps": 0,
-        "levels_consumed": small.top - small.level(out),
+        "levels_consumed": small.top - small.levels_left(out),
         "max_err_vs_simulate": float(abs(small.decrypt(out)[0] - v.sum())),
     }
 
@@ -133,18 +134,18 @@ def matmul_row(weight: str, level: int | None = None) -> dict:
     return {
         "operator": "matmul X W (BSGS diagonals)",
         "shape": f"{TOKENS}x{w.shape[0]} @ {w.shape[0]}x{w.shape[1]} {weight}, "
-        f"level {backend.level(cts[0])}",
+        f"level {backend.levels_left(cts[0])}",
         "seconds": s,
         "keygen_s": keygen_s,
         "bootstraps": 0,
-        "levels_consumed": backend.level(cts[0]) - backend.level(out[0]),
+        "levels_consumed": backend.levels_left(cts[0]) - backend.levels_left(out[0]),
         "max_err_vs_simulate": float(np.abs(got - x @ w).max()),
         "note": f"{blocks * layout.features} plaintext products, {rotations} rotations",
     }
 
 
 def gelu_row(x: np.ndarray) -> dict:
-    backend = DecryptRefreshBackend("depth19")
+    backend = SealBackend("depth19", bootstrapper=SecretKeyRefresh())
     out, s = _timed(lambda: hn.gelu(backend, backend.encrypt(x)))
     got = backend.decrypt(out)
     return {
@@ -154,19 +155,19 @@ def gelu_row(x: np.ndarray) -> dict:
         "minilm_layer_s": s * 12,  # 128 x 1536
         "bert_base_layer_s": s * 24,  # 128 x 3072
         "paper_s": PAPER_S["GELU"],
-        **_refresh_stats(backend, backend.level(out)),
-        "max_err_vs_simulate": float(np.abs(got - approx.gelu(x)).max()),
-        "mean_err_vs_exact": float(np.abs(got - approx.gelu_exact(x)).mean()),
+        **_refresh_stats(backend, backend.levels_left(out)),
+        "max_err_vs_simulate": float(np.abs(got - approx.gelu.nexus(x)).max()),
+        "mean_err_vs_exact": float(np.abs(got - approx.gelu.gelu_exact(x)).mean()),
         "note": "x 12 ciphertexts (MiniLM), x 24 (BERT-base)",
     }
 
 
 def softmax_row(rows: list[np.ndarray]) -> dict:
-    backend = DecryptRefreshBackend("depth19")
+    backend = SealBackend("depth19", bootstrapper=SecretKeyRefresh())
     _, keygen_s = _timed(
         lambda: backend.generate_rotation_keys(he_ops.quick_sum_steps(TOKENS, TOKENS))
     )
-    cfg = approx.SoftmaxConfig()
+    cfg = approx.softmax.SoftmaxConfig()
     scores = np.full((TOKENS, TOKENS), -cfg.bound + 4.0)  # padding keys masked
     for i, r in enumerate(rows):
         scores[i, : r.size] = r[:TOKENS]
@@ -183,15 +184,15 @@ def softmax_row(rows: list[np.ndarray]) -> dict:
         "minilm_layer_s": s * 12,
         "bert_base_layer_s": s * 12,
         "paper_s": PAPER_S["softmax"],
-        **_refresh_stats(backend, backend.level(out)),
-        "max_err_vs_simulate": float(np.abs(got - approx.softmax(scores, cfg)).max()),
+        **_refresh_stats(backend, backend.levels_left(out)),
+        "max_err_vs_simulate": float(np.abs(got - approx.softmax.nexus(scores, cfg)).max()),
         "max_err_vs_exact": float(np.abs(got - e / e.sum(1, keepdims=True)).max()),
         "note": "x 12 heads (MiniLM and BERT-base)",
     }
 
 
 def layernorm_row(real_rows: np.ndarray, hidden: int) -> dict:
-    backend = DecryptRefreshBackend("depth19")
+    backend = SealBackend("depth19", bootstrapper=SecretKeyRefresh())
     layout = mm.TokenInterleaved(TOKENS, backend.slots)
     _, keygen_s = _timed(
         lambda: backend.generate_rotation_keys(he_ops.quick_sum_steps(layout.features, TOKENS))
@@ -218,14 +219,14 @@ def layernorm_row(real_rows: np.ndarray, hidden: int) -> dict:
         "seconds": s,
         "keygen_s": keygen_s,
         "paper_s": PAPER_S["LayerNorm"] if hidden == 768 else None,
-        **_refresh_stats(backend, backend.level(out[0])),
-        "max_err_vs_simulate": float(np.abs(got - approx.layernorm(x, gamma, beta)).max()),
+        **_refresh_stats(backend, backend.levels_left(out[0])),
+        "max_err_vs_simulate": float(np.abs(got - approx.layernorm.nexus(x, gamma, beta)).max()),
         "max_rel_err_vs_exact": float(rel.max()),
     }
 
 
 def argmax_row(count: int = 30522) -> dict:
-    backend = DecryptRefreshBackend("depth19")
+    backend = SealBackend("depth19", bootstrapper=SecretKeyRefresh())
     _, keygen_s = _timed(
         lambda: backend.generate_rotation_keys(hn.argmax_rotations(count, backend.slots))
     )
@@ -243,8 +244,8 @@ def argmax_row(count: int = 30522) -> dict:
         "seconds": s,
         "keygen_s": keygen_s,
         "paper_s": PAPER_S["argmax"],
-        **_refresh_stats(backend, backend.level(out[0])),
-        "max_err_vs_simulate": float(np.abs(got - approx.argmax_onehot(v)).max()),
+        **_refresh_stats(backend, backend.levels_left(out[0])),
+        "max_err_vs_simulate": float(np.abs(got - approx.argmax.argmax_onehot(v)).max()),
         "note": f"argmax correct: {int(np.argmax(got)) == top}",
     }
 
@@ -331,18 +332,18 @@ def record_activations() -> dict:
 def simulate_rows(acts) -> list[dict]:
     rows = []
     g = acts["gelu"]
-    out, s = _timed(lambda: approx.gelu(g))
+    out, s = _timed(lambda: approx.gelu.nexus(g))
     rows.append(
         {
             "operator": "GELU",
             "inputs": g.size,
             "seconds": s,
-            "mean_abs_err": float(np.abs(out - approx.gelu_exact(g)).mean()),
+            "mean_abs_err": float(np.abs(out - approx.gelu.gelu_exact(g)).mean()),
             "target": 7.7e-4,
         }
     )
     rows_ = acts["scores"][:150]
-    out, s = _timed(lambda: [approx.softmax(r) for r in rows_])
+    out, s = _timed(lambda: [approx.softmax.nexus(r) for r in rows_])
 
     def exact(r):
         e = np.exp(r - r.max(-1, keepdims=True))
@@ -361,7 +362,7 @@ def simulate_rows(acts) -> list[dict]:
     )
     ln = acts["layernorm"]
     gamma, beta = np.ones(ln.shape[1]), np.zeros(ln.shape[1])
-    out, s = _timed(lambda: approx.layernorm(ln, gamma, beta))
+    out, s = _timed(lambda: approx.layernorm.nexus(ln, gamma, beta))
     ref = (ln - ln.mean(1, keepdims=True)) / np.sqrt(ln.var(1, keepdims=True) + 1e-12)
     rel = (np.linalg.norm(out - ref, axis=1) / np.linalg.norm(ref, axis=1)).max()
     rows.append(

@@ -2,7 +2,7 @@
 
     python bench/nexus_layer.py      # prints a table, writes bench/results/nexus_layer.json
 
-SEAL ring 2^15 (``depth19``), one thread; bootstraps are simulated (``DecryptRefreshBackend``)
+SEAL ring 2^15 (``depth19``), one thread; bootstraps are simulated (``SecretKeyRefresh``)
 and not timed: their count is reported. Checks the encrypted layer against its float64 twin and
 against the exact ``transformers`` layer on the same input (the hidden states entering layer 1
 for a real IMDB review truncated to 128 tokens, no padding).
@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, print_table, write_results  # noqa: E402
 
 import privformer  # noqa: E402,F401
-from privformer.crypto.refresh_backend import DecryptRefreshBackend  # noqa: E402
+from privformer.crypto.ckks.refresh import SecretKeyRefresh
+from privformer.crypto.ckks.seal import SealBackend  # noqa: E402
 from privformer.data import load_movie_reviews  # noqa: E402
 from privformer.models.registry import load_model, load_tokenizer  # noqa: E402
 from privformer.protocols.nexus import layer as nl  # noqa: E402
@@ -41,7 +42,7 @@ def main() -> None:
         model.encoder.layer[1], model.config.num_attention_heads, model.config.layer_norm_eps
     )
     twin = nl.simulate_layer(x, weights)
-    backend = DecryptRefreshBackend("depth19")
+    backend = SealBackend("depth19", bootstrapper=SecretKeyRefresh())
     layout = TokenInterleaved(TOKENS, backend.slots)
     start = time.perf_counter()
     backend.generate_rotation_keys(nl.rotation_steps(layout, weights.head_dim))

@@ -28,12 +28,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, print_table, write_results  # noqa: E402
 
 import privformer  # noqa: E402,F401
-from privformer.crypto.openfhe_backend import OpenFHEBackend  # noqa: E402
+from privformer import approx
+from privformer.crypto.ckks import circuits as he_ops  # noqa: E402
+from privformer.crypto.ckks.openfhe import OpenFHEBackend  # noqa: E402
 from privformer.data import load_movie_reviews  # noqa: E402
+from privformer.models.calibration import record_bert_activations  # noqa: E402
 from privformer.models.registry import load_model, load_tokenizer  # noqa: E402
-from privformer.protocols.nexus import approx, he_ops  # noqa: E402
 from privformer.protocols.nexus import he_nonlinear as hn  # noqa: E402
-from privformer.protocols.nexus.calibration import record_bert_activations  # noqa: E402
 from privformer.protocols.nexus.matmul import TokenInterleaved  # noqa: E402
 
 TOKENS = 128
@@ -58,8 +59,8 @@ def gelu_row(x: np.ndarray) -> dict:
         **stats,
         "bert_base_layer_s": stats["seconds"] * per_layer,
         "paper_s": PAPER_S["GELU"],
-        "max_err_vs_simulate": float(np.abs(got - approx.gelu(x)).max()),
-        "mean_err_vs_exact": float(np.abs(got - approx.gelu_exact(x)).mean()),
+        "max_err_vs_simulate": float(np.abs(got - approx.gelu.nexus(x)).max()),
+        "mean_err_vs_exact": float(np.abs(got - approx.gelu.gelu_exact(x)).mean()),
         "note": f"x {per_layer} ciphertexts for BERT-base (128 x 3072)",
     }
 
@@ -68,7 +69,7 @@ def softmax_row(rows: list[np.ndarray]) -> dict:
     backend = OpenFHEBackend()
     width, stride = TOKENS, backend.slots // TOKENS  # 256 rows of 128 keys: 2 heads
     backend.generate_rotation_keys(he_ops.quick_sum_steps(width, stride))
-    cfg = approx.SoftmaxConfig()
+    cfg = approx.softmax.SoftmaxConfig()
     scores = np.full((stride, width), -cfg.bound + 4.0)  # padding keys masked
     for i, r in enumerate(rows[:stride]):
         scores[i, : min(r.size, width)] = r[:width]
@@ -84,7 +85,7 @@ def softmax_row(rows: list[np.ndarray]) -> dict:
         **stats,
         "bert_base_layer_s": stats["seconds"] * 12 / heads,
         "paper_s": PAPER_S["softmax"],
-        "max_err_vs_simulate": float(np.abs(got - approx.softmax(scores, cfg)).max()),
+        "max_err_vs_simulate": float(np.abs(got - approx.softmax.nexus(scores, cfg)).max()),
         "max_err_vs_exact": float(np.abs(got - e / e.sum(1, keepdims=True)).max()),
         "note": f"x {12 // heads} for BERT-base's 12 heads",
     }
@@ -108,7 +109,7 @@ def layernorm_row(x: np.ndarray) -> dict:
         "shape": f"MiniLM {TOKENS} x {x.shape[1]} (real inputs, gamma, beta)",
         **stats,
         "paper_s": None,
-        "max_err_vs_simulate": float(np.abs(got - approx.layernorm(x, gamma, beta)).max()),
+        "max_err_vs_simulate": float(np.abs(got - approx.layernorm.nexus(x, gamma, beta)).max()),
         "max_rel_err_vs_exact": float(rel.max()),
         "note": "BERT-base's 768 wide: one more block, same bootstraps",
     }

@@ -28,8 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, print_table, write_results  # noqa: E402
 
 import privformer  # noqa: E402,F401
-from privformer.crypto.openfhe_backend import OpenFHEBackend  # noqa: E402
-from privformer.protocols.nexus import approx, he_ops  # noqa: E402
+from privformer import approx
+from privformer.crypto.ckks import circuits as he_ops  # noqa: E402
+from privformer.crypto.ckks.openfhe import OpenFHEBackend  # noqa: E402
 
 BOUNDS = (1.0, 32.0, 256.0)
 UNIFORM = "UNIFORM_TERNARY"
@@ -86,13 +87,13 @@ def measure(name: str, kwargs: dict, with_sgn: bool) -> dict:
         err = float(np.abs(backend.decrypt(fresh) - x).max())
         row[f"err_B{bound:g}"] = err
         row[f"bits_B{bound:g}"] = float(-np.log2(err / bound))
-        row["levels_after"] = backend.level(fresh)
+        row["levels_after"] = backend.levels_left(fresh)
     if with_sgn:
         x = rng.uniform(5e-3, 1.0, backend.slots) * rng.choice([-1.0, 1.0], backend.slots)
         start = time.perf_counter()
         out = backend.decrypt(he_ops.sgn(backend, backend.encrypt(x), g=3, f=2))
         row["sgn_s"] = time.perf_counter() - start
-        row["sgn_err_vs_twin"] = float(np.abs(out - approx.sgn(x, 3, 2)).max())
+        row["sgn_err_vs_twin"] = float(np.abs(out - approx.sign.sgn(x, 3, 2)).max())
     backend.close()
     row["worker_peak_gb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1e6
     return row

@@ -28,8 +28,8 @@ from privformer.models.registry import load_model, load_tokenizer  # noqa: E402
 from privformer.protocols.stip.cloud import StipCloud  # noqa: E402
 from privformer.protocols.stip.export import export  # noqa: E402
 from privformer.protocols.stip.user import StipUser  # noqa: E402
-from privformer.serving.client import StipClient  # noqa: E402
-from privformer.serving.server import ServerProcess  # noqa: E402
+from privformer.transport.stip_client import StipClient  # noqa: E402
+from privformer.transport.stip_server import ServerProcess  # noqa: E402
 
 ENCODER_TOKENS = 128
 PROMPT_TOKENS, NEW_TOKENS = 64, 32

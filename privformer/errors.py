@@ -21,12 +21,32 @@ class KeyMismatchError(PrivformerError):
     """A key was made for a different model than the one it is used with."""
 
 
-class InputError(PrivformerError):
+class InputError(PrivformerError, ValueError):
     """An input tensor or request has the wrong shape, dtype or values."""
 
 
 class WireFormatError(InputError):
     """A network payload is malformed, truncated or of an unknown version."""
+
+
+class UnknownNameError(InputError):
+    """A name (preset, scheme, data source, protocol, mode, model) is not one privformer knows."""
+
+
+class SessionNotFoundError(PrivformerError):
+    """A server session id is unknown or has expired."""
+
+
+class TooManySessionsError(PrivformerError):
+    """The server holds its maximum number of open sessions."""
+
+
+class ArtifactError(PrivformerError):
+    """A saved artifact folder is missing, corrupted, or of another protocol or format version."""
+
+
+class UnsupportedModeError(PrivformerError):
+    """A protocol cannot (yet) run a model in the requested mode."""
 
 
 class ServerError(PrivformerError):

@@ -15,7 +15,7 @@ import torch
 import privformer  # noqa: F401  (offline hub before transformers loads)
 from privformer.models.registry import load_model, load_tokenizer
 from privformer.protocols.stip.export import export
-from privformer.serving.server import ServerProcess
+from privformer.transport.stip_server import ServerProcess
 
 # Real text the tests tokenise (no random token ids for the real models).
 TEXTS = [

@@ -12,7 +12,7 @@ from privformer.errors import KeyFormatError, KeyMismatchError, WireFormatError
 from privformer.protocols.stip.cloud import StipCloud
 from privformer.protocols.stip.keys import UserKey
 from privformer.protocols.stip.permutations import random_permutation
-from privformer.serving import wire
+from privformer.transport import tensors as wire
 
 
 def _key(**overrides) -> UserKey:

@@ -16,13 +16,14 @@ import time
 import pytest
 import torch
 
-from privformer.crypto.mpc import approx, fixed
-from privformer.crypto.mpc import nonlinear as nl
+from privformer import approx
+from privformer.crypto.mpc import compare, fixed
 from privformer.crypto.mpc import shared as sh
 from privformer.crypto.mpc.channel import NetworkModel, encode_frame, read_frame
 from privformer.crypto.mpc.party import CLIENT, SERVER, run_local
 from privformer.crypto.mpc.prg import Stream, new_key
 from privformer.errors import OutOfRangeError, WireFormatError
+from privformer.protocols.cipherprune import nonlinear as nl
 
 ULP = 1.0 / fixed.SCALE
 
@@ -151,27 +152,29 @@ def test_products_and_linear_layers():
 def test_comparison_is_exact_including_edges():
     vals = torch.tensor([0.0, ULP, -ULP, 1000.0, -1000.0, 3.5, -3.5, 2.0**19, -(2.0**19)])
     x = torch.cat([vals, torch.randn(5000, dtype=torch.float64) * 100])
-    out, stats = _both(lambda p, a: nl.ltz(a), x)
+    out, stats = _both(lambda p, a: compare.ltz(a), x)
     assert torch.equal(out, (fixed.encode(x) < 0).long())
     assert stats["rounds"] == 8  # generate bits, 6 adder levels, bit to arithmetic
 
 
 def test_max_and_select():
     x = torch.randn(6, 37, dtype=torch.float64) * 5
-    out, stats = _both(lambda p, a: nl.max_lastdim(a), x)
+    out, stats = _both(lambda p, a: compare.max_lastdim(a), x)
     assert torch.equal(out, fixed.encode(x).max(-1, keepdim=True).values)
     assert stats["rounds"] == 6 * 9  # ceil(log2 37) levels of comparison + select
 
 
-@pytest.mark.parametrize("cfg", [approx.GELU_HIGH, approx.GELU_LOW], ids=lambda c: c.name)
+@pytest.mark.parametrize("cfg", [approx.gelu.GELU_HIGH, approx.gelu.GELU_LOW], ids=lambda c: c.name)
 def test_gelu_matches_its_twin(cfg):
     x = torch.cat([torch.linspace(-6, 6, 601, dtype=torch.float64), torch.randn(2000).double() * 3])
     out, _ = _both(lambda p, a: nl.gelu(a, cfg), x)
     # the polynomial's coefficients are encoded too: |c| 2^-19 |u|^k summed stays < 5e-5
-    assert (fixed.decode(out) - approx.gelu(x, cfg)).abs().max() < 1e-4
+    assert (fixed.decode(out) - approx.gelu.cipherprune(x, cfg)).abs().max() < 1e-4
 
 
-@pytest.mark.parametrize("cfg", [approx.EXP_HIGH, approx.EXP_LOW], ids=lambda c: c.name)
+@pytest.mark.parametrize(
+    "cfg", [approx.softmax.EXP_HIGH, approx.softmax.EXP_LOW], ids=lambda c: c.name
+)
 def test_exp_matches_its_twin(cfg):
     x = -torch.cat(
         [torch.linspace(0, 20, 401, dtype=torch.float64), torch.rand(1000).double() * 18]
@@ -179,7 +182,7 @@ def test_exp_matches_its_twin(cfg):
     out, _ = _both(lambda p, a: nl.exp_neg(a, cfg), x)
     # 2^s squarings multiply the relative error of the Taylor value (<= 2 units) by 2^s:
     # 64 * 2 * 3.8e-6 = 4.9e-4 at worst for exp-high
-    assert (fixed.decode(out) - approx.exp_neg(x, cfg)).abs().max() < 5e-4
+    assert (fixed.decode(out) - approx.softmax.exp_neg(x, cfg)).abs().max() < 5e-4
 
 
 def test_softmax_matches_twin_on_peaked_and_flat_rows():
@@ -198,7 +201,7 @@ def test_softmax_matches_twin_on_peaked_and_flat_rows():
 
     out, _ = _both(prog, rows)
     got = fixed.decode(out)
-    assert (got - approx.softmax(rows, mask)).abs().max() < 1e-4
+    assert (got - approx.softmax.cipherprune(rows, mask)).abs().max() < 1e-4
     assert (got - torch.softmax(rows + mask, -1)).abs().max() < 1e-4
     assert got[:, 50:].abs().max() < 1e-5  # masked keys get (almost exactly) nothing
 
@@ -220,7 +223,7 @@ def test_layernorm_matches_twin():
     ref = torch.nn.functional.layer_norm(x, (48,), g, b, 1e-12)
     assert ((fixed.decode(out) - ref).abs() / ref.abs().clamp_min(1)).max() < 1e-3
     with pytest.raises(OutOfRangeError, match="layernorm.rsqrt"):
-        approx.layernorm(x * 100, g, b, 1e-12)  # variance beyond 256: the twin says so
+        approx.layernorm.cipherprune(x * 100, g, b, 1e-12)  # variance beyond 256: the twin says so
 
 
 def test_permute_rows_is_a_hidden_permutation():

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from conftest import plain_model, tokenizer
 
+from privformer import approx as A
 from privformer.data import load_movie_reviews
 from privformer.errors import OutOfRangeError
-from privformer.protocols.nexus import approx as A
-from privformer.protocols.nexus.calibration import record_bert_activations
+from privformer.models.calibration import record_bert_activations
 
 
 @functools.cache
@@ -38,31 +38,31 @@ def test_movie_reviews_ship_offline():
 
 
 def test_sgn_saturates_where_documented():
-    assert A.sgn_error(2, 2, 0.1) < 1e-9  # NEXUS's depth-16 composition
-    assert A.sgn_error(3, 2, 5e-3) < 1e-9  # the GELU / softmax setting
-    assert A.sgn_error(2, 2, 5e-3) > 0.1  # and why depth 16 is not enough there
+    assert A.sign.sgn_error(2, 2, 0.1) < 1e-9  # NEXUS's depth-16 composition
+    assert A.sign.sgn_error(3, 2, 5e-3) < 1e-9  # the GELU / softmax setting
+    assert A.sign.sgn_error(2, 2, 5e-3) > 0.1  # and why depth 16 is not enough there
     x = np.linspace(-1, 1, 101)
-    assert np.all(np.sign(A.sgn(x)) == np.sign(x))  # odd and sign-preserving
+    assert np.all(np.sign(A.sign.sgn(x)) == np.sign(x))  # odd and sign-preserving
 
 
 def test_gelu_on_real_minilm_inputs():
     x = activations()["gelu"]
     assert x.min() < -8 or x.max() > 8  # real inputs leave NEXUS's assumed [-8, 8]
-    err = np.abs(A.gelu(x) - A.gelu_exact(x))
+    err = np.abs(A.gelu.nexus(x) - A.gelu.gelu_exact(x))
     assert err.mean() <= 7.7e-4, err.mean()  # measured 5.0e-4
     assert err.max() <= 5e-3  # measured 2.8e-3 (the breakpoint regions)
 
 
 def test_softmax_on_real_peaked_and_flat_rows():
     rows = activations()["scores"]
-    worst = max(np.abs(A.softmax(r) - _softmax(r)).max() for r in rows[:150])
+    worst = max(np.abs(A.softmax.nexus(r) - _softmax(r)).max() for r in rows[:150])
     assert worst <= 1e-4, worst  # measured 3.6e-5 with r = 16
     rng = np.random.default_rng(0)
     peaked = rng.normal(0, 1, (32, 128))
     peaked[np.arange(32), rng.integers(0, 128, 32)] += 40.0  # one score dominates the row
     flat = rng.normal(0, 0.01, (32, 128))
     for x in (peaked, flat):
-        assert np.abs(A.softmax(x) - _softmax(x)).max() <= 1e-4
+        assert np.abs(A.softmax.nexus(x) - _softmax(x)).max() <= 1e-4
 
 
 def test_layernorm_on_real_minilm_inputs():
@@ -70,18 +70,18 @@ def test_layernorm_on_real_minilm_inputs():
     rng = np.random.default_rng(1)
     gamma, beta = rng.normal(1, 0.3, x.shape[1]), rng.normal(0, 0.1, x.shape[1])
     exact = gamma * (x - x.mean(1, keepdims=True)) / np.sqrt(x.var(1, keepdims=True) + 1e-12) + beta
-    approx = A.layernorm(x, gamma, beta)
+    approx = A.layernorm.nexus(x, gamma, beta)
     rel = np.linalg.norm(approx - exact, axis=1) / np.linalg.norm(exact, axis=1)
     assert rel.max() <= 1e-3, rel.max()
 
 
 def test_newton_start_is_inside_the_basin_over_the_range():
-    cfg = A.LayerNormConfig()
+    cfg = A.layernorm.LayerNormConfig()
     u = np.geomspace(cfg.var_low / cfg.var_high, 1.0, 10001)
-    y0 = A.newton_start(u)
+    y0 = A.layernorm.newton_start(u)
     assert np.all(y0 > 0) and np.all(y0 < np.sqrt(3.0 / u))
     v = np.geomspace(cfg.var_low, cfg.var_high, 1001)
-    assert np.abs(A.inv_sqrt(v) * np.sqrt(v) - 1).max() <= 1e-6
+    assert np.abs(A.layernorm.inv_sqrt(v) * np.sqrt(v) - 1).max() <= 1e-6
 
 
 @pytest.mark.parametrize("m", [384, 30522])
@@ -93,11 +93,11 @@ def test_argmax_exact_when_the_gap_is_large_enough(m):
         rng = np.random.default_rng(2)
         x = rng.uniform(-bound, bound * 0.9, (4, m))
         x[np.arange(4), rng.integers(0, m, 4)] = bound * 0.99
-    cfg = A.ArgmaxConfig(bound=bound)
+    cfg = A.argmax.ArgmaxConfig(bound=bound)
     top2 = np.sort(x, axis=1)[:, -2:]
     large_gap = (top2[:, 1] - top2[:, 0]) >= 1e-2 * 2 * bound
     assert large_gap.sum() >= 4
-    onehot = A.argmax_onehot(x[large_gap], cfg)
+    onehot = A.argmax.argmax_onehot(x[large_gap], cfg)
     expected = (x[large_gap] == x[large_gap].max(1, keepdims=True)).astype(float)
     assert np.abs(onehot - expected).max() < 1e-6
 
@@ -105,12 +105,12 @@ def test_argmax_exact_when_the_gap_is_large_enough(m):
 @pytest.mark.parametrize(
     "call,operator",
     [
-        (lambda: A.sgn(np.array([0.5, 1.5])), "sgn"),
-        (lambda: A.gelu(np.array([0.0, 40.0])), "gelu"),
-        (lambda: A.softmax(np.array([[0.0, 100.0]])), "softmax"),
-        (lambda: A.inv_sqrt(np.array([1.0, 500.0])), "layernorm.inv_sqrt"),
-        (lambda: A.argmax_onehot(np.array([0.2, 3.0])), "argmax"),
-        (lambda: A.gelu(np.array([np.nan])), "gelu"),
+        (lambda: A.sign.sgn(np.array([0.5, 1.5])), "sgn"),
+        (lambda: A.gelu.nexus(np.array([0.0, 40.0])), "gelu"),
+        (lambda: A.softmax.nexus(np.array([[0.0, 100.0]])), "softmax"),
+        (lambda: A.layernorm.inv_sqrt(np.array([1.0, 500.0])), "layernorm.inv_sqrt"),
+        (lambda: A.argmax.argmax_onehot(np.array([0.2, 3.0])), "argmax"),
+        (lambda: A.gelu.nexus(np.array([np.nan])), "gelu"),
     ],
 )
 def test_out_of_range_inputs_name_operator_range_and_value(call, operator):

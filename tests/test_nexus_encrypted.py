@@ -1,9 +1,9 @@
 """Encrypted NEXUS operators against their simulate twins, on real MiniLM operator inputs.
 
 GELU, softmax, LayerNorm and argmax need 27 to 40+ levels, more than a 128-bit ring 2^15 has
-(19), so they run on ``DecryptRefreshBackend("test-medium")`` (N = 2^14, 7 levels): SEAL with
-bootstrapping simulated by decrypt, noise, re-encrypt (OpenFHE, which bootstraps, does not
-install here). Each operator runs its real bootstrap schedule; each refresh adds uniform noise
+(19), so they run on SEAL at ``test-medium`` (N = 2^14, 7 levels) with the ``SecretKeyRefresh``
+bootstrapper: decrypt, noise, re-encrypt (the real bootstrap is OpenFHE's, tested under the
+``openfhe`` marker). Each operator runs its real bootstrap schedule; each refresh adds uniform noise
 of 2^-20 times the largest slot, a real bootstrap's precision. The attention matmuls need 3 and
 2 levels and run on plain SEAL (``test-small``).
 
@@ -19,24 +19,24 @@ import pytest
 from conftest import plain_model
 from test_nexus_approx import activations
 
-from privformer.crypto.refresh_backend import DecryptRefreshBackend
-from privformer.crypto.seal_backend import SealBackend
+from privformer import approx as A
+from privformer.crypto.ckks import circuits as he
+from privformer.crypto.ckks.refresh import SecretKeyRefresh
+from privformer.crypto.ckks.seal import SealBackend
 from privformer.errors import (
     BootstrapRangeError,
     BootstrapUnavailableError,
     InputError,
     LevelError,
 )
-from privformer.protocols.nexus import approx as A
 from privformer.protocols.nexus import attention as at
 from privformer.protocols.nexus import he_nonlinear as H
-from privformer.protocols.nexus import he_ops as he
 from privformer.protocols.nexus.matmul import TokenInterleaved
 
 
 @pytest.fixture(scope="module")
 def refresh():
-    return DecryptRefreshBackend("test-medium")
+    return SealBackend("test-medium", bootstrapper=SecretKeyRefresh())
 
 
 def _sample(x: np.ndarray, size: int, seed: int) -> np.ndarray:
@@ -48,7 +48,7 @@ def test_gelu_across_bootstraps(refresh):
     before = refresh.bootstraps
     out = refresh.decrypt(H.gelu(refresh, refresh.encrypt(x)))  # default g = 3, f = 2: depth 22
     assert refresh.bootstraps > before
-    err = np.abs(out - A.gelu(x))
+    err = np.abs(out - A.gelu.nexus(x))
     # SGN's slope near a breakpoint reaches ~200 (times 1/64 input scaling), times pieces of
     # size <= 8 there: a refresh error of 1e-6 becomes ~1e-4 at worst; elsewhere ~1e-6.
     assert err.max() <= 1e-3, err.max()
@@ -58,7 +58,7 @@ def test_gelu_across_bootstraps(refresh):
 def test_softmax_on_real_attention_rows(refresh):
     width, stride = 64, refresh.slots // 64  # 128 rows of 64 keys
     refresh.generate_rotation_keys(he.quick_sum_steps(width, stride))
-    cfg = A.SoftmaxConfig()
+    cfg = A.softmax.SoftmaxConfig()
     rows = [r for block in activations()["scores"] if block.shape[1] <= width for r in block]
     rows = rows[:: max(1, len(rows) // stride)][:stride]  # real rows of <= 64 keys, all layers
     padded = np.full((stride, width), -cfg.bound + 4.0)  # masked keys, as padding tokens are
@@ -72,7 +72,7 @@ def test_softmax_on_real_attention_rows(refresh):
     # refresh error is doubled by each later squaring: 2^-20 x 2^10 ~ 1e-3 relative on the
     # largest probabilities (measured 2.8e-4 absolute). Where exp fits one chain (18 levels,
     # e.g. OpenFHE at ring 2^16) this term vanishes; bench/he_ops.py measures that case.
-    assert np.abs(out - A.softmax(padded, cfg)).max() <= 1e-3
+    assert np.abs(out - A.softmax.nexus(padded, cfg)).max() <= 1e-3
     peaked = padded.max(1) - np.sort(padded, 1)[:, -2] > 5.0
     assert peaked.any()  # the rows include peaked ones (top score 5 above the rest)
 
@@ -91,7 +91,7 @@ def test_layernorm_on_real_minilm_inputs(refresh):
     # absolute) is ~1e-8 relative there; outputs reach 30 (MiniLM's outlier feature 99), so
     # 30 x ~1e-8 x the few products after it: measured <= 4.5e-7 in 24 runs. Before that last
     # step was reordered, u's absolute noise on variances near 0.17 gave 3e-5 .. 1.5e-4.
-    assert np.abs(out - A.layernorm(x, gamma, beta)).max() <= 3e-6
+    assert np.abs(out - A.layernorm.nexus(x, gamma, beta)).max() <= 3e-6
 
 
 @pytest.mark.parametrize("count", [300, 9000])  # one ciphertext, and two (as for 30522)
@@ -106,7 +106,7 @@ def test_argmax_onehot(refresh, count):
     onehot = np.concatenate([refresh.decrypt(c) for c in out])
     assert onehot.shape == (count,)
     # SGN is saturated at the margin, so the mask is 0 or 1 up to the refresh error.
-    assert np.abs(onehot - A.argmax_onehot(v)).max() <= 1e-3
+    assert np.abs(onehot - A.argmax.argmax_onehot(v)).max() <= 1e-3
     assert int(np.argmax(onehot)) == top and np.abs(onehot - (np.arange(count) == top)).max() < 1e-3
 
 
@@ -114,7 +114,7 @@ def test_simulated_bootstrap_refreshes_within_its_stated_precision(refresh):
     x = np.random.default_rng(4).uniform(-8, 8, refresh.slots)
     low = refresh.drop_to(refresh.encrypt(x), 0)
     fresh = refresh.bootstrap(low, bound=8.0)
-    assert refresh.level(fresh) == refresh.top == 7
+    assert refresh.levels_left(fresh) == refresh.top == 7
     # uniform noise of 2^-20 x max|x| (= 8), plus ~1e-9 of CKKS noise
     assert np.abs(refresh.decrypt(fresh) - x).max() <= 8 * 2.0**-20 + 1e-7
     with pytest.raises(LevelError, match="needs 9 levels in one chain"):

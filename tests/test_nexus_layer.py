@@ -1,7 +1,7 @@
 """One BERT encoder layer composed from the encrypted NEXUS operators, against its float twin.
 
-Runs on ``DecryptRefreshBackend("test-small")`` (N = 2^13, 4 levels at 2^30, bootstraps
-simulated): 64 tokens fill the 4,096 slots' 64 x 64 attention block. Softmax uses r = 8 here: at
+Runs on SEAL ``test-small`` (N = 2^13, 4 levels at 2^30) with ``SecretKeyRefresh`` bootstraps
+(simulated): 64 tokens fill the 4,096 slots' 64 x 64 attention block. Softmax uses r = 8 here: at
 2^30 and 4 levels, r = 16 would split exp's squarings over five chains and amplify each refresh
 error 2^12-fold (measured 0.08 on the probabilities), which says nothing about composition.
 
@@ -20,18 +20,19 @@ from conftest import plain_model, tokenizer
 from transformers import BertConfig
 from transformers.models.bert.modeling_bert import BertLayer
 
-from privformer.crypto.refresh_backend import DecryptRefreshBackend
+from privformer import approx
+from privformer.crypto.ckks.refresh import SecretKeyRefresh
+from privformer.crypto.ckks.seal import SealBackend
 from privformer.data import load_movie_reviews
-from privformer.protocols.nexus import approx
 from privformer.protocols.nexus import layer as nl
 from privformer.protocols.nexus.matmul import TokenInterleaved
 
 TOKENS = 64
-CONFIG = nl.LayerConfig(softmax=approx.SoftmaxConfig(r=8))
+CONFIG = nl.LayerConfig(softmax=approx.softmax.SoftmaxConfig(r=8))
 
 
 def _run_encrypted(x: np.ndarray, weights: nl.EncoderLayerWeights) -> tuple[np.ndarray, int]:
-    backend = DecryptRefreshBackend("test-small")
+    backend = SealBackend("test-small", bootstrapper=SecretKeyRefresh())
     layout = TokenInterleaved(TOKENS, backend.slots)
     backend.generate_rotation_keys(nl.rotation_steps(layout, weights.head_dim))
     cts = [backend.encrypt(v) for v in layout.pack(x)]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from privformer.crypto.seal_backend import SealBackend
+from privformer.crypto.ckks.seal import SealBackend
 from privformer.errors import InputError
 from privformer.protocols.nexus import matmul as mm
 
@@ -43,7 +43,7 @@ def test_encrypted_matmul_matches_numpy(backend):
     cts = mm.encrypt_activation(backend, x, layout)
     out = mm.matmul_plain(backend, cts, w, layout)
     assert len(out) == 2
-    assert all(backend.level(c) == backend.level(cts[0]) - 1 for c in out)  # one level
+    assert all(backend.levels_left(c) == backend.levels_left(cts[0]) - 1 for c in out)  # one level
     got = mm.decrypt_activation(backend, out, layout, 200)
     assert np.abs(got - x @ w).max() < 1e-3
     # chains: the output packing is the input packing of the next matmul
@@ -67,7 +67,7 @@ def test_plain_sum_rescales_once_and_agrees(backend):
     ws = [rng.normal(size=backend.slots) for _ in range(3)]
     cts = [backend.encrypt(x) for x in xs]
     fused = backend.multiply_plain_sum(list(zip(cts, ws, strict=True)))
-    assert backend.level(fused) == backend.level(cts[0]) - 1
+    assert backend.levels_left(fused) == backend.levels_left(cts[0]) - 1
     exact = sum(x * w for x, w in zip(xs, ws, strict=True))
     assert np.abs(backend.decrypt(fused) - exact).max() < 1e-4
     with pytest.raises(ValueError):

@@ -8,7 +8,7 @@ levels after bootstrapping, sparse-secret-encapsulated Meta-BTS keys) takes abou
 Tolerances: at 50-bit scaling a fresh value errs by ~1e-9 and a product or rotation by ~3e-8,
 so arithmetic is held to 1e-6. Two-pass bootstrapping keeps about 21 bits of [-1, 1] (measured
 3.5e-7 .. 4.1e-7); larger inputs are scaled by the caller's bound, so the error scales with it:
-bound 4e-6 x the bound (2^-20 = 9.5e-7 is the precision DecryptRefreshBackend models). Unscaled,
+bound 4e-6 x the bound (2^-20 = 9.5e-7 is the precision SecretKeyRefresh models). Unscaled,
 a constant 8 errs by 0.04 and a constant 128 fails outright (measured), which the constant case
 guards. A wrong level, key or scaling errs by O(1).
 """
@@ -20,10 +20,10 @@ import gc
 import numpy as np
 import pytest
 
-from privformer.crypto.openfhe_backend import OpenFHEBackend
+from privformer import approx
+from privformer.crypto.ckks import circuits as he
+from privformer.crypto.ckks.openfhe import OpenFHEBackend
 from privformer.errors import CiphertextFormatError, ContextMismatchError, CryptoError
-from privformer.protocols.nexus import approx
-from privformer.protocols.nexus import he_ops as he
 
 pytestmark = pytest.mark.openfhe
 
@@ -46,9 +46,9 @@ def test_arithmetic_rotation_and_levels(backend):
     rng = np.random.default_rng(0)
     x, y = rng.uniform(-1, 1, backend.slots), rng.uniform(-1, 1, backend.slots)
     a, b = backend.encrypt(x), backend.encrypt(y)
-    assert backend.level(a) == 7
+    assert backend.levels_left(a) == 7
     prod = backend.multiply(a, b)
-    assert backend.level(prod) == 6
+    assert backend.levels_left(prod) == 6
     checks = [
         (backend.add(a, b), x + y),
         (backend.sub(a, b), x - y),
@@ -74,7 +74,7 @@ def test_bootstrap_refreshes_a_spent_ciphertext_to_20_bits(backend, kind, bound)
     with pytest.raises(CryptoError, match="level 0"):
         backend.multiply(spent, spent)
     fresh = backend.bootstrap(spent, bound)  # scaled into [-1, 1] and back
-    assert backend.level(fresh) == backend.top == 7  # as many levels as a fresh ciphertext
+    assert backend.levels_left(fresh) == backend.top == 7  # as many levels as a fresh ciphertext
     err = np.abs(backend.decrypt(fresh) - x).max()
     assert err <= 4e-6 * bound, err  # ~21 bits of the bound (measured 3.5e-7 at bound 1)
 
@@ -87,7 +87,7 @@ def test_sgn_across_real_bootstraps_matches_its_twin(backend):
     rng = np.random.default_rng(2)
     x = rng.uniform(5e-3, 1.0, backend.slots) * rng.choice([-1.0, 1.0], backend.slots)
     out = backend.decrypt(he.sgn(backend, backend.encrypt(x), g=3, f=2))
-    assert np.abs(out - approx.sgn(x, 3, 2)).max() <= 1e-4
+    assert np.abs(out - approx.sign.sgn(x, 3, 2)).max() <= 1e-4
 
 
 def test_serialization_round_trip_and_corruption(backend):
@@ -95,7 +95,7 @@ def test_serialization_round_trip_and_corruption(backend):
     ct = backend.encrypt(x)
     data = backend.serialize(ct)
     back = backend.deserialize(data)
-    assert back.length == 100 and backend.level(back) == backend.level(ct)
+    assert back.length == 100 and backend.levels_left(back) == backend.levels_left(ct)
     assert np.abs(backend.decrypt(back) - x).max() <= 1e-6
     bad = bytearray(data)
     bad[len(bad) // 2] ^= 0x40
@@ -106,7 +106,7 @@ def test_serialization_round_trip_and_corruption(backend):
 
 
 def test_foreign_ciphertexts_and_missing_keys_are_refused(backend):
-    from privformer.crypto.seal_backend import SealBackend
+    from privformer.crypto.ckks.seal import SealBackend
 
     seal = SealBackend("test-small")
     with pytest.raises(ContextMismatchError):

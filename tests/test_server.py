@@ -13,9 +13,9 @@ import torch
 from conftest import DECODERS, PROMPTS, TEXTS, plain_greedy, plain_model, tokenizer
 
 from privformer.errors import InputError, KeyMismatchError, ServerError
-from privformer.serving import client as client_module
-from privformer.serving import wire
-from privformer.serving.client import StipClient
+from privformer.transport import stip_client as client_module
+from privformer.transport import tensors as wire
+from privformer.transport.stip_client import StipClient
 
 NEW_TOKENS = 20
 

@@ -15,8 +15,8 @@ import torch
 from privformer.models.pooling import plain_sentence_embeddings
 from privformer.models.registry import load_model, load_tokenizer
 from privformer.protocols.stip.export import export
-from privformer.serving.client import StipClient
-from privformer.serving.server import ServerProcess
+from privformer.transport.stip_client import StipClient
+from privformer.transport.stip_server import ServerProcess
 
 SENTENCES = [
     "The movie was a delight from start to finish.",

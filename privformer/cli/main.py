@@ -39,7 +39,7 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_serve(args) -> int:
-    from privformer.serving.server import run_server
+    from privformer.transport.stip_server import run_server
 
     run_server(
         args.dir,
@@ -52,7 +52,7 @@ def _cmd_serve(args) -> int:
 
 
 def _cmd_query(args) -> int:
-    from privformer.serving.client import StipClient
+    from privformer.transport.stip_client import StipClient
 
     with StipClient(args.user_dir, args.server) as client:
         if client.user.is_decoder:

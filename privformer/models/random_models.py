@@ -108,7 +108,7 @@ def build_random_model(name: str, seed: int = 0) -> torch.nn.Module:
 
 def materialize_random_model(name: str, seed: int = 0) -> Path:
     """Save a random model with MiniLM's tokenizer into the cache and return its folder."""
-    from privformer.models.registry import _atomic_materialize, cache_dir, load_tokenizer
+    from privformer.models.registry import atomic_materialize, cache_dir, load_tokenizer
 
     def build(out: Path) -> None:
         build_random_model(name, seed).save_pretrained(out)
@@ -120,4 +120,4 @@ def materialize_random_model(name: str, seed: int = 0) -> Path:
         )
     # The folder name carries a hash of the config: a changed definition never reuses a stale one.
     digest = hashlib.sha256(_configs()[name].to_json_string().encode()).hexdigest()[:10]
-    return _atomic_materialize(cache_dir() / "models" / f"random-{name}-seed{seed}-{digest}", build)
+    return atomic_materialize(cache_dir() / "models" / f"random-{name}-seed{seed}-{digest}", build)

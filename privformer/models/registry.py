@@ -106,7 +106,7 @@ def resolve_model_dir(name_or_path: str | os.PathLike[str]) -> Path:
     )
 
 
-def _atomic_materialize(target: Path, build) -> Path:
+def atomic_materialize(target: Path, build) -> Path:
     """Build a folder into a temporary sibling and rename it, so a crash leaves no half folder."""
     if (target / "config.json").is_file():
         return target
@@ -146,7 +146,7 @@ def _converted_smollm2() -> Path:
         model.save_pretrained(out)
         AutoTokenizer.from_pretrained(gguf_dir, gguf_file=_SMOLLM2_GGUF).save_pretrained(out)
 
-    return _atomic_materialize(cache_dir() / "models" / "smollm2-135m-instruct-fp32", build)
+    return atomic_materialize(cache_dir() / "models" / "smollm2-135m-instruct-fp32", build)
 
 
 def is_causal_lm(model_dir: Path) -> bool:

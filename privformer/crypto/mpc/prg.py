@@ -13,6 +13,8 @@ import secrets
 import torch
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from privformer.errors import InputError
+
 KEY_BYTES = 16
 
 
@@ -26,7 +28,7 @@ class Stream:
 
     def __init__(self, key: bytes, nonce: bytes | str | int):
         if len(key) != KEY_BYTES:
-            raise ValueError(f"PRG key must be {KEY_BYTES} bytes, got {len(key)}")
+            raise InputError(f"PRG key must be {KEY_BYTES} bytes, got {len(key)}")
         iv = hashlib.sha256(b"privformer.prg|" + str(nonce).encode()).digest()[:16]
         self._enc = Cipher(algorithms.AES(key), modes.CTR(iv)).encryptor()
 

@@ -34,7 +34,7 @@ class Shared:
 
     def __init__(self, share: torch.Tensor, party: Party):
         if share.dtype != torch.int64:
-            raise TypeError("shares are int64 ring elements")
+            raise InputError("shares are int64 ring elements")
         self.share = share
         self.party = party
 
@@ -176,7 +176,12 @@ def open_weight_masks(party: Party, weights: dict[str, torch.Tensor | None], sha
         party.weight_masks.update(zip(names, got, strict=True))
 
 
-def _onesided(x: Shared, name: str, w: torch.Tensor | None, w_shape, op: str) -> Shared:
+def onesided_product(
+    x: Shared, name: str, w: torch.Tensor | None, w_shape: Sequence[int], op: str
+) -> Shared:
+    """x @ W (``op="matmul"``) or x * W (``op="mul"``) with W party 1's private ring tensor
+    (party 0 passes None), by the session's opened weight mask; one round, NOT truncated (the
+    caller truncates, or not when x holds integers such as a one-hot embedding lookup)."""
     p = x.party
     fn = torch.mul if op == "mul" else torch.matmul
     t = p.dealer.get(f"onesided_{op}", a=x.shape, w=name, b=w_shape)
@@ -197,7 +202,7 @@ def linear(
     w_shape: Sequence[int],
 ) -> Shared:
     """x @ W + b with W (in x out) and b party 1's ring tensors; party 0 passes None."""
-    y = truncate(_onesided(x, name, weight, tuple(w_shape), "matmul"))
+    y = truncate(onesided_product(x, name, weight, tuple(w_shape), "matmul"))
     return y.add_server_value(bias) if bias is not None else y
 
 
@@ -205,7 +210,7 @@ def scale_by_weight(
     x: Shared, name: str, weight: torch.Tensor | None, w_shape: Sequence[int]
 ) -> Shared:
     """x * W elementwise (broadcast) with W party 1's ring tensor (e.g. LayerNorm's gamma)."""
-    return truncate(_onesided(x, name, weight, tuple(w_shape), "mul"))
+    return truncate(onesided_product(x, name, weight, tuple(w_shape), "mul"))
 
 
 def beaver_with(x: Shared, y: Shared, triple: dict[str, torch.Tensor], kind: str = "mul") -> Shared:

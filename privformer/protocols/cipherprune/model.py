@@ -22,7 +22,8 @@ from typing import Any, Protocol
 
 import torch
 
-from privformer.errors import InputError, UnsupportedModelError
+from privformer.errors import InputError
+from privformer.models.encoder import read_encoder
 
 #: Additive attention mask of padded keys: far below the exp clamp, far inside the ring.
 MASK_VALUE = -1024.0
@@ -97,47 +98,27 @@ class BertClassifierWeights:
     def from_hf(cls, bert: torch.nn.Module, head: torch.nn.Linear) -> BertClassifierWeights:
         """From a ``transformers`` ``BertModel`` and a linear head on [CLS]."""
         cfg = bert.config
-        if getattr(cfg, "model_type", "") != "bert" or cfg.hidden_act != "gelu":
-            raise UnsupportedModelError("CipherPrune runs BERT encoders with exact GELU")
-        sd = {k: v.detach().to(torch.float64) for k, v in bert.state_dict().items()}
+        enc = read_encoder(bert)  # raises UnsupportedModelError unless BERT with exact GELU
         # LayerNorm is scale invariant, so scaling every embedding table by EMBEDDING_SCALE leaves
         # the model's function unchanged (eps aside, 1e-12) and lifts the embedding LayerNorm's
-        # variance (about 0.002 in MiniLM) into the range of the rsqrt approximation.
+        # variance into the range of the rsqrt approximation (docs/cipherprune.md).
         t: dict[str, torch.Tensor] = {
-            "emb.word": sd["embeddings.word_embeddings.weight"] * EMBEDDING_SCALE,
-            "emb.pos": sd["embeddings.position_embeddings.weight"] * EMBEDDING_SCALE,
-            "emb.type0": sd["embeddings.token_type_embeddings.weight"][0] * EMBEDDING_SCALE,
-            "emb.ln.g": sd["embeddings.LayerNorm.weight"],
-            "emb.ln.b": sd["embeddings.LayerNorm.bias"],
+            "emb.word": enc.word * EMBEDDING_SCALE,
+            "emb.pos": enc.position * EMBEDDING_SCALE,
+            "emb.type0": enc.token_type0 * EMBEDDING_SCALE,
+            "emb.ln.g": enc.embedding_norm[0],
+            "emb.ln.b": enc.embedding_norm[1],
             "head.w": head.weight.detach().to(torch.float64).T.contiguous(),
             "head.b": head.bias.detach().to(torch.float64),
         }
-        scale = (cfg.hidden_size // cfg.num_attention_heads) ** -0.5
-        for i in range(cfg.num_hidden_layers):
-            p = f"encoder.layer.{i}."
-            q_w = sd[p + "attention.self.query.weight"].T * scale  # fold 1/sqrt(d_head) into Q
-            q_b = sd[p + "attention.self.query.bias"] * scale
-            t[f"l{i}.qkv.w"] = torch.cat(
-                [
-                    q_w,
-                    sd[p + "attention.self.key.weight"].T,
-                    sd[p + "attention.self.value.weight"].T,
-                ],
-                dim=1,
-            ).contiguous()
-            t[f"l{i}.qkv.b"] = torch.cat(
-                [q_b, sd[p + "attention.self.key.bias"], sd[p + "attention.self.value.bias"]]
-            )
-            t[f"l{i}.o.w"] = sd[p + "attention.output.dense.weight"].T.contiguous()
-            t[f"l{i}.o.b"] = sd[p + "attention.output.dense.bias"]
-            t[f"l{i}.ln1.g"] = sd[p + "attention.output.LayerNorm.weight"]
-            t[f"l{i}.ln1.b"] = sd[p + "attention.output.LayerNorm.bias"]
-            t[f"l{i}.ffn1.w"] = sd[p + "intermediate.dense.weight"].T.contiguous()
-            t[f"l{i}.ffn1.b"] = sd[p + "intermediate.dense.bias"]
-            t[f"l{i}.ffn2.w"] = sd[p + "output.dense.weight"].T.contiguous()
-            t[f"l{i}.ffn2.b"] = sd[p + "output.dense.bias"]
-            t[f"l{i}.ln2.g"] = sd[p + "output.LayerNorm.weight"]
-            t[f"l{i}.ln2.b"] = sd[p + "output.LayerNorm.bias"]
+        for i, layer in enumerate(enc.layers):
+            lin, norms = layer.linear, layer.norms
+            t[f"l{i}.qkv.w"] = torch.cat([lin[k][0] for k in "qkv"], dim=1).contiguous()
+            t[f"l{i}.qkv.b"] = torch.cat([lin[k][1] for k in "qkv"])
+            for key in ("o", "ffn1", "ffn2"):
+                t[f"l{i}.{key}.w"], t[f"l{i}.{key}.b"] = lin[key]
+            for key in ("ln1", "ln2"):
+                t[f"l{i}.{key}.g"], t[f"l{i}.{key}.b"] = norms[key]
         return cls(
             t,
             cfg.num_hidden_layers,

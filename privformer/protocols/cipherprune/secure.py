@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from privformer.crypto.mpc import fixed
-from privformer.crypto.mpc import nonlinear as nl
+from privformer.crypto.mpc import compare, fixed
 from privformer.crypto.mpc import shared as sh
 from privformer.crypto.mpc.party import CLIENT, SERVER, Party
 from privformer.crypto.mpc.shared import Shared
 from privformer.errors import InputError
+from privformer.protocols.cipherprune import nonlinear as nl
 from privformer.protocols.cipherprune.compaction import compact
 from privformer.protocols.cipherprune.model import (
     MASK_VALUE,
@@ -78,7 +78,7 @@ class SharedOps:
             onehot_s = sh.share_input(p, CLIENT, onehot, (n, vocab))
             mask_s = sh.share_input(p, CLIENT, mask, (n,))
             pos_s = sh.share_input(p, CLIENT, pos, (n,))
-            x = sh._onesided(
+            x = sh.onesided_product(
                 onehot_s,
                 "emb.word",
                 self._weight("emb.word"),
@@ -137,7 +137,7 @@ class SharedOps:
             if p.role == SERVER:
                 thresholds = fixed.encode(torch.tensor([keep] * (n - 1) + [high] * (n - 1)))
             # [S_j > t] = [t - S_j < 0]; t enters as the server's additive constant
-            bits = nl.ltz((-sh.cat([tail, tail], 0)).add_server_value(thresholds))
+            bits = compare.ltz((-sh.cat([tail, tail], 0)).add_server_value(thresholds))
             keep_bits, high_bits = bits[: n - 1], bits[n - 1 :]
             columns = [
                 rows["x"],

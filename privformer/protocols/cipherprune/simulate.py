@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from privformer.crypto.mpc import approx
+from privformer import approx
 from privformer.errors import InputError
 from privformer.protocols.cipherprune.model import (
     MASK_VALUE,
@@ -60,7 +60,7 @@ class FloatOps:
     def layernorm(self, x: torch.Tensor, name: str) -> torch.Tensor:
         g, b = self.w.tensors[f"{name}.g"], self.w.tensors[f"{name}.b"]
         if self.approximate:
-            return approx.layernorm(x, g, b, self.w.eps)
+            return approx.layernorm.cipherprune(x, g, b, self.w.eps)
         return F.layer_norm(x, (x.shape[-1],), g, b, self.w.eps)
 
     def _split_rows(self, x: torch.Tensor, n_high: int, high_fn, low_fn, dim: int) -> torch.Tensor:
@@ -77,8 +77,8 @@ class FloatOps:
             probs = self._split_rows(
                 scores,
                 n_high,
-                lambda s: approx.softmax(s, mask, approx.EXP_HIGH),
-                lambda s: approx.softmax(s, mask, approx.EXP_LOW),
+                lambda s: approx.softmax.cipherprune(s, mask, approx.softmax.EXP_HIGH),
+                lambda s: approx.softmax.cipherprune(s, mask, approx.softmax.EXP_LOW),
                 dim=1,
             )
         else:
@@ -92,8 +92,8 @@ class FloatOps:
         return self._split_rows(
             x,
             n_high,
-            lambda t: approx.gelu(t, approx.GELU_HIGH),
-            lambda t: approx.gelu(t, approx.GELU_LOW),
+            lambda t: approx.gelu.cipherprune(t, approx.gelu.GELU_HIGH),
+            lambda t: approx.gelu.cipherprune(t, approx.gelu.GELU_LOW),
             dim=0,
         )
 

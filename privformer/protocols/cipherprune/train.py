@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from privformer.crypto.mpc import approx
+from privformer import approx
 from privformer.data import load_movie_reviews
 from privformer.models.registry import cache_dir
 from privformer.protocols.cipherprune.model import MASK_VALUE, BertClassifierWeights, PruningConfig
@@ -145,7 +145,7 @@ def soft_forward(
     t = tensors
     b, n = ids.shape
     heads, d = w.heads, w.hidden
-    x = approx.layernorm(
+    x = approx.layernorm.cipherprune(
         t["emb.word"][ids] + t["emb.pos"][:n] + t["emb.type0"], t["emb.ln.g"], t["emb.ln.b"], w.eps
     )
     key_bias = (1.0 - valid) * MASK_VALUE
@@ -169,9 +169,9 @@ def soft_forward(
             + (key_bias + torch.log(alive.clamp_min(1e-9)))[:, None, None, :]
         )
         row_hi = hi[:, None, :, None]
-        probs = row_hi * approx.softmax(scores, None, approx.EXP_HIGH) + (
+        probs = row_hi * approx.softmax.cipherprune(scores, None, approx.softmax.EXP_HIGH) + (
             1 - row_hi
-        ) * approx.softmax(scores, None, approx.EXP_LOW)
+        ) * approx.softmax.cipherprune(scores, None, approx.softmax.EXP_LOW)
         ctx = (probs @ v).transpose(1, 2).reshape(b, n, d)
         # every layer learns thresholds; PruningConfig can switch layers off later
         importance = (alive[:, None, :, None] * probs).sum(dim=(1, 2)) / (
@@ -179,14 +179,14 @@ def soft_forward(
         )
         alive = alive * torch.maximum(torch.sigmoid((importance - keep[i]) / tau), cls_one)
         hi = torch.maximum(torch.sigmoid((importance - high[i]) / tau), cls_one)
-        x = approx.layernorm(
+        x = approx.layernorm.cipherprune(
             ctx @ t[f"l{i}.o.w"] + t[f"l{i}.o.b"] + x, t[f"l{i}.ln1.g"], t[f"l{i}.ln1.b"], w.eps
         )
         h = x @ t[f"l{i}.ffn1.w"] + t[f"l{i}.ffn1.b"]
-        g = hi[..., None] * approx.gelu(h, approx.GELU_HIGH) + (1 - hi[..., None]) * approx.gelu(
-            h, approx.GELU_LOW
-        )
-        x = approx.layernorm(
+        g_high = approx.gelu.cipherprune(h, approx.gelu.GELU_HIGH)
+        g_low = approx.gelu.cipherprune(h, approx.gelu.GELU_LOW)
+        g = hi[..., None] * g_high + (1 - hi[..., None]) * g_low
+        x = approx.layernorm.cipherprune(
             g @ t[f"l{i}.ffn2.w"] + t[f"l{i}.ffn2.b"] + x, t[f"l{i}.ln2.g"], t[f"l{i}.ln2.b"], w.eps
         )
         n_alive = alive.sum(-1)
@@ -289,7 +289,7 @@ def build_classifier(
 ) -> Path:
     """Fine-tune MiniLM on Rotten Tomatoes, learn thresholds, save (atomically) and return the
     folder; an existing folder is returned as is."""
-    from privformer.models.registry import _atomic_materialize, load_model, load_tokenizer
+    from privformer.models.registry import atomic_materialize, load_model, load_tokenizer
     from privformer.protocols.cipherprune.model import save_classifier
 
     target = Path(out) if out is not None else default_classifier_dir()
@@ -328,7 +328,7 @@ def build_classifier(
         save_classifier(w, pruning, tmp)
         (tmp / f"pruning-{LONG_N}.json").write_text(pruning_long.to_json())
 
-    return _atomic_materialize(target, build)
+    return atomic_materialize(target, build)
 
 
 def relearn_thresholds(

@@ -30,9 +30,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from privformer.crypto.backend import Ciphertext, CKKSBackend
+from privformer.crypto.ckks import circuits as he
+from privformer.crypto.ckks.backend import Ciphertext, CKKSBackend
 from privformer.errors import InputError
-from privformer.protocols.nexus import he_ops as he
 from privformer.protocols.nexus.matmul import TokenInterleaved
 
 SCORE_LEVELS = 3

@@ -26,14 +26,14 @@ import math
 
 import numpy as np
 
-from privformer.crypto.backend import Ciphertext, CKKSBackend
+from privformer import approx
+from privformer.crypto.ckks import circuits as he
+from privformer.crypto.ckks.backend import Ciphertext, CKKSBackend
 from privformer.errors import InputError
-from privformer.protocols.nexus import approx
-from privformer.protocols.nexus import he_ops as he
 from privformer.protocols.nexus.matmul import TokenInterleaved
 
 
-def gelu_depth(config: approx.GeluConfig = approx.DEFAULT_GELU) -> int:
+def gelu_depth(config: approx.gelu.GeluConfig = approx.gelu.DEFAULT_GELU) -> int:
     """Levels one GELU consumes: 1/scale, SGN, the clamped x_m, the degree-8 middle piece and
     the selector product (27 with the default g = 3, f = 2)."""
     return 7 + 4 * (config.g + config.f)
@@ -48,37 +48,39 @@ def _piece_bounds(bound: float) -> list[float]:
     x = np.linspace(-bound, bound, 4001)
     xm = np.linspace(-MID_BOUND, MID_BOUND, 4001)
     peaks = [
-        np.abs(np.polyval(0.5 * np.asarray(approx.GELU_CUBIC)[::-1], x)).max(),
-        np.abs(np.polyval(0.5 * np.asarray(approx.GELU_MID)[::-1], xm)).max(),
+        np.abs(np.polyval(0.5 * np.asarray(approx.gelu.GELU_CUBIC)[::-1], x)).max(),
+        np.abs(np.polyval(0.5 * np.asarray(approx.gelu.GELU_MID)[::-1], xm)).max(),
         0.5 * bound,
     ]
     return [1.01 * float(p) for p in peaks]
 
 
 def gelu(
-    backend: CKKSBackend, x: Ciphertext, config: approx.GeluConfig = approx.DEFAULT_GELU
+    backend: CKKSBackend, x: Ciphertext, config: approx.gelu.GeluConfig = approx.gelu.DEFAULT_GELU
 ) -> Ciphertext:
     """NEXUS piecewise GELU: (s0 - s1) cubic(x) + (s1 - s2) mid(x_m) + s2 x, s_c = (1 + S_c)/2
-    with S_c = SGN((x - c) / scale), x_m = a + (s0 - s3)(x - a) (see ``approx.gelu``).
+    with S_c = SGN((x - c) / scale), x_m = a + (s0 - s3)(x - a) (see ``approx.gelu.nexus``).
 
     Written as 0.5 [(S0 - S1) cubic + (S1 - S2) mid + (S2 + 1) x] with the halves folded into
     the pieces' coefficients, so the indicators cost no extra level.
     """
     op = "gelu"
     x = he.ensure_level(backend, x, 3, op, config.bound)  # cubic piece (depth 2), selector
-    scale, a = 2.0 * config.bound, approx.GELU_MID_CENTRE
+    scale, a = 2.0 * config.bound, approx.gelu.GELU_MID_CENTRE
     xs = backend.multiply_plain(x, 1.0 / scale)
     signs = [
         he.sgn(backend, backend.add_plain(xs, -c / scale), config.g, config.f, op)
-        for c in (*approx.GELU_BREAKS, approx.GELU_CLAMP_HIGH)
+        for c in (*approx.gelu.GELU_BREAKS, approx.gelu.GELU_CLAMP_HIGH)
     ]
     half_offset = backend.multiply_plain(backend.add_plain(x, -a), 0.5)  # (x - a) / 2
     window = backend.sub(signs[0], signs[3])  # 2 (s0 - s3)
     # window in [0, 2], half_offset within bound: bootstraps (if any) state the larger.
     x_mid = backend.add_plain(he.mul(backend, window, half_offset, op, config.bound), a)
     pieces = [
-        he.poly(backend, x, 0.5 * approx.GELU_CUBIC),
-        he.poly(backend, he.ensure_level(backend, x_mid, 4, op, MID_BOUND), 0.5 * approx.GELU_MID),
+        he.poly(backend, x, 0.5 * approx.gelu.GELU_CUBIC),
+        he.poly(
+            backend, he.ensure_level(backend, x_mid, 4, op, MID_BOUND), 0.5 * approx.gelu.GELU_MID
+        ),
         backend.multiply_plain(x, 0.5),
     ]
     selectors = [
@@ -93,17 +95,12 @@ def gelu(
     return total
 
 
-def goldschmidt_iterations(width: int, config: approx.SoftmaxConfig) -> int:
-    """The twin's iteration count for rows of ``width`` values."""
-    return config.goldschmidt_iters or math.ceil(math.log2(max(2.0, 20.0 * width)))
-
-
 def softmax(
     backend: CKKSBackend,
     x: Ciphertext,
     width: int,
     stride: int,
-    config: approx.SoftmaxConfig = approx.DEFAULT_SOFTMAX,
+    config: approx.softmax.SoftmaxConfig = approx.softmax.DEFAULT_SOFTMAX,
 ) -> Ciphertext:
     """Softmax over groups of ``width`` values ``stride`` slots apart (width x stride = slots).
 
@@ -129,7 +126,7 @@ def softmax(
     )
     inverse = backend.add_plain(err, 1.0)
     # inverse climbs to width / sum(e) <= width (the row maximum's e is 1)
-    for _ in range(goldschmidt_iterations(width, config) - 1):
+    for _ in range(approx.softmax.goldschmidt_iterations(width, config) - 1):
         err = he.mul(backend, err, err, op)
         inverse = he.mul(backend, inverse, backend.add_plain(err, 1.0), op, width)
     scaled = backend.multiply_plain(e, 1.0 / width)
@@ -154,7 +151,7 @@ def inv_sqrt(
     bootstrapped here: a bootstrap's error is relative to the largest slot, which would
     bring the small variances' problem back.
     """
-    a = 0.9 * math.sqrt(6.0)  # approx.newton_start: a (1.5 - u)
+    a = approx.layernorm.NEWTON_START_SCALE  # the twin's start: a (1.5 - u)
     total = he.ensure_level(backend, total, 3, operator, 1.0 / c)
     u = he.ensure_level(backend, backend.multiply_plain(total, c), 2, operator)
     y = backend.add_plain(backend.multiply_plain(u, -a), 1.5 * a)
@@ -177,7 +174,7 @@ def layernorm(
     gamma: np.ndarray,
     beta: np.ndarray,
     eps: float = 1e-12,
-    config: approx.LayerNormConfig = approx.DEFAULT_LAYERNORM,
+    config: approx.layernorm.LayerNormConfig = approx.layernorm.DEFAULT_LAYERNORM,
 ) -> list[Ciphertext]:
     """gamma (x - mean) / sqrt(var + eps) + beta over each token's features, on the
     token-interleaved blocks of one activation (the hidden size is len(gamma))."""
@@ -211,7 +208,7 @@ def layernorm(
     c = 1.0 / (hidden * config.var_high)
     # Newton from below rises monotonically to 1/sqrt(u) <= sqrt(var_high / var_low).
     y_bound = 1.01 * math.sqrt(config.var_high / config.var_low)
-    y = inv_sqrt(backend, total, c, approx.newton_iterations(config), y_bound, op)
+    y = inv_sqrt(backend, total, c, approx.layernorm.newton_iterations(config), y_bound, op)
     y = he.ensure_level(backend, y, 2, op, y_bound)
     scale = 1.0 / math.sqrt(config.var_high)
     out = []
@@ -234,7 +231,7 @@ def _replication_steps(width: int, slots: int) -> list[int]:
 
 def argmax_rotations(count: int, slots: int) -> list[int]:
     """Rotation steps ``argmax_onehot`` needs for ``count`` values."""
-    inner = min(approx.next_pow2(count), slots)
+    inner = min(approx.folds.next_pow2(count), slots)
     return [-s for s in _replication_steps(inner, slots)] + he.quick_sum_steps(inner)
 
 
@@ -242,7 +239,7 @@ def argmax_onehot(
     backend: CKKSBackend,
     cts: list[Ciphertext],
     count: int,
-    config: approx.ArgmaxConfig = approx.DEFAULT_ARGMAX,
+    config: approx.argmax.ArgmaxConfig = approx.argmax.DEFAULT_ARGMAX,
 ) -> list[Ciphertext]:
     """One-hot of the largest of ``count`` values held in slots 0 .. count-1 of ``cts`` (the
     rest zero), in log2(count) QuickMax rounds and one SGN, as NEXUS; bootstraps between rounds.
@@ -250,7 +247,7 @@ def argmax_onehot(
     Padding to a power of two uses -bound (as the twin), so it never wins.
     """
     slots, op = backend.slots, "argmax"
-    width = approx.next_pow2(count)
+    width = approx.folds.next_pow2(count)
     n_cts = max(1, width // slots)
     if len(cts) != math.ceil(count / slots):
         raise InputError(f"argmax: {count} values need {math.ceil(count / slots)} ciphertexts")

@@ -11,38 +11,28 @@ Attention here has no padding mask: all ``tokens`` positions are real tokens.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from privformer.crypto.backend import Ciphertext, CKKSBackend
-from privformer.errors import UnsupportedModelError
-from privformer.protocols.nexus import approx
+from privformer import approx
+from privformer.crypto.ckks import circuits as he
+from privformer.crypto.ckks.backend import Ciphertext, CKKSBackend
+from privformer.models.encoder import read_layer
 from privformer.protocols.nexus import attention as at
 from privformer.protocols.nexus import he_nonlinear as hn
-from privformer.protocols.nexus import he_ops as he
 from privformer.protocols.nexus import matmul as mm
-
-_NAMES = {
-    "q": "attention.self.query",
-    "k": "attention.self.key",
-    "v": "attention.self.value",
-    "o": "attention.output.dense",
-    "ffn1": "intermediate.dense",
-    "ffn2": "output.dense",
-}
 
 
 @dataclass(frozen=True)
 class LayerConfig:
     """The approximations a layer uses (shared by the encrypted layer and its twin)."""
 
-    gelu: approx.GeluConfig = approx.DEFAULT_GELU
-    softmax: approx.SoftmaxConfig = approx.DEFAULT_SOFTMAX
-    layernorm: approx.LayerNormConfig = approx.DEFAULT_LAYERNORM
+    gelu: approx.gelu.GeluConfig = approx.gelu.DEFAULT_GELU
+    softmax: approx.softmax.SoftmaxConfig = approx.softmax.DEFAULT_SOFTMAX
+    layernorm: approx.layernorm.LayerNormConfig = approx.layernorm.DEFAULT_LAYERNORM
     # |entries| of hidden states, Q, K, V and FFN outputs, for the bootstraps that may refresh
     # them (a real bootstrap needs them scaled into range; see CKKSBackend.bootstrap).
     activation_bound: float = at.ACTIVATION_BOUND
@@ -64,26 +54,15 @@ class EncoderLayerWeights:
 
     @classmethod
     def from_hf(cls, layer: torch.nn.Module, heads: int, eps: float) -> EncoderLayerWeights:
-        if not hasattr(layer, "intermediate") or not hasattr(layer.attention, "self"):
-            raise UnsupportedModelError("expected a transformers BertLayer")
-        mods = {key: layer.get_submodule(name) for key, name in _NAMES.items()}
-
-        def arr(t: torch.Tensor) -> np.ndarray:
-            return t.detach().double().numpy()
-
-        weights = {key: arr(m.weight).T.copy() for key, m in mods.items()}
-        biases = {key: arr(m.bias).copy() for key, m in mods.items()}
-        scale = 1.0 / math.sqrt(weights["q"].shape[1] // heads)
-        weights["q"] *= scale
-        biases["q"] *= scale
-        ln1, ln2 = layer.attention.output.LayerNorm, layer.output.LayerNorm
+        """From a ``transformers`` ``BertLayer`` (read by ``models.encoder.read_layer``)."""
+        t = read_layer(layer, heads)
         return cls(
-            weights,
-            biases,
-            (arr(ln1.weight), arr(ln1.bias)),
-            (arr(ln2.weight), arr(ln2.bias)),
+            {key: w.numpy() for key, (w, _b) in t.linear.items()},
+            {key: b.numpy() for key, (_w, b) in t.linear.items()},
+            (t.norms["ln1"][0].numpy(), t.norms["ln1"][1].numpy()),
+            (t.norms["ln2"][0].numpy(), t.norms["ln2"][1].numpy()),
             heads,
-            float(ln1.eps),
+            float(eps),
         )
 
     @property
@@ -100,13 +79,13 @@ def simulate_layer(
     heads = []
     for h in range(w.heads):
         cols = slice(h * dh, (h + 1) * dh)
-        probs = approx.softmax(lin["q"][:, cols] @ lin["k"][:, cols].T, config.softmax)
+        probs = approx.softmax.nexus(lin["q"][:, cols] @ lin["k"][:, cols].T, config.softmax)
         heads.append(probs @ lin["v"][:, cols])
     attn = np.concatenate(heads, axis=1) @ w.weights["o"] + w.biases["o"]
-    h1 = approx.layernorm(attn + x, *w.ln1, eps=w.eps, config=config.layernorm)
-    ffn = approx.gelu(h1 @ w.weights["ffn1"] + w.biases["ffn1"], config.gelu)
+    h1 = approx.layernorm.nexus(attn + x, *w.ln1, eps=w.eps, config=config.layernorm)
+    ffn = approx.gelu.nexus(h1 @ w.weights["ffn1"] + w.biases["ffn1"], config.gelu)
     out = ffn @ w.weights["ffn2"] + w.biases["ffn2"] + h1
-    return approx.layernorm(out, *w.ln2, eps=w.eps, config=config.layernorm)
+    return approx.layernorm.nexus(out, *w.ln2, eps=w.eps, config=config.layernorm)
 
 
 def rotation_steps(layout: mm.TokenInterleaved, head_dim: int) -> list[int]:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from privformer.crypto.backend import Ciphertext, CKKSBackend
+from privformer.crypto.ckks.backend import Ciphertext, CKKSBackend
 from privformer.errors import InputError
 
 

@@ -16,17 +16,14 @@ from pathlib import Path
 
 import torch
 
-from privformer.errors import InputError, KeyFormatError, PrivformerError
+from privformer.errors import (
+    InputError,
+    KeyFormatError,
+    SessionNotFoundError,
+    TooManySessionsError,
+)
 from privformer.protocols.stip.export import FORMAT_VERSION, MANIFEST
 from privformer.protocols.stip.keys import fingerprint_checkpoint
-
-
-class SessionNotFoundError(PrivformerError):
-    """A generation session id is unknown or has expired."""
-
-
-class TooManySessionsError(PrivformerError):
-    """The server holds its maximum number of open sessions."""
 
 
 @dataclass

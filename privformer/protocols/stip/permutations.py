@@ -21,13 +21,15 @@ from dataclasses import dataclass
 
 import torch
 
+from privformer.errors import InputError
+
 _SYSTEM_RANDOM = secrets.SystemRandom()  # os.urandom underneath: a CSPRNG, not Mersenne Twister
 
 
 def random_permutation(n: int) -> torch.Tensor:
     """A uniformly random permutation of ``range(n)`` from the OS CSPRNG (Fisher-Yates)."""
     if n < 1:
-        raise ValueError(f"permutation size must be positive, got {n}")
+        raise InputError(f"permutation size must be positive, got {n}")
     items = list(range(n))
     _SYSTEM_RANDOM.shuffle(items)
     return torch.tensor(items, dtype=torch.int64)
@@ -84,7 +86,7 @@ def attention_permutation(
     V gets its own per-KV-head within-head permutation, which the output space ``o`` inherits.
     """
     if num_heads % num_kv_heads:
-        raise ValueError(f"{num_heads} query heads do not split into {num_kv_heads} KV groups")
+        raise InputError(f"{num_heads} query heads do not split into {num_kv_heads} KV groups")
     group = num_heads // num_kv_heads
     draw = random_permutation if randomize else identity
     kv = draw(num_kv_heads)

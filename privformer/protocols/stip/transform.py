@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from privformer.errors import UnsupportedModelError
+from privformer.errors import UnknownNameError, UnsupportedModelError
 from privformer.protocols.stip.layout import Architecture, Role, describe
 from privformer.protocols.stip.permutations import (
     attention_permutation,
@@ -45,7 +45,7 @@ class StipSecret:
 def draw_secret(arch: Architecture, scheme: str) -> StipSecret:
     """Draw the permutations of a scheme from the CSPRNG: pi for v1, 3L+2 permutations for v2."""
     if scheme not in SCHEMES:
-        raise ValueError(f"unknown STIP scheme {scheme!r}; choose one of {SCHEMES}")
+        raise UnknownNameError(f"unknown STIP scheme {scheme!r}; choose one of {SCHEMES}")
     v2 = scheme == "v2"
     spaces = {"resid": random_permutation(arch.hidden_size)}
     for i in range(arch.num_layers):

@@ -1,9 +1,9 @@
-"""Comparison and the nonlinear functions under 2PC, evaluating exactly ``approx``'s formulas.
+"""CipherPrune's transformer nonlinearities under 2PC: GELU, exp, softmax, 1/sqrt, LayerNorm.
 
-Comparison (``ltz``) converts the arithmetic shares x0, x1 into binary shares of their sum with a
-Kogge-Stone adder (log2 64 = 6 levels of bitwise Beaver ANDs on 64-bit words, plus one for the
-initial generate bits), takes the sign bit and converts it back with a daBit: 8 rounds. Bits are
-shared as 0/1 integers, so multiplying by a bit needs no truncation.
+Each evaluates exactly the recipe of its float twin in ``privformer.approx`` (the same
+polynomials, clamps and iteration counts) on secret shares, so a 2PC run differs from
+``simulate`` only by fixed-point rounding. The ``*_rows`` forms give the first ``n_high`` rows
+the accurate recipe and the rest the reduced one, in shared rounds.
 """
 
 from __future__ import annotations
@@ -12,72 +12,15 @@ import math
 
 import torch
 
-from privformer.crypto.mpc import approx, fixed
-from privformer.crypto.mpc.party import CLIENT, Party
+from privformer.approx.gelu import GELU_HIGH, GELU_LOW, GeluApprox
+from privformer.approx.layernorm import rsqrt_iterations, rsqrt_start
+from privformer.approx.softmax import EXP_HIGH, EXP_LOW, ExpApprox, reciprocal_iterations
+from privformer.crypto.mpc import fixed
+from privformer.crypto.mpc.compare import ltz, max_lastdim, select
 from privformer.crypto.mpc.shared import Shared, cat, mul, mul_public, scale_by_weight, truncate
+from privformer.errors import InputError
 
-_ADDER_LEVELS = 6  # log2(64)
 COEFF_BITS = 26
-
-
-def _and(p: Party, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Bitwise AND of two XOR-shared word tensors (one round)."""
-    t = p.dealer.get("and", shape=a.shape)
-    d_mine, e_mine = a ^ t["a"], b ^ t["b"]
-    d_other, e_other = p.peer.exchange([d_mine, e_mine], "and")
-    d, e = d_mine ^ d_other, e_mine ^ e_other
-    z = t["c"] ^ (d & t["b"]) ^ (t["a"] & e)
-    if p.role == CLIENT:
-        z = z ^ (d & e)
-    return z
-
-
-def bits_to_arith(p: Party, bits: torch.Tensor) -> Shared:
-    """XOR-shared bits (0/1 words) to additive shares of the same bits (one round)."""
-    t = p.dealer.get("dabit", shape=bits.shape)
-    masked = bits ^ t["rb"]
-    (other,) = p.peer.exchange([masked], "b2a")
-    c = masked ^ other
-    z = t["ra"] * (1 - 2 * c)
-    if p.role == CLIENT:
-        z = z + c
-    return Shared(z, p)
-
-
-def ltz(x: Shared) -> Shared:
-    """Shares of the bit [x < 0] (x read as a signed ring element). 8 rounds."""
-    p = x.party
-    zero = torch.zeros_like(x.share)
-    a, b = (x.share, zero) if p.role == CLIENT else (zero, x.share)
-    propagate = x.share  # XOR shares of a ^ b: each party's share is its own addend
-    generate = _and(p, a, b)
-    prop = propagate
-    for level in range(_ADDER_LEVELS):
-        shift = 1 << level
-        if level < _ADDER_LEVELS - 1:
-            both = _and(p, torch.cat([prop, prop]), torch.cat([generate << shift, prop << shift]))
-            half = prop.shape[0] if prop.dim() else 1
-            generate = generate ^ both[:half]
-            prop = both[half:]
-        else:
-            generate = generate ^ _and(p, prop, generate << shift)
-    sign = ((propagate ^ (generate << 1)) >> 63) & 1
-    return bits_to_arith(p, sign)
-
-
-def select(bit: Shared, if_one: Shared, if_zero: Shared) -> Shared:
-    """bit ? if_one : if_zero, with ``bit`` 0/1 integer shares (one round)."""
-    return if_zero + mul(bit, if_one - if_zero, fixed_point=False)
-
-
-def max_lastdim(x: Shared) -> Shared:
-    """Maximum over the last axis by a tree of comparisons: ceil(log2 n) levels of 9 rounds."""
-    while x.shape[-1] > 1:
-        half = x.shape[-1] // 2
-        left, right, rest = x[..., :half], x[..., half : 2 * half], x[..., 2 * half :]
-        left_smaller = ltz(left - right)
-        x = cat([select(left_smaller, right, left), rest], dim=-1)
-    return x
 
 
 def _split_flat(x: Shared, n_high: int, dim: int) -> tuple[Shared, Shared]:
@@ -101,13 +44,13 @@ def _join_flat(flat: Shared, like: Shared, n_high: int, dim: int) -> Shared:
 def gelu_rows(
     x: Shared,
     n_high: int,
-    high: approx.GeluApprox = approx.GELU_HIGH,
-    low: approx.GeluApprox = approx.GELU_LOW,
+    high: GeluApprox = GELU_HIGH,
+    low: GeluApprox = GELU_LOW,
 ) -> Shared:
-    """``approx.gelu`` with ``high`` on the first n_high rows (dim 0) and ``low`` on the rest,
-    both groups in the same rounds: one batch of comparisons, one of products per level."""
+    """``approx.gelu.cipherprune`` with ``high`` on the first n_high rows (dim 0) and ``low`` on
+    the rest, both groups in the same rounds: one batch of comparisons, one of products a level."""
     if not high.in_abs or low.in_abs or low.degree != 1:
-        raise ValueError("gelu_rows pairs an abs-polynomial high GELU with a quadratic low one")
+        raise InputError("gelu_rows pairs an abs-polynomial high GELU with a quadratic low one")
     hi, lo = _split_flat(x, n_high, 0)
     h, n_lo = hi.shape[0], lo.shape[0]
     checks = [
@@ -144,8 +87,8 @@ def gelu_rows(
     return _join_flat(inner + prods[:m] + prods[m:], x, n_high, 0)
 
 
-def gelu(x: Shared, cfg: approx.GeluApprox = approx.GELU_HIGH) -> Shared:
-    """``approx.gelu`` with one configuration on every element."""
+def gelu(x: Shared, cfg: GeluApprox = GELU_HIGH) -> Shared:
+    """``approx.gelu.cipherprune`` with one configuration on every element."""
     n = x.shape[0]
     return gelu_rows(x, n, high=cfg) if cfg.in_abs else gelu_rows(x, 0, low=cfg)
 
@@ -160,14 +103,14 @@ def exp_neg_rows(
     x: Shared,
     n_high: int,
     dim: int,
-    high: approx.ExpApprox = approx.EXP_HIGH,
-    low: approx.ExpApprox = approx.EXP_LOW,
+    high: ExpApprox = EXP_HIGH,
+    low: ExpApprox = EXP_LOW,
 ) -> Shared:
-    """``approx.exp_neg`` with ``high`` on the first n_high rows along ``dim`` and ``low`` on the
-    rest. The groups share rounds: the low group simply stops earlier (``high`` must need at
-    least as many Taylor terms and squarings, and the same clamp)."""
+    """``approx.softmax.exp_neg`` with ``high`` on the first n_high rows along ``dim`` and
+    ``low`` on the rest. The groups share rounds: the low group simply stops earlier (``high``
+    must need at least as many Taylor terms and squarings, and the same clamp)."""
     if high.clamp != low.clamp or high.taylor < low.taylor or high.squarings < low.squarings:
-        raise ValueError("exp_neg_rows needs high >= low in Taylor degree and squarings")
+        raise InputError("exp_neg_rows needs high >= low in Taylor degree and squarings")
     hi, lo = _split_flat(x, n_high, dim)
     h = hi.shape[0]
     flat = cat([hi, lo], 0)
@@ -202,22 +145,22 @@ def exp_neg_rows(
     return _join_flat(p - mul(below, p, fixed_point=False), x, n_high, dim)
 
 
-def exp_neg(x: Shared, cfg: approx.ExpApprox = approx.EXP_HIGH) -> Shared:
-    """``approx.exp_neg`` with one configuration on every element."""
+def exp_neg(x: Shared, cfg: ExpApprox = EXP_HIGH) -> Shared:
+    """``approx.softmax.exp_neg`` with one configuration on every element."""
     flat = x.reshape(-1)
     return exp_neg_rows(flat, flat.shape[0], 0, high=cfg, low=cfg).reshape(x.shape)
 
 
 def reciprocal(d: Shared, upper: float) -> Shared:
-    """1/d for d in [1, upper] (Newton from 1/upper, ``approx.reciprocal``), returned at scale
-    2^30: 1/d is small when d is large, and 18 bits would leave it a relative error of 1e-4.
+    """1/d for d in [1, upper] (Newton from 1/upper, ``approx.softmax.reciprocal``), returned at
+    scale 2^30: 1/d is small when d is large, and 18 bits would leave it a relative error of 1e-4.
     Products stay below 2^61 because d y <= 2 and y <= 1."""
     fine = EXP_FRAC_BITS
     y = Shared(torch.zeros_like(d.share), d.party).add_public(
         int(round((1 << fine) / upper)) * torch.ones((), dtype=torch.int64), encoded=True
     )
     two = (2 << fine) * torch.ones((), dtype=torch.int64)
-    for _ in range(approx.reciprocal_iterations(upper)):
+    for _ in range(reciprocal_iterations(upper)):
         dy = mul(d, y)  # scale 2^(18 + 30) -> 2^30
         y = mul(y, (-dy).add_public(two, encoded=True), frac_bits=fine)
     return y
@@ -228,11 +171,11 @@ def softmax_rows(
     mask_add: Shared | None,
     n_high: int,
     dim: int,
-    high: approx.ExpApprox = approx.EXP_HIGH,
-    low: approx.ExpApprox = approx.EXP_LOW,
+    high: ExpApprox = EXP_HIGH,
+    low: ExpApprox = EXP_LOW,
 ) -> Shared:
-    """Softmax over the last axis (``approx.softmax``), the accurate exp on the first n_high
-    rows along ``dim`` and the reduced one on the rest; max and reciprocal are shared."""
+    """Softmax over the last axis (``approx.softmax.cipherprune``), the accurate exp on the first
+    n_high rows along ``dim`` and the reduced one on the rest; max and reciprocal are shared."""
     if mask_add is not None:
         x = x + mask_add
     z = x - max_lastdim(x)
@@ -241,17 +184,17 @@ def softmax_rows(
     return mul(e, recip, frac_bits=EXP_FRAC_BITS)
 
 
-def softmax(x: Shared, mask_add: Shared | None, cfg: approx.ExpApprox = approx.EXP_HIGH) -> Shared:
-    """Softmax over the last axis (rows of x are independent) as in ``approx.softmax``."""
+def softmax(x: Shared, mask_add: Shared | None, cfg: ExpApprox = EXP_HIGH) -> Shared:
+    """Softmax over the last axis (rows independent), as ``approx.softmax.cipherprune``."""
     return softmax_rows(x, mask_add, x.shape[0], 0, cfg, cfg)
 
 
 def rsqrt(v: Shared) -> Shared:
-    """1/sqrt(v) for v in the LayerNorm range (``approx.rsqrt``)."""
-    a, b = approx.rsqrt_start()
+    """1/sqrt(v) for v in the LayerNorm range (``approx.layernorm.rsqrt``)."""
+    a, b = rsqrt_start()
     half_v = truncate(v, 1)
     y = mul_public(v, -b).add_public(a)
-    for _ in range(approx.rsqrt_iterations()):
+    for _ in range(rsqrt_iterations()):
         y = mul(y, (-mul(mul(half_v, y), y)).add_public(1.5))
     return y
 

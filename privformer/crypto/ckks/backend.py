@@ -1,9 +1,12 @@
-"""The CKKS backend interface the NEXUS operators are written against.
+"""The CKKS backend interface every encrypted circuit is written against, and the
+``Bootstrapper`` interface a backend refreshes ciphertexts through.
 
-Operators only call these methods, so a GPU backend (or OpenFHE, once it installs here) can
-replace SEAL without touching them. Naming follows OpenFHE's (EvalAdd, EvalMult, EvalRotate ...)
-in snake case. A ciphertext carries the id of its context: combining ciphertexts of different
-contexts raises ``ContextMismatchError`` instead of computing garbage.
+Circuits only call these methods, so backends (SEAL, OpenFHE, a future GPU one) are
+interchangeable. Operations are OpenFHE's (EvalAdd, EvalMult, EvalRotate, ...) in snake case,
+with one deliberate difference: ``levels_left`` counts the rescalings a ciphertext still
+allows, where OpenFHE's ``GetLevel`` counts those already spent. A ciphertext carries the id of
+its context: combining ciphertexts of different contexts raises ``ContextMismatchError`` instead
+of computing garbage.
 """
 
 from __future__ import annotations
@@ -15,8 +18,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from privformer.crypto.presets import Preset
-from privformer.errors import CiphertextFormatError, ContextMismatchError, CryptoError, LevelError
+from privformer.crypto.ckks.presets import Preset
+from privformer.errors import (
+    BootstrapUnavailableError,
+    CiphertextFormatError,
+    ContextMismatchError,
+    CryptoError,
+    InputError,
+    LevelError,
+)
 
 
 class Ciphertext:
@@ -38,12 +48,32 @@ _MAGIC = b"PFCT1"  # privformer ciphertext, envelope version 1
 _HEAD = len(_MAGIC) + 8 + 8  # magic, context id (8 bytes), meaningful slot count
 
 
+class Bootstrapper(ABC):
+    """Refreshes one backend's ciphertexts to its ``top`` level, and counts how often.
+
+    ``refresh(backend, a, bound)`` gets the caller's promise that every slot of ``a`` lies in
+    [-bound, bound] (see ``CKKSBackend.bootstrap``) and returns a ciphertext at ``backend.top``.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, backend: CKKSBackend, a: Ciphertext, bound: float) -> Ciphertext:
+        out = self.refresh(backend, a, bound)
+        self.count += 1
+        return out
+
+    @abstractmethod
+    def refresh(self, backend: CKKSBackend, a: Ciphertext, bound: float) -> Ciphertext: ...
+
+
 class CKKSBackend(ABC):
     """Context, keys and the homomorphic operations on packed real vectors."""
 
     preset: Preset
     context_id: str
     top: int  # levels of a fresh ciphertext, and of a bootstrapped one
+    bootstrapper: Bootstrapper | None = None
 
     @property
     def slots(self) -> int:
@@ -70,7 +100,7 @@ class CKKSBackend(ABC):
 
     def _need_level(self, ct: Ciphertext, op: str) -> int:
         """The ciphertext's level, which a product needs to be at least 1."""
-        level = self.level(ct)
+        level = self.levels_left(ct)
         if level < 1:
             raise LevelError(f"{op}: ciphertext is at level 0; bootstrap it or use a deeper preset")
         return level
@@ -129,7 +159,7 @@ class CKKSBackend(ABC):
             term = self.multiply_plain(ct, values)
             total = term if total is None else self.add(total, term)
         if total is None:
-            raise ValueError("multiply_plain_sum needs at least one term")
+            raise InputError("multiply_plain_sum needs at least one term")
         return total
 
     @abstractmethod
@@ -146,25 +176,36 @@ class CKKSBackend(ABC):
         return frozenset()
 
     @abstractmethod
-    def level(self, a: Ciphertext) -> int:
+    def levels_left(self, a: Ciphertext) -> int:
         """Levels left: how many more rescalings the ciphertext allows."""
 
     def drop_to(self, a: Ciphertext, level: int) -> Ciphertext:
         """``a`` brought down to ``level`` (no-op if already there or below). Rotations and
         products get cheaper with fewer primes, so callers drop to what they still need."""
-        while self.level(a) > level:
+        while self.levels_left(a) > level:
             a = self.multiply_plain(a, 1.0)
         return a
 
-    @abstractmethod
     def bootstrap(self, a: Ciphertext, bound: float = 1.0) -> Ciphertext:
-        """Refresh a ciphertext to ``top`` levels (raises where the backend cannot).
+        """Refresh a ciphertext to ``top`` levels through ``bootstrapper``; raises
+        ``BootstrapUnavailableError`` where the backend has none.
 
         ``bound``: the caller's promise that every slot lies in [-bound, bound]. A real CKKS
-        bootstrap only works on small values (OpenFHE's failed on a constant 128 while
-        uniform values in [-64, 64] were fine: the limit is on the encoding's coefficients),
-        so a backend scales by 1 / bound when it must. An encrypted value cannot be checked,
-        so the bound is the caller's to get right; the test fixture checks it."""
+        bootstrap only works on small encoded coefficients (docs/nexus.md), so a bootstrapper
+        scales by 1 / bound where it must. An encrypted value cannot be checked, so the bound
+        is the caller's to get right; the secret-key test bootstrapper checks it."""
+        self._own(a)
+        if self.bootstrapper is None:
+            raise BootstrapUnavailableError(
+                f"{type(self).__name__} has no bootstrapper: use OpenFHEBackend for real "
+                "bootstrapping (SEAL has none), or SecretKeyRefresh in tests"
+            )
+        return self.bootstrapper(self, a, bound)
+
+    @property
+    def bootstraps(self) -> int:
+        """Bootstraps this backend has run."""
+        return self.bootstrapper.count if self.bootstrapper is not None else 0
 
     # --- serialization -------------------------------------------------------------------------
     # The envelope is the same for every backend: magic, context id, slot count, SHA-256 of all

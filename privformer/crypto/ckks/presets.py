@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from privformer.errors import InsecureParametersError
+from privformer.errors import InsecureParametersError, UnknownNameError
 
 # HE Standard, 128-bit classical, ternary secret: max log2(Q * P) by ring dimension.
 MAX_MODULUS_BITS_128 = {1024: 27, 2048: 54, 4096: 109, 8192: 218, 16384: 438, 32768: 881}
@@ -98,7 +98,7 @@ PRESETS: dict[str, Preset] = {
 def get_preset(name: str) -> Preset:
     """A preset by name, security-checked."""
     if name not in PRESETS:
-        raise KeyError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
+        raise UnknownNameError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
     preset = PRESETS[name]
     preset.check_security()
     return preset

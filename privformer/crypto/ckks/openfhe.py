@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from privformer.crypto.backend import Ciphertext, CKKSBackend
+from privformer.crypto.ckks.backend import Bootstrapper, Ciphertext, CKKSBackend
 from privformer.errors import CiphertextFormatError, CryptoError
 
 OPENFHE_VERSION = "1.6.1.0.22.4"
@@ -184,7 +184,7 @@ class OpenFHEBackend(CKKSBackend):
         )
         self.context_id = secrets.token_hex(8)
         self.top = levels
-        self.bootstraps = 0  # how many this context has run (benchmarks price them)
+        self.bootstrapper: Bootstrapper | None = OpenFHEBootstrapper()
         self._rotation_keys: set[int] = set()
 
     def live_ciphertexts(self) -> int:
@@ -290,16 +290,23 @@ class OpenFHEBackend(CKKSBackend):
         ids = iter(self._call("rotate_many", a.handle.id, moved) if moved else [])
         return [self._wrap(next(ids), self.slots) if s else a for s in reduced]
 
-    def level(self, a: Ciphertext) -> int:
+    def levels_left(self, a: Ciphertext) -> int:
         self._own(a)
         return self._call("level", a.handle.id)
 
-    def bootstrap(self, a: Ciphertext, bound: float = 1.0) -> Ciphertext:
-        self._own(a)
+    def native_bootstrap(self, a: Ciphertext, bound: float) -> Ciphertext:
+        """OpenFHE's EvalBootstrap, inputs scaled into [-1, 1] by 2^-shift on the hidden level."""
         shift = max(0, math.ceil(math.log2(max(bound, 1e-300) / BOOTSTRAP_SAFE_BOUND)))
-        out = self._wrap(self._call("bootstrap", a.handle.id, shift), a.length)
-        self.bootstraps += 1
-        return out
+        return self._wrap(self._call("bootstrap", a.handle.id, shift), a.length)
+
+
+class OpenFHEBootstrapper(Bootstrapper):
+    """The real CKKS bootstrap of an ``OpenFHEBackend`` (its default bootstrapper)."""
+
+    def refresh(self, backend: CKKSBackend, a: Ciphertext, bound: float) -> Ciphertext:
+        if not isinstance(backend, OpenFHEBackend):
+            raise CryptoError("OpenFHEBootstrapper refreshes OpenFHEBackend ciphertexts only")
+        return backend.native_bootstrap(a, bound)
 
     def serialize(self, a: Ciphertext) -> bytes:
         self._own(a)
@@ -314,5 +321,5 @@ class OpenFHEBackend(CKKSBackend):
         return self._wrap(handle, stored_length if length is None else length)
 
 
-if __name__ == "__main__":  # python -m privformer.crypto.openfhe_backend: make the venv
+if __name__ == "__main__":  # python -m privformer.crypto.ckks.openfhe: make the venv
     print(setup_openfhe_venv(Path(sys.argv[1]) if len(sys.argv) > 1 else None))

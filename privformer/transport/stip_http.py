@@ -19,9 +19,15 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from privformer.errors import InputError, PrivformerError, WireFormatError
-from privformer.protocols.stip.cloud import SessionNotFoundError, StipCloud, TooManySessionsError
-from privformer.serving import wire
+from privformer.errors import (
+    InputError,
+    PrivformerError,
+    SessionNotFoundError,
+    TooManySessionsError,
+    WireFormatError,
+)
+from privformer.protocols.stip.cloud import StipCloud
+from privformer.transport import tensors as wire
 
 _STATUS = {
     WireFormatError: 400,

@@ -31,7 +31,7 @@ def run_server(
     import uvicorn
 
     from privformer.protocols.stip.cloud import StipCloud
-    from privformer.serving.app import create_app
+    from privformer.transport.stip_http import create_app
 
     cloud = StipCloud(path, max_sessions=max_sessions)
     app = create_app(cloud)

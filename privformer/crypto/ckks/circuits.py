@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from privformer.crypto.backend import Ciphertext, CKKSBackend
-from privformer.errors import BootstrapRangeError, BootstrapUnavailableError, LevelError
-from privformer.protocols.nexus import approx
+from privformer import approx
+from privformer.crypto.ckks.backend import Ciphertext, CKKSBackend
+from privformer.errors import BootstrapRangeError, BootstrapUnavailableError, InputError, LevelError
 
 
 def ensure_level(
@@ -23,20 +23,19 @@ def ensure_level(
 ) -> Ciphertext:
     """``x`` if it has ``needed`` levels left, else ``x`` bootstrapped (which must give them).
     ``bound``: every slot of ``x`` lies in [-bound, bound] (see ``CKKSBackend.bootstrap``)."""
-    if backend.level(x) >= needed:
+    if backend.levels_left(x) >= needed:
         return x
     try:
         x = backend.bootstrap(x, bound)
     except BootstrapUnavailableError as exc:
         raise BootstrapUnavailableError(
-            f"{operator}: needs {needed} levels, the ciphertext has {backend.level(x)}; {exc}"
+            f"{operator}: needs {needed} levels, the ciphertext has {backend.levels_left(x)}; {exc}"
         ) from exc
     except BootstrapRangeError as exc:
         raise BootstrapRangeError(f"{operator}: {exc}") from exc
-    if backend.level(x) < needed:
-        raise LevelError(
-            f"{operator}: needs {needed} levels in one chain, a bootstrap gives {backend.level(x)}"
-        )
+    if backend.levels_left(x) < needed:
+        got = backend.levels_left(x)
+        raise LevelError(f"{operator}: needs {needed} levels in one chain, a bootstrap gives {got}")
     return x
 
 
@@ -86,11 +85,11 @@ def poly(backend: CKKSBackend, x: Ciphertext, coeffs: np.ndarray) -> Ciphertext:
         factors = [backend.multiply_plain(powers[bits[0]], float(coeffs[k]))]
         factors += [powers[b] for b in bits[1:]]
         while len(factors) > 1:  # multiply the two with the most levels left first
-            factors.sort(key=backend.level, reverse=True)
+            factors.sort(key=backend.levels_left, reverse=True)
             factors = [backend.multiply(factors[0], factors[1]), *factors[2:]]
         total = factors[0] if total is None else backend.add(total, factors[0])
     if total is None:
-        raise ValueError("poly needs a non-constant polynomial")
+        raise InputError("poly needs a non-constant polynomial")
     return backend.add_plain(total, float(coeffs[0]))
 
 
@@ -102,7 +101,7 @@ def odd_poly(backend: CKKSBackend, x: Ciphertext, coeffs: np.ndarray) -> Ciphert
     x^2, x^4, three inside and one outside (instead of 8 for term-by-term powers).
     """
     if len(coeffs) > 5:
-        raise ValueError("odd_poly evaluates degree <= 9 in depth 4")
+        raise InputError("odd_poly evaluates degree <= 9 in depth 4")
     scaled = [backend.multiply_plain(x, float(c)) for c in coeffs]  # c_k x, depth 1
     x2 = backend.multiply(x, x)
     total = scaled[0]
@@ -123,7 +122,7 @@ def sgn(
 ) -> Ciphertext:
     """Encrypted SGN for slots in [-1, 1]: g4 applied g times, then f4 f times (depth 4(g+f)),
     bootstrapping between polynomials where fewer than 4 levels are left."""
-    for coeffs in [approx.G4] * g + [approx.F4] * f:
+    for coeffs in [approx.sign.G4] * g + [approx.sign.F4] * f:
         x = odd_poly(backend, ensure_level(backend, x, 4, operator), coeffs)
     return x
 
@@ -132,7 +131,7 @@ def quick_sum_steps(width: int, stride: int = 1) -> list[int]:
     """Rotation steps for folding ``width`` (a power of two) values ``stride`` slots apart:
     stride * width/2, ..., stride * 2, stride."""
     if width < 1 or width & (width - 1):
-        raise ValueError(f"QuickSum width must be a power of two, got {width}")
+        raise InputError(f"QuickSum width must be a power of two, got {width}")
     return [stride * (width >> k) for k in range(1, width.bit_length())]
 
 
@@ -178,7 +177,7 @@ def quick_max(
     rotations are cyclic within each group and every slot gets its group's maximum.
     """
     if backend.slots % (width * stride):
-        raise ValueError(f"quick_max: width x stride must divide the {backend.slots} slots")
+        raise InputError(f"quick_max: width x stride must divide the {backend.slots} slots")
     for step in quick_sum_steps(width, stride):
         x = ensure_level(backend, x, 2, operator, bound)
         x = smooth_max(backend, x, backend.rotate(x, step), bound, g, f, operator)

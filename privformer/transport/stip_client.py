@@ -16,7 +16,7 @@ import torch
 from privformer.errors import InputError, ServerError
 from privformer.models.pooling import mean_pool
 from privformer.protocols.stip.user import StipUser
-from privformer.serving import wire
+from privformer.transport import tensors as wire
 
 
 @dataclass

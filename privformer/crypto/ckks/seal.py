@@ -21,11 +21,11 @@ from collections.abc import Sequence
 import numpy as np
 import tenseal.sealapi as seal
 
-from privformer.crypto.backend import Ciphertext, CKKSBackend
-from privformer.crypto.presets import Preset, get_preset
+from privformer.crypto.ckks.backend import Bootstrapper, Ciphertext, CKKSBackend
+from privformer.crypto.ckks.presets import Preset, get_preset
 from privformer.errors import (
-    BootstrapUnavailableError,
     CiphertextFormatError,
+    InputError,
     InsecureParametersError,
     LevelError,
 )
@@ -34,7 +34,12 @@ from privformer.errors import (
 class SealBackend(CKKSBackend):
     """A CKKS context with keys (public, secret, relinearisation, requested rotations)."""
 
-    def __init__(self, preset: Preset | str = "test-small"):
+    def __init__(
+        self, preset: Preset | str = "test-small", bootstrapper: Bootstrapper | None = None
+    ):
+        """``bootstrapper``: SEAL has no CKKS bootstrapping, so None (bootstrap raises) or
+        ``SecretKeyRefresh`` for tests and accuracy studies."""
+        self.bootstrapper = bootstrapper
         self.preset = get_preset(preset) if isinstance(preset, str) else preset
         self.preset.check_security()
         n = self.preset.ring_dim
@@ -112,7 +117,7 @@ class SealBackend(CKKSBackend):
 
     def _align(self, a: Ciphertext, b: Ciphertext) -> tuple[Ciphertext, Ciphertext]:
         self._own(a, b)
-        level = min(self.level(a), self.level(b))
+        level = min(self.levels_left(a), self.levels_left(b))
         return self.drop_to(a, level), self.drop_to(b, level)
 
     def _rescaled(self, handle, level: int, length: int) -> Ciphertext:
@@ -148,7 +153,7 @@ class SealBackend(CKKSBackend):
 
     def add_plain(self, a: Ciphertext, values: np.ndarray | float) -> Ciphertext:
         self._own(a)
-        level = self.level(a)
+        level = self.levels_left(a)
         plain = self._encode(values, level, self._scale[level])
         length = max(a.length, np.size(values))  # a vector may fill slots beyond a's values
         return self._wrap(self._out(self.evaluator.add_plain, a.handle, plain), length)
@@ -173,8 +178,8 @@ class SealBackend(CKKSBackend):
         """Products accumulated at the doubled scale, then one rescale (not one per term)."""
         terms = list(terms)
         if not terms:
-            raise ValueError("multiply_plain_sum needs at least one term")
-        level = min(self.level(ct) for ct, _ in terms)
+            raise InputError("multiply_plain_sum needs at least one term")
+        level = min(self.levels_left(ct) for ct, _ in terms)
         if level < 1:
             raise LevelError("multiply_plain_sum: a ciphertext is at level 0")
         scale = self._scale[level - 1] * self._prime[level] / self._scale[level]
@@ -204,15 +209,9 @@ class SealBackend(CKKSBackend):
         self.evaluator.rotate_vector(a.handle, step, self._galois, handle)
         return self._wrap(handle, self.slots)  # values may wrap around to any slot
 
-    def level(self, a: Ciphertext) -> int:
+    def levels_left(self, a: Ciphertext) -> int:
         self._own(a)
         return self._level_of(a.handle)
-
-    def bootstrap(self, a: Ciphertext, bound: float = 1.0) -> Ciphertext:
-        raise BootstrapUnavailableError(
-            "SEAL has no CKKS bootstrapping; it needs the OpenFHE backend, which does not install "
-            "on this platform yet (see README, 'CKKS backend')"
-        )
 
     # --- serialization -------------------------------------------------------------------------
     def serialize(self, a: Ciphertext) -> bytes:

@@ -1,0 +1,131 @@
+"""LayerNorm recipes: Newton's iteration for 1/sqrt(v) from a linear start, and the float twins.
+
+Both protocols normalise u = v / var_high into (0, 1] and start Newton's iteration
+y <- y (3 - u y^2) / 2 from ``newton_start``, which lies inside the basin for every u in (0, 1].
+
+- ``nexus`` (numpy): mean and variance by QuickSum, 1/sqrt by Newton to a relative tolerance;
+- ``cipherprune`` (torch): the same start rescaled to v, ``rsqrt_iterations`` steps grouped so
+  every fixed-point intermediate stays far above the resolution.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from privformer.approx.folds import quick_sum
+from privformer.approx.ranges import check_range
+from privformer.errors import InputError, OutOfRangeError
+
+
+@dataclass(frozen=True)
+class LayerNormConfig:
+    """Valid per-token variance range and Newton iterations for 1/sqrt (None: enough for 1e-6)."""
+
+    var_low: float = 0.05  # docs/nexus.md: the variance range of MiniLM's LayerNorm inputs
+    var_high: float = 256.0
+    input_bound: float = 256.0  # |x|; bootstraps are scaled for it
+    newton_iters: int | None = None
+
+
+DEFAULT_LAYERNORM = LayerNormConfig()
+#: ``newton_start(u) = NEWTON_START_SCALE * (1.5 - u)``.
+NEWTON_START_SCALE = 0.9 * math.sqrt(6.0)
+
+
+def newton_start(u: np.ndarray | float) -> np.ndarray | float:
+    """Initial guess inside Newton's basin 0 < y0 < sqrt(3/u) for every u in (0, 1].
+
+    1/sqrt(u) is convex, so its chords lie above it and can leave the basin; instead take 0.9x
+    the tangent of sqrt(3/u) at u = 1/2, which lies below sqrt(3/u) and stays positive on (0, 1].
+    """
+    return NEWTON_START_SCALE * (1.5 - u)
+
+
+def _newton(u: np.ndarray, iters: int) -> np.ndarray:
+    y = newton_start(u)
+    for _ in range(iters):
+        y = y * (3.0 - u * y * y) / 2.0
+    return y
+
+
+def newton_iterations(config: LayerNormConfig, rel_tol: float = 1e-6) -> int:
+    """Fewest Newton steps giving relative error <= rel_tol over the whole variance range."""
+    if config.newton_iters is not None:
+        return config.newton_iters
+    u = np.geomspace(config.var_low / config.var_high, 1.0, 4001)
+    for iters in range(1, 64):
+        if np.max(np.abs(_newton(u, iters) * np.sqrt(u) - 1.0)) <= rel_tol:
+            return iters
+    raise InputError("variance range too wide for Newton's method from this start")
+
+
+# --- NEXUS ------------------------------------------------------------------------------------
+def inv_sqrt(v: np.ndarray, config: LayerNormConfig = DEFAULT_LAYERNORM) -> np.ndarray:
+    """1/sqrt(v) by Newton, y <- y (3 - u y^2) / 2 on u = v / var_high (in (0, 1])."""
+    check_range("layernorm.inv_sqrt", v, config.var_low, config.var_high)
+    u = v / config.var_high
+    return _newton(u, newton_iterations(config)) / math.sqrt(config.var_high)
+
+
+def nexus(
+    x: np.ndarray,
+    gamma: np.ndarray,
+    beta: np.ndarray,
+    eps: float = 1e-12,
+    config: LayerNormConfig = DEFAULT_LAYERNORM,
+) -> np.ndarray:
+    """gamma * (x - mean) / sqrt(var + eps) + beta over the last axis, 1/sqrt by Newton."""
+    x = np.asarray(x, dtype=np.float64)
+    n = x.shape[-1]
+    z = x - quick_sum(x) / n
+    var = quick_sum(z * z) / n + eps
+    return gamma * z * inv_sqrt(var, config) + beta
+
+
+# --- CipherPrune ------------------------------------------------------------------------------
+#: The variance range of the 2PC rsqrt (MiniLM's and BERT-base's activations lie inside it).
+RSQRT_RANGE = LayerNormConfig(var_low=0.05, var_high=256.0)
+#: Relative accuracy the 2PC Newton iterations aim for (fixed point holds 2^-18 anyway).
+RSQRT_REL_TOL = 1e-4
+
+
+def rsqrt_iterations() -> int:
+    return newton_iterations(RSQRT_RANGE, rel_tol=RSQRT_REL_TOL)
+
+
+def rsqrt_start() -> tuple[float, float]:
+    """(a, b) of the start y0 = a - b v: ``newton_start`` on u = v / var_high, rescaled to v."""
+    high = RSQRT_RANGE.var_high
+    a = newton_start(0.0) / math.sqrt(high)
+    b = (newton_start(0.0) - newton_start(1.0)) / high**1.5
+    return a, b
+
+
+def rsqrt(v: torch.Tensor) -> torch.Tensor:
+    """1/sqrt(v) for v in [var_low, var_high]: Newton y <- y (1.5 - (v/2 * y) * y), grouped so
+    every intermediate stays far above the fixed-point resolution."""
+    if v.numel():
+        low, high = float(v.detach().min()), float(v.detach().max())
+        if low < RSQRT_RANGE.var_low or high > RSQRT_RANGE.var_high:
+            bad = low if low < RSQRT_RANGE.var_low else high
+            raise OutOfRangeError("layernorm.rsqrt", RSQRT_RANGE.var_low, RSQRT_RANGE.var_high, bad)
+    a, b = rsqrt_start()
+    half_v = 0.5 * v
+    y = a - b * v
+    for _ in range(rsqrt_iterations()):
+        y = y * (1.5 - (half_v * y) * y)
+    return y
+
+
+def cipherprune(
+    x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: float
+) -> torch.Tensor:
+    """gamma * (x - mean) * rsqrt(var + eps) + beta over the last axis."""
+    mean = x.mean(dim=-1, keepdim=True)
+    xc = x - mean
+    var = (xc * xc).mean(dim=-1, keepdim=True) + eps
+    return xc * rsqrt(var) * gamma + beta

@@ -1,0 +1,45 @@
+"""A secret-key "bootstrap" for tests and accuracy studies: NOT a secure protocol.
+
+``SecretKeyRefresh`` refreshes a ciphertext by decrypting it, adding the error a real bootstrap
+leaves (uniform noise of 2^-precision_bits times the largest slot magnitude) and re-encrypting
+at the top level. It works with any backend, so circuits that need more levels than one chain
+holds (the NEXUS softmax and LayerNorm) can be checked on SEAL, which has no CKKS
+bootstrapping, and their bootstrap counts measured fast.
+
+It needs the secret key in the evaluator's process, which a NEXUS server never has: it is a test
+fixture, like CipherPrune's ``debug_reveal``, and nothing in the serving path accepts it. It also
+checks every caller's stated bound (a real bootstrap cannot), raising ``BootstrapRangeError``.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import numpy as np
+
+from privformer.crypto.ckks.backend import Bootstrapper, Ciphertext, CKKSBackend
+from privformer.errors import BootstrapRangeError
+
+
+class SecretKeyRefresh(Bootstrapper):
+    """Decrypt, add bootstrap-sized noise, re-encrypt; counts the levels it gave back."""
+
+    def __init__(self, precision_bits: float = 20.0):
+        super().__init__()
+        self.precision_bits = precision_bits
+        self.levels_spent = 0  # levels used up by refreshed ciphertexts (a level-cost counter)
+        self._noise = np.random.default_rng(secrets.randbits(64))  # noise, not key material
+
+    def refresh(self, backend: CKKSBackend, a: Ciphertext, bound: float) -> Ciphertext:
+        self.levels_spent += backend.top - backend.levels_left(a)
+        values = backend.decrypt(a)
+        peak = float(np.abs(values).max())
+        # Bounds are magnitudes, not walls: a real bootstrap degrades gradually past its range
+        # (docs/nexus.md), so 25% headroom is allowed.
+        if peak > 1.25 * bound:
+            raise BootstrapRangeError(
+                f"a bootstrap input reaches {peak:.6g}, beyond its stated bound {bound:g}"
+            )
+        amplitude = 2.0**-self.precision_bits * max(1.0, peak)
+        values = values + self._noise.uniform(-amplitude, amplitude, values.shape)
+        return backend.encrypt(values)
