@@ -33,15 +33,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, print_table, write_results  # noqa: E402
 
 import privformer  # noqa: E402,F401
+from privformer import data  # noqa: E402
 from privformer.crypto.mpc.channel import LAN, WAN  # noqa: E402
 from privformer.models.registry import load_tokenizer  # noqa: E402
 from privformer.protocols.cipherprune import train as tr  # noqa: E402
+from privformer.protocols.cipherprune.format import load_classifier  # noqa: E402
 from privformer.protocols.cipherprune.model import (  # noqa: E402
     BertClassifierWeights,
     PruningConfig,
-    load_classifier,
 )
-from privformer.protocols.cipherprune.parties import CipherPruneClassifier, encode_text  # noqa: E402
+from privformer.protocols.cipherprune.session import CipherPruneClassifier, encode_text  # noqa: E402
 
 PAPER = {"speedup_128": 6.1, "speedup_512": 10.6, "accuracy_drop_points": 0.35}
 
@@ -180,7 +181,9 @@ def bert_base_rows(n: int, texts: list[str], tok) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--texts", type=int, default=2, help="2PC runs per configuration")
-    ap.add_argument("--eval-size", type=int, default=tr.TEST_SIZE, help="accuracy examples at 128")
+    ap.add_argument(
+        "--eval-size", type=int, default=data.TEST_SIZE, help="accuracy examples at 128"
+    )
     ap.add_argument("--imdb-eval-size", type=int, default=200)
     ap.add_argument("--quick", action="store_true", help="skip 512 tokens and BERT-base")
     args = ap.parse_args()
@@ -191,8 +194,8 @@ def main() -> None:
     pruning512 = PruningConfig.from_json((model_dir / "pruning-512.json").read_text())
     tok = load_tokenizer("minilm")
     clf = CipherPruneClassifier(w, pruning128, tok)
-    _train, test = tr.rotten_tomatoes_split()
-    imdb_test = tr.imdb_split()[1]
+    _train, test = data.rotten_tomatoes_split()
+    imdb_test = data.imdb_split()[1]
 
     rows = []
     texts128 = [t for t, _ in test[: args.texts]]

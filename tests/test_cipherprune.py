@@ -21,15 +21,16 @@ import pytest
 import torch
 from conftest import plain_model, tokenizer
 
+from privformer import data
 from privformer.crypto.mpc import fixed
 from privformer.errors import InputError
 from privformer.protocols.cipherprune import train as tr
+from privformer.protocols.cipherprune.format import save_classifier
 from privformer.protocols.cipherprune.model import (
     BertClassifierWeights,
     PruningConfig,
-    save_classifier,
 )
-from privformer.protocols.cipherprune.parties import CipherPruneClassifier, encode_text
+from privformer.protocols.cipherprune.session import CipherPruneClassifier, encode_text
 from privformer.protocols.cipherprune.simulate import run_float
 
 N = 32  # public padded length of the test inputs: short enough for a fast 2PC run
@@ -39,7 +40,7 @@ PRUNING = PruningConfig([KEEP] * 6, [HIGH] * 6)
 
 @functools.cache
 def _split():
-    return tr.rotten_tomatoes_split()
+    return data.rotten_tomatoes_split()
 
 
 @functools.cache
@@ -74,7 +75,7 @@ def _texts(k: int) -> list[str]:
 
 
 def test_split_is_fixed_and_disjoint():
-    train, test = tr.rotten_tomatoes_split()
+    train, test = data.rotten_tomatoes_split()
     assert len(train) == 8530 - 1066 and len(test) == 1066
     assert train[:3] == _split()[0][:3] and not {t for t, _ in test} & {t for t, _ in train[:2000]}
 

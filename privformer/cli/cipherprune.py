@@ -13,15 +13,17 @@ import argparse
 import json
 from pathlib import Path
 
-from privformer.errors import ModelNotFoundError
+from privformer.errors import InputError, ModelNotFoundError
 from privformer.protocols.cipherprune.train import DEFAULT_LAMBDA
 
 
 def _addr(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    return host or "127.0.0.1", int(port)
+    from privformer.transport.cipherprune import parse_address
+
+    try:
+        return parse_address(text)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _model_dir(arg: str | None) -> Path:
@@ -56,14 +58,14 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_dealer(args) -> int:
-    from privformer.protocols.cipherprune.parties import run_dealer
+    from privformer.transport.cipherprune import run_dealer
 
     run_dealer(args.host, args.port, args.ready_file)
     return 0
 
 
 def _cmd_serve(args) -> int:
-    from privformer.protocols.cipherprune.parties import run_server
+    from privformer.transport.cipherprune import run_server
 
     run_server(
         _model_dir(args.model),
@@ -106,7 +108,8 @@ def _print_result(text: str, result, as_json: bool) -> None:
 
 
 def _cmd_classify(args) -> int:
-    from privformer.protocols.cipherprune.parties import classify_remote, encode_text
+    from privformer.protocols.cipherprune.session import encode_text
+    from privformer.transport.cipherprune import classify_remote
 
     ids, mask = encode_text(args.text, args.max_length)
     result = classify_remote(ids, mask, args.server, args.dealer, _network(args.network))
@@ -115,7 +118,7 @@ def _cmd_classify(args) -> int:
 
 
 def _cmd_run(args) -> int:
-    from privformer.protocols.cipherprune.parties import CipherPruneClassifier
+    from privformer.protocols.cipherprune.session import CipherPruneClassifier
 
     clf = CipherPruneClassifier.load(_model_dir(args.model))
     ids, mask = clf.encode(args.text, args.max_length)

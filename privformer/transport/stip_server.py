@@ -1,22 +1,17 @@
-"""Run the cloud's HTTP server, in this process or as a separate OS process.
+"""Run STIP's cloud HTTP server here (``run_server``) or as a child process (``ServerProcess``).
 
-``run_server`` binds the socket itself (port 0 picks a free port) and writes the bound port to
-``ready_file`` once the socket listens, so a parent process can start a server without racing
-for a port. ``ServerProcess`` is that parent side: the demo, the tests and the benchmark use it to
-put the cloud in its own process.
+``run_server`` binds the socket itself (port 0 picks a free port) and announces the bound port
+through ``processes.announce_port`` once the socket listens; ``ServerProcess`` is the parent's
+side (``privformer stip serve`` in a ``ChildProcess``), used by the demo, the API's private mode,
+the tests and the benchmark.
 """
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
-import tempfile
-import time
 from pathlib import Path
 
-from privformer.errors import PrivformerError
+from privformer.transport.processes import ChildProcess, announce_port
 
 
 def run_server(
@@ -49,15 +44,12 @@ def run_server(
         f"({cloud.fingerprint[:12]}) on http://{host}:{bound}",
         flush=True,
     )
-    if ready_file is not None:
-        tmp = Path(str(ready_file) + ".tmp")
-        tmp.write_text(str(bound))
-        tmp.replace(ready_file)
+    announce_port(ready_file, bound)
     uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
 
 
-class ServerProcess:
-    """``privformer serve`` in a child process; use as a context manager."""
+class ServerProcess(ChildProcess):
+    """``privformer stip serve PATH`` in a child process; ``url`` once entered."""
 
     def __init__(
         self,
@@ -67,55 +59,10 @@ class ServerProcess:
         startup_timeout_s: float = 180.0,
         log_file: str | Path | None = None,
     ):
-        self.path, self.host, self.timeout = Path(path), host, startup_timeout_s
-        self.log_file = log_file
-        self.proc: subprocess.Popen | None = None
-        self.url = ""
+        args = ["stip", "serve", str(path), "--host", host, "--port", "0"]
+        super().__init__(args, startup_timeout_s=startup_timeout_s, log_file=log_file)
+        self.host = host
 
-    def __enter__(self) -> ServerProcess:
-        workdir = Path(tempfile.mkdtemp(prefix="privformer-serve-"))
-        ready = workdir / "port"
-        log = open(self.log_file or workdir / "server.log", "w")  # noqa: SIM115 - lives with proc
-        self._log_path = Path(log.name)
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "privformer.cli.main",
-                "serve",
-                str(self.path),
-                "--host",
-                self.host,
-                "--port",
-                "0",
-                "--ready-file",
-                str(ready),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        deadline = time.monotonic() + self.timeout
-        while not ready.exists():
-            if self.proc.poll() is not None:
-                raise PrivformerError(
-                    f"server exited ({self.proc.returncode}): {self._log_path.read_text()[-2000:]}"
-                )
-            if time.monotonic() > deadline:
-                self.__exit__()
-                raise PrivformerError(f"server did not start within {self.timeout} s")
-            time.sleep(0.05)
-        self.url = f"http://{self.host}:{ready.read_text()}"
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def log(self) -> str:
-        return self._log_path.read_text()
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"

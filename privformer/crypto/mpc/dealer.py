@@ -26,7 +26,6 @@ import logging
 import socket
 import threading
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
@@ -190,9 +189,7 @@ class Dealer:
         self._waiting: dict[str, dict[int, socket.socket]] = {}
         self._lock = threading.Lock()
 
-    def serve_forever(self, ready_file: str | None = None) -> None:
-        if ready_file:
-            Path(ready_file).write_text(str(self.port))
+    def serve_forever(self) -> None:
         while True:
             try:
                 conn, _addr = self.listener.accept()

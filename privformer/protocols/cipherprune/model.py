@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -196,28 +195,3 @@ def forward(
         x = ops.layernorm(ops.add(ops.linear(h, f"l{i}.ffn2"), x), f"l{i}.ln2")
     trace.tokens_per_layer.append(n)
     return ops.classify(x), trace
-
-
-def save_classifier(w: BertClassifierWeights, pruning: PruningConfig, out: str | Path) -> Path:
-    """Write weights (safetensors) and config (JSON) to a folder."""
-    from safetensors.torch import save_file
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in w.tensors.items()}, str(out / "weights.safetensors"))
-    cfg = w.dims()
-    (out / "config.json").write_text(json.dumps({**cfg, "meta": w.meta}, indent=1))
-    (out / "pruning.json").write_text(pruning.to_json())
-    return out
-
-
-def load_classifier(path: str | Path) -> tuple[BertClassifierWeights, PruningConfig]:
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if not (path / "weights.safetensors").is_file():
-        raise InputError(f"{path} holds no CipherPrune classifier (weights.safetensors missing)")
-    cfg = json.loads((path / "config.json").read_text())
-    meta = cfg.pop("meta", {})
-    w = BertClassifierWeights(load_file(str(path / "weights.safetensors")), **cfg, meta=meta)
-    return w, PruningConfig.from_json((path / "pruning.json").read_text())

@@ -31,36 +31,18 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from privformer import approx
-from privformer.data import load_movie_reviews
+from privformer.data import SPLIT_SEED, TEST_SIZE, imdb_split, rotten_tomatoes_split
 from privformer.models.registry import cache_dir
 from privformer.protocols.cipherprune.model import MASK_VALUE, BertClassifierWeights, PruningConfig
 from privformer.protocols.cipherprune.simulate import run_float
 
-TEST_SIZE = 1066
 LONG_N = 512
-SPLIT_SEED = 0
 #: Relative cost of one token through one layer (linear layers, LayerNorm, GELU), of one token
 #: pair in softmax, and the extra of an accurate over a reduced GELU: bytes measured on this
 #: engine for MiniLM at 128 tokens (289 MB GELU + 30 MB rest per layer ~ n; 265 MB softmax ~ n^2;
 #: the reduced GELU drops one of three comparisons).
 COST_TOKEN, COST_PAIR, COST_HIGH = 1.0, 0.83, 0.33
 DEFAULT_LAMBDA = 0.1
-
-
-def rotten_tomatoes_split() -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
-    """(train, test) of Rotten Tomatoes with the fixed held-out test split."""
-    data = load_movie_reviews("rotten_tomatoes")
-    order = np.random.default_rng(SPLIT_SEED).permutation(len(data))
-    shuffled = [data[i] for i in order]
-    return shuffled[:-TEST_SIZE], shuffled[-TEST_SIZE:]
-
-
-def imdb_split(test_size: int = 1000) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
-    """(train, test) of the 25,000 IMDB reviews (long: the 512-token workload), fixed split."""
-    data = load_movie_reviews("imdb")
-    order = np.random.default_rng(SPLIT_SEED).permutation(len(data))
-    shuffled = [data[i] for i in order]
-    return shuffled[:-test_size], shuffled[-test_size:]
 
 
 def _batches(data: Sequence, size: int, seed: int) -> list[list]:
@@ -290,7 +272,7 @@ def build_classifier(
     """Fine-tune MiniLM on Rotten Tomatoes, learn thresholds, save (atomically) and return the
     folder; an existing folder is returned as is."""
     from privformer.models.registry import atomic_materialize, load_model, load_tokenizer
-    from privformer.protocols.cipherprune.model import save_classifier
+    from privformer.protocols.cipherprune.format import save_classifier
 
     target = Path(out) if out is not None else default_classifier_dir()
 
@@ -337,7 +319,7 @@ def relearn_thresholds(
     """Learn new thresholds (128 and 512 tokens) for an existing classifier folder, in place:
     how to try another lambda without fine-tuning again."""
     from privformer.models.registry import load_tokenizer
-    from privformer.protocols.cipherprune.model import load_classifier
+    from privformer.protocols.cipherprune.format import load_classifier
 
     path = Path(path)
     w, _old = load_classifier(path)

@@ -1,10 +1,9 @@
-"""One BERT encoder layer under CKKS, composed from the NEXUS operators, and its float twin.
+"""One BERT encoder layer under CKKS, composed from the NEXUS operators, and in float64.
 
-This is the composition check for the operators (issue 3): the layouts, levels and scales of one
-operator must feed the next. ``encrypted_layer`` runs Q/K/V projections, Q K^T, softmax, P V,
-the output projection, residual, LayerNorm, FFN with GELU, residual, LayerNorm, all on
-token-interleaved ciphertexts; ``simulate_layer`` applies the same approximations in float64.
-The end-to-end model (embeddings, all layers, the argmax head, client and server) is a later step.
+``encrypted_layer`` runs Q/K/V projections, Q K^T, softmax, P V, the output projection,
+residual, LayerNorm, FFN with GELU, residual, LayerNorm, all on token-interleaved ciphertexts.
+``float_layer`` is the same layer in float64 with the nonlinearities of ``FloatOps``: exact
+(``plain``) or NEXUS's recipes (``simulate``, the encrypted layer's twin, ``simulate_layer``).
 
 Attention here has no padding mask: all ``tokens`` positions are real tokens.
 """
@@ -20,6 +19,7 @@ import torch
 from privformer import approx
 from privformer.crypto.ckks import circuits as he
 from privformer.crypto.ckks.backend import Ciphertext, CKKSBackend
+from privformer.errors import UnknownNameError
 from privformer.models.encoder import read_layer
 from privformer.protocols.nexus import attention as at
 from privformer.protocols.nexus import he_nonlinear as hn
@@ -70,22 +70,53 @@ class EncoderLayerWeights:
         return self.weights["q"].shape[1] // self.heads
 
 
-def simulate_layer(
-    x: np.ndarray, w: EncoderLayerWeights, config: LayerConfig = DEFAULT_LAYER
-) -> np.ndarray:
-    """The layer in float64 with the NEXUS approximations (the encrypted layer's twin)."""
-    lin = {key: x @ w.weights[key] + w.biases[key] for key in ("q", "k", "v")}
+class FloatOps:
+    """The layer's nonlinearities in float64: exact (``plain``) or NEXUS's (``simulate``)."""
+
+    def __init__(self, mode: str, config: LayerConfig = DEFAULT_LAYER):
+        if mode not in ("plain", "simulate"):
+            raise UnknownNameError(f"unknown float mode {mode!r}; use 'plain' or 'simulate'")
+        self.mode, self.config = mode, config
+
+    def softmax(self, scores: np.ndarray) -> np.ndarray:
+        if self.mode == "plain":
+            z = np.exp(scores - scores.max(axis=-1, keepdims=True))
+            return z / z.sum(axis=-1, keepdims=True)
+        return approx.softmax.nexus(scores, self.config.softmax)
+
+    def gelu(self, x: np.ndarray) -> np.ndarray:
+        if self.mode == "plain":
+            return approx.gelu.gelu_exact(x)
+        return approx.gelu.nexus(x, self.config.gelu)
+
+    def layernorm(self, x: np.ndarray, norm: tuple[np.ndarray, np.ndarray], eps: float):
+        if self.mode == "plain":
+            z = x - x.mean(axis=-1, keepdims=True)
+            return norm[0] * z / np.sqrt((z * z).mean(axis=-1, keepdims=True) + eps) + norm[1]
+        return approx.layernorm.nexus(x, *norm, eps=eps, config=self.config.layernorm)
+
+
+def float_layer(x: np.ndarray, w: EncoderLayerWeights, ops: FloatOps) -> np.ndarray:
+    """The layer in float64 on a (tokens x hidden) activation, nonlinearities from ``ops``."""
+    lin = {key: x @ w.weights[key] + w.biases[key] for key in ("q", "k", "v")}  # (n, hidden)
     dh = w.head_dim
     heads = []
     for h in range(w.heads):
         cols = slice(h * dh, (h + 1) * dh)
-        probs = approx.softmax.nexus(lin["q"][:, cols] @ lin["k"][:, cols].T, config.softmax)
-        heads.append(probs @ lin["v"][:, cols])
-    attn = np.concatenate(heads, axis=1) @ w.weights["o"] + w.biases["o"]
-    h1 = approx.layernorm.nexus(attn + x, *w.ln1, eps=w.eps, config=config.layernorm)
-    ffn = approx.gelu.nexus(h1 @ w.weights["ffn1"] + w.biases["ffn1"], config.gelu)
+        probs = ops.softmax(lin["q"][:, cols] @ lin["k"][:, cols].T)  # (n, n)
+        heads.append(probs @ lin["v"][:, cols])  # (n, dh)
+    attn = np.concatenate(heads, axis=1) @ w.weights["o"] + w.biases["o"]  # (n, hidden)
+    h1 = ops.layernorm(attn + x, w.ln1, w.eps)
+    ffn = ops.gelu(h1 @ w.weights["ffn1"] + w.biases["ffn1"])  # (n, intermediate)
     out = ffn @ w.weights["ffn2"] + w.biases["ffn2"] + h1
-    return approx.layernorm.nexus(out, *w.ln2, eps=w.eps, config=config.layernorm)
+    return ops.layernorm(out, w.ln2, w.eps)
+
+
+def simulate_layer(
+    x: np.ndarray, w: EncoderLayerWeights, config: LayerConfig = DEFAULT_LAYER
+) -> np.ndarray:
+    """The layer in float64 with the NEXUS approximations (the encrypted layer's twin)."""
+    return float_layer(x, w, FloatOps("simulate", config))
 
 
 def rotation_steps(layout: mm.TokenInterleaved, head_dim: int) -> list[int]:

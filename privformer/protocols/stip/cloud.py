@@ -16,13 +16,14 @@ from pathlib import Path
 
 import torch
 
+from privformer.artifacts import read_manifest
 from privformer.errors import (
     InputError,
     KeyFormatError,
     SessionNotFoundError,
     TooManySessionsError,
 )
-from privformer.protocols.stip.export import FORMAT_VERSION, MANIFEST
+from privformer.protocols.stip.format import CLOUD_ROLE, FORMAT_VERSION, MANIFEST, PROTOCOL
 from privformer.protocols.stip.keys import fingerprint_checkpoint
 
 
@@ -51,9 +52,7 @@ class StipCloud:
         import transformers
 
         self.cloud_dir = resolve_cloud_dir(path)
-        self.manifest = json.loads((self.cloud_dir / MANIFEST).read_text())
-        if self.manifest.get("format_version") != FORMAT_VERSION:
-            raise KeyFormatError(f"unsupported cloud format {self.manifest.get('format_version')}")
+        self.manifest = read_manifest(self.cloud_dir, PROTOCOL, (CLOUD_ROLE,), FORMAT_VERSION)
         self.fingerprint = fingerprint_checkpoint(self.cloud_dir)
         if self.fingerprint != self.manifest["model_fingerprint"]:
             raise KeyFormatError(

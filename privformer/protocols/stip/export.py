@@ -1,12 +1,9 @@
 """The model developer's role: turn a model into a permuted cloud checkpoint and a user bundle.
 
-``export(MODEL, DIR)`` writes
-- ``DIR/cloud/``: an ordinary Hugging Face checkpoint (``config.json`` + ``model.safetensors``)
-  of the permuted model, with every embedding table zeroed, plus ``privformer.json`` (what the
-  server needs to know: scheme, task, sizes, fingerprint). Nothing here reveals pi; see the
-  README for what the weights still reveal against public ones.
-- ``DIR/user/``: ``user.key`` (pi, pi_c), ``user_model.safetensors`` (the embedding tables the
-  user runs, and for v1 decoders the LM head), ``user_config.json`` and the tokenizer files.
+``export(MODEL, DIR)`` writes ``DIR/cloud/`` and ``DIR/user/`` (``format`` lists their files).
+Nothing in ``cloud/`` reveals pi; see the README for what the weights still reveal against
+public ones. ``user/`` holds the key and the tables the user runs (embeddings, and for v1
+decoders the LM head).
 """
 
 from __future__ import annotations
@@ -20,16 +17,20 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from privformer.artifacts import write_manifest
 from privformer.models.registry import load_model, load_tokenizer, resolve_model_dir
+from privformer.protocols.stip.format import (
+    CLOUD_ROLE,
+    FORMAT_VERSION,
+    KEY_FILE,
+    PROTOCOL,
+    USER_CONFIG,
+    USER_MODEL,
+    USER_ROLE,
+)
 from privformer.protocols.stip.keys import UserKey, fingerprint_checkpoint
 from privformer.protocols.stip.layout import Architecture, describe
 from privformer.protocols.stip.transform import build_cloud_model, draw_secret
-
-MANIFEST = "privformer.json"
-USER_CONFIG = "user_config.json"
-USER_MODEL = "user_model.safetensors"
-KEY_FILE = "user.key"
-FORMAT_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -89,8 +90,6 @@ def export(
     fingerprint = fingerprint_checkpoint(cloud_dir)
     task = "decoder" if arch.has_lm_head else "encoder"
     common = {
-        "protocol": "stip",
-        "format_version": FORMAT_VERSION,
         "scheme": scheme,
         "family": arch.family,
         "task": task,
@@ -102,7 +101,7 @@ def export(
     }
     # The cloud returns hidden states except for v2 decoders, whose head stays in the cloud.
     output = "logits" if (arch.has_lm_head and scheme == "v2") else "hidden"
-    (cloud_dir / MANIFEST).write_text(json.dumps({**common, "output": output}, indent=2))
+    write_manifest(cloud_dir, PROTOCOL, CLOUD_ROLE, FORMAT_VERSION, **common, output=output)
 
     user_dir.mkdir(parents=True)
     UserKey(
@@ -125,5 +124,6 @@ def export(
         **_special_ids(plain.config),
     }
     (user_dir / USER_CONFIG).write_text(json.dumps(user_config, indent=2))
+    write_manifest(user_dir, PROTOCOL, USER_ROLE, FORMAT_VERSION, **common)
     load_tokenizer(source_dir).save_pretrained(user_dir)
     return ExportResult(cloud_dir, user_dir, scheme, fingerprint, time.perf_counter() - start)

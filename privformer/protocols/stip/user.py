@@ -13,8 +13,16 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from privformer.artifacts import read_manifest
 from privformer.errors import InputError, KeyFormatError
-from privformer.protocols.stip.export import KEY_FILE, USER_CONFIG, USER_MODEL
+from privformer.protocols.stip.format import (
+    FORMAT_VERSION,
+    KEY_FILE,
+    PROTOCOL,
+    USER_CONFIG,
+    USER_MODEL,
+    USER_ROLE,
+)
 from privformer.protocols.stip.keys import UserKey
 
 
@@ -36,7 +44,7 @@ def embed_with_tables(
 
 
 class StipUser:
-    """The user side of a STIP export, usable without any network (see ``serving.client``)."""
+    """The user side of a STIP export, usable without any network (see ``transport``)."""
 
     def __init__(self, user_dir: str | Path):
         from transformers import AutoTokenizer
@@ -45,6 +53,7 @@ class StipUser:
         config_path = self.user_dir / USER_CONFIG
         if not config_path.is_file():
             raise KeyFormatError(f"{self.user_dir} is not a STIP user folder (no {USER_CONFIG})")
+        read_manifest(self.user_dir, PROTOCOL, (USER_ROLE,), FORMAT_VERSION)
         self.config = json.loads(config_path.read_text())
         self.key = UserKey.load(self.user_dir / KEY_FILE)
         if self.key.model_fingerprint != self.config["model_fingerprint"]:

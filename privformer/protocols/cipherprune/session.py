@@ -1,22 +1,17 @@
-"""The three CipherPrune processes and the user-facing classifier API.
-
-- dealer: ``run_dealer`` (``privformer cipherprune dealer``), hands out correlated randomness;
-- server: ``run_server`` (``privformer cipherprune serve``), holds weights and thresholds;
-- client: ``classify_remote`` (``privformer cipherprune classify``), holds the text.
+"""CipherPrune sessions: what the client and the server compute once their channels are up,
+and ``CipherPruneClassifier``, which runs one model in ``plain``, ``simulate`` or ``private``
+mode (the last is 2PC over localhost TCP with the dealer and server in threads).
 
 A session: the client connects and sends a session id and pairwise key, the server answers with
 its public model card (dimensions, which layers prune, the compaction method), both join the
 dealer, the client sends the (public) padded length, then the secure forward runs and the
-logits are revealed to the client alone.
-
-``CipherPruneClassifier`` runs one model in ``plain``, ``simulate`` or ``encrypted`` mode (the
-last over localhost TCP with the dealer and server in threads), like Concrete ML's ``fhe=``.
+logits are revealed to the client alone. The processes around sessions are in
+``privformer.transport.cipherprune``.
 """
 
 from __future__ import annotations
 
 import json
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,41 +19,24 @@ from pathlib import Path
 import torch
 
 from privformer.crypto.mpc.channel import NetworkModel
-from privformer.crypto.mpc.dealer import Dealer
 from privformer.crypto.mpc.party import (
     Party,
-    accept_client,
-    connect_client,
     run_local,
 )
 from privformer.errors import InputError, WireFormatError
 from privformer.protocols.cipherprune import secure
+from privformer.protocols.cipherprune.format import load_classifier
 from privformer.protocols.cipherprune.model import (
     BertClassifierWeights,
     ForwardTrace,
     PruningConfig,
-    load_classifier,
 )
 from privformer.protocols.cipherprune.simulate import run_float
 
 MODES = ("plain", "simulate", "encrypted")
 
 
-def _write_ready(ready_file: str | None, port: int) -> None:
-    if ready_file:
-        tmp = Path(ready_file + ".tmp")
-        tmp.write_text(str(port))
-        tmp.replace(ready_file)
-
-
-def run_dealer(host: str = "127.0.0.1", port: int = 0, ready_file: str | None = None) -> None:
-    """Serve correlated randomness to any number of sessions until killed."""
-    dealer = Dealer(host, port)
-    _write_ready(ready_file, dealer.port)
-    dealer.serve_forever()
-
-
-def _server_session(party: Party, w: BertClassifierWeights, pruning: PruningConfig) -> ForwardTrace:
+def server_session(party: Party, w: BertClassifierWeights, pruning: PruningConfig) -> ForwardTrace:
     card = json.dumps(secure.model_card(w, pruning)).encode()
     with party.stats.op("setup"):
         (length,) = party.peer.exchange(
@@ -71,7 +49,7 @@ def _server_session(party: Party, w: BertClassifierWeights, pruning: PruningConf
     return trace
 
 
-def _client_session(
+def client_session(
     party: Party, input_ids: torch.Tensor, attention_mask: torch.Tensor, debug: bool = False
 ) -> tuple[torch.Tensor, ForwardTrace, secure.SharedOps]:
     with party.stats.op("setup"):
@@ -90,39 +68,6 @@ def _client_session(
     return logits, trace, ops
 
 
-def run_server(
-    model_dir: str | Path,
-    dealer: tuple[str, int],
-    host: str = "127.0.0.1",
-    port: int = 0,
-    ready_file: str | None = None,
-    max_sessions: int | None = None,
-    network: NetworkModel | None = None,
-) -> None:
-    """Serve secure classifications, one session at a time (each is CPU-bound)."""
-    w, pruning = load_classifier(model_dir)
-    listener = socket.create_server((host, port))
-    _write_ready(ready_file, listener.getsockname()[1])
-    served = 0
-    while max_sessions is None or served < max_sessions:
-        conn, _addr = listener.accept()
-        served += 1
-        try:
-            party = accept_client(conn, dealer, network)
-        except (WireFormatError, OSError) as exc:
-            print(f"refused a session: {exc}", flush=True)
-            conn.close()
-            continue
-        try:
-            trace = _server_session(party, w, pruning)
-            print(f"session done: tokens per layer {trace.tokens_per_layer}", flush=True)
-        except (WireFormatError, OSError, InputError) as exc:
-            print(f"session failed: {exc}", flush=True)
-        finally:
-            party.close()
-    listener.close()
-
-
 @dataclass
 class SecureResult:
     logits: torch.Tensor
@@ -134,23 +79,6 @@ class SecureResult:
     @property
     def label(self) -> int:
         return int(self.logits.argmax())
-
-
-def classify_remote(
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    server: tuple[str, int],
-    dealer: tuple[str, int],
-    network: NetworkModel | None = None,
-) -> SecureResult:
-    """The client's side of one secure classification against a running server and dealer."""
-    start = time.perf_counter()
-    party = connect_client(server, dealer, network)
-    try:
-        logits, trace, _ops = _client_session(party, input_ids, attention_mask)
-    finally:
-        party.close()
-    return SecureResult(logits, trace, party.stats.snapshot(), time.perf_counter() - start)
 
 
 def encode_text(
@@ -233,8 +161,7 @@ class CipherPruneClassifier:
 __all__ = [
     "CipherPruneClassifier",
     "SecureResult",
-    "classify_remote",
+    "client_session",
     "encode_text",
-    "run_dealer",
-    "run_server",
+    "server_session",
 ]

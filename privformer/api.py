@@ -1,0 +1,459 @@
+"""One API for the three protocols, modelled on Concrete-ML's modes and transformers' folders.
+
+    import privformer as pf
+    model = pf.load("minilm-rt-probe", protocol="cipherprune")   # or "stip", "nexus"
+    result = model.predict(["a delight"], mode="plain" | "simulate" | "private")
+    model.save_pretrained("out/")          # out/server/ and out/client/ (+ out/dealer/)
+    client = pf.Client.from_pretrained("out/client", server="127.0.0.1:7200", dealer=...)
+    client.predict(["a delight"])
+
+Modes: ``plain`` runs the exact model in float; ``simulate`` runs exactly the private run's
+arithmetic in float (STIP: the permuted model; NEXUS and CipherPrune: their approximations and
+pruning); ``private`` runs the protocol (STIP: an HTTP server in a child process; CipherPrune:
+2PC with the dealer and server in threads, over localhost TCP; NEXUS: not yet, it raises).
+
+``Result`` is the same for every protocol: outputs (logits, or sentence embeddings for a STIP
+encoder), seconds, the client's bytes and rounds, and what the protocol revealed.
+
+Model names: ``minilm-rt-probe`` (a sentence classifier, all three protocols), ``minilm-rt``
+(CipherPrune's fine-tuned classifier, after ``privformer cipherprune train``), and for STIP any
+name the model registry resolves (``minilm``, ``smollm2``, ``random:NAME``, a local folder).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from privformer.artifacts import read_manifest, write_manifest
+from privformer.errors import (
+    ArtifactError,
+    InputError,
+    UnknownNameError,
+    UnsupportedModeError,
+    UnsupportedModelError,
+)
+
+PROTOCOLS = ("stip", "nexus", "cipherprune")
+FORMAT_VERSION = 1
+
+
+class Mode(StrEnum):
+    """How ``predict`` runs; a plain string is accepted wherever a mode is."""
+
+    PLAIN = "plain"
+    SIMULATE = "simulate"
+    PRIVATE = "private"
+
+    @classmethod
+    def parse(cls, value: Mode | str) -> Mode:
+        if isinstance(value, Mode):
+            return value
+        text = str(value).lower()
+        if text == "encrypted":  # CipherPrune's earlier name for the private mode
+            return cls.PRIVATE
+        try:
+            return cls(text)
+        except ValueError:
+            raise UnknownNameError(
+                f"unknown mode {value!r}; choose one of {[m.value for m in cls]}"
+            ) from None
+
+
+@dataclass
+class Result:
+    """What one ``predict`` call produced, in the same form for every protocol."""
+
+    protocol: str
+    mode: Mode
+    outputs: torch.Tensor  # (texts, classes) logits, or (texts, hidden) STIP embeddings
+    seconds: float
+    bytes_sent: int = 0  # by the client, over the wire (0 in plain and simulate modes)
+    bytes_received: int = 0
+    rounds: int = 0
+    revealed: dict[str, Any] = field(default_factory=dict)  # e.g. tokens kept per layer
+
+    @property
+    def labels(self) -> list[int]:
+        """The argmax class of each text (classifiers)."""
+        return self.outputs.argmax(dim=-1).tolist()
+
+
+def _texts(texts: str | list[str]) -> list[str]:
+    items = [texts] if isinstance(texts, str) else list(texts)
+    if not items or not all(isinstance(t, str) for t in items):
+        raise InputError("predict takes a non-empty list of strings")
+    return items
+
+
+class PrivateModel(ABC):
+    """A model that one protocol can run in ``plain``, ``simulate`` and ``private`` modes."""
+
+    protocol: str
+    name: str
+
+    def predict(self, texts: str | list[str], mode: Mode | str = Mode.SIMULATE) -> Result:
+        """Run ``texts`` in ``mode``; returns one ``Result`` for all of them."""
+        mode, items = Mode.parse(mode), _texts(texts)
+        start = time.perf_counter()
+        result = self._predict(items, mode)
+        result.seconds = time.perf_counter() - start
+        return result
+
+    @abstractmethod
+    def _predict(self, texts: list[str], mode: Mode) -> Result: ...
+
+    @abstractmethod
+    def save_pretrained(self, out: str | Path) -> Path:
+        """Write the deployment folders under ``out`` and ``out/privformer.json``."""
+
+    def _write_root(self, out: Path, **fields: Any) -> None:
+        write_manifest(out, self.protocol, "deployment", FORMAT_VERSION, model=self.name, **fields)
+
+
+# --- STIP ------------------------------------------------------------------------------------
+class StipModel(PrivateModel):
+    """STIP on an encoder (sentence embeddings) or an encoder classifier (logits).
+
+    For a classifier the encoder is permuted and served; the linear head on [CLS] runs on the
+    user's side after un-permuting (like v1's LM head), so the user holds the head.
+    """
+
+    protocol = "stip"
+
+    def __init__(self, name: str, scheme: str = "v2"):
+        from privformer.models.classifiers import PROBE, load_classifier
+        from privformer.models.registry import load_model, load_tokenizer
+
+        self.name, self.scheme = name, scheme
+        if name == PROBE:
+            clf = load_classifier(name)
+            self.base, self.head = clf.base, clf.head
+            self.encoder, self.tokenizer = clf.encoder, clf.tokenizer
+        else:
+            self.base, self.head = name, None
+            self.encoder, self.tokenizer = load_model(name), load_tokenizer(name)
+        if getattr(self.encoder.config, "is_decoder", False) or hasattr(self.encoder, "lm_head"):
+            raise UnsupportedModelError(
+                "pf.load(..., protocol='stip') runs encoders; for decoders use "
+                "`privformer stip export` and `privformer stip query --prompt`"
+            )
+        self._export: Any = None
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+
+    def _exported(self) -> Any:
+        if self._export is None:
+            from privformer.protocols.stip.export import export
+
+            self._tmp = tempfile.TemporaryDirectory(prefix="privformer-stip-")
+            self._export = export(self.base, self._tmp.name, scheme=self.scheme, progress=False)
+        return self._export
+
+    def _finish(self, hidden: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+        from privformer.models.pooling import mean_pool
+
+        h = torch.stack(hidden)  # (texts, tokens, hidden)
+        if self.head is None:
+            return mean_pool(h, mask)
+        with torch.inference_mode():
+            return self.head(h[:, 0])
+
+    def _predict(self, texts: list[str], mode: Mode) -> Result:
+        enc = self.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+        if mode is Mode.PLAIN:
+            with torch.inference_mode():
+                hidden = list(self.encoder(**enc).last_hidden_state)
+            return Result(self.protocol, mode, self._finish(hidden, enc["attention_mask"]), 0.0)
+        export = self._exported()
+        if mode is Mode.SIMULATE:  # the permuted model in this process: the cloud's arithmetic
+            from privformer.protocols.stip.cloud import StipCloud
+            from privformer.protocols.stip.user import StipUser
+
+            user, cloud = StipUser(export.user_dir), StipCloud(export.cloud_dir)
+            embeds = user.embed(enc["input_ids"], token_type_ids=enc.get("token_type_ids"))
+            y = cloud.forward(user.permute(embeds), enc["attention_mask"])["last_hidden_state"]
+            hidden = list(user.unpermute_hidden(y))
+            return Result(self.protocol, mode, self._finish(hidden, enc["attention_mask"]), 0.0)
+        from privformer.transport.stip_client import StipClient
+        from privformer.transport.stip_server import ServerProcess
+
+        with (
+            ServerProcess(export.cloud_dir) as server,
+            StipClient(export.user_dir, server.url) as c,
+        ):
+            hidden = c.hidden_states(texts)
+            stats = c.stats
+        mask = torch.zeros(len(texts), max(h.shape[0] for h in hidden), dtype=torch.int64)
+        padded = []
+        for i, h in enumerate(hidden):
+            mask[i, : h.shape[0]] = 1
+            padded.append(torch.nn.functional.pad(h, (0, 0, 0, mask.shape[1] - h.shape[0])))
+        return Result(
+            self.protocol,
+            mode,
+            self._finish(padded, mask),
+            0.0,
+            bytes_sent=stats.bytes_sent,
+            bytes_received=stats.bytes_received,
+            rounds=stats.requests,
+            revealed={"tokens": [int(h.shape[0]) for h in hidden], "attention_maps": True},
+        )
+
+    def save_pretrained(self, out: str | Path) -> Path:
+        """``out/cloud/`` (the server's permuted checkpoint) and ``out/user/`` (the key)."""
+        from privformer.protocols.stip.export import export
+
+        out = Path(out)
+        result = export(self.base, out, scheme=self.scheme, progress=False)
+        if self.head is not None:
+            from safetensors.torch import save_file
+
+            state = {k: v.detach().contiguous() for k, v in self.head.state_dict().items()}
+            save_file(state, str(result.user_dir / "head.safetensors"))
+        self._write_root(out, server="cloud", client="user", scheme=self.scheme)
+        return out
+
+
+# --- CipherPrune -----------------------------------------------------------------------------
+class CipherPruneModel(PrivateModel):
+    """CipherPrune's classifier: 2PC with encrypted token pruning."""
+
+    protocol = "cipherprune"
+
+    def __init__(self, name: str, max_length: int = 128):
+        from privformer.models.classifiers import PROBE, load_classifier
+        from privformer.protocols.cipherprune.model import BertClassifierWeights, PruningConfig
+        from privformer.protocols.cipherprune.session import CipherPruneClassifier
+
+        self.name, self.max_length = name, max_length
+        if name == PROBE:
+            clf = load_classifier(name)
+            weights = BertClassifierWeights.from_hf(clf.encoder, clf.head)
+            # A probe has no learned thresholds: the fixed rule of the tests (keep tokens that
+            # receive more than 0.4/32 of the attention, accurate above 1/32).
+            pruning = PruningConfig([0.4 / 32] * weights.layers, [1.0 / 32] * weights.layers)
+            self.classifier = CipherPruneClassifier(weights, pruning, clf.tokenizer)
+        elif name == "minilm-rt":
+            from privformer.protocols.cipherprune.train import default_classifier_dir
+
+            self.classifier = CipherPruneClassifier.load(default_classifier_dir())
+        elif Path(name).is_dir():
+            self.classifier = CipherPruneClassifier.load(name)
+        else:
+            raise UnknownNameError(
+                f"no CipherPrune model {name!r}: use {PROBE}, minilm-rt or a classifier folder"
+            )
+
+    def _predict(self, texts: list[str], mode: Mode) -> Result:
+        logits, totals = [], {"bytes_sent": 0, "bytes_recv": 0, "rounds": 0}
+        revealed: dict[str, Any] = {"tokens_per_layer": [], "padded_length": self.max_length}
+        for text in texts:
+            ids, mask = self.classifier.encode(text, self.max_length)
+            run_mode = "encrypted" if mode is Mode.PRIVATE else mode.value
+            out = self.classifier.run(ids, mask, run_mode)
+            logits.append(out.logits.to(torch.float64))
+            revealed["tokens_per_layer"].append(out.trace.tokens_per_layer)
+            for key in totals:
+                totals[key] += int(out.stats.get("total", {}).get(key, 0))
+        return Result(
+            self.protocol,
+            mode,
+            torch.stack(logits),
+            0.0,
+            bytes_sent=totals["bytes_sent"],
+            bytes_received=totals["bytes_recv"],
+            rounds=totals["rounds"],
+            revealed=revealed if mode is Mode.PRIVATE else {},
+        )
+
+    def save_pretrained(self, out: str | Path) -> Path:
+        """``out/server/`` (weights, thresholds), ``out/client/`` (card, tokenizer) and
+        ``out/dealer/``."""
+        from privformer.models.registry import load_tokenizer
+        from privformer.protocols.cipherprune import secure
+        from privformer.protocols.cipherprune.format import (
+            save_classifier,
+            save_client,
+            save_dealer,
+        )
+
+        out = Path(out)
+        clf = self.classifier
+        save_classifier(clf.weights, clf.pruning, out / "server")
+        card = {**secure.model_card(clf.weights, clf.pruning), "max_length": self.max_length}
+        save_client(out / "client", card, clf.tokenizer or load_tokenizer("minilm"))
+        save_dealer(out / "dealer")
+        self._write_root(out, server="server", client="client", dealer="dealer")
+        return out
+
+
+# --- NEXUS -----------------------------------------------------------------------------------
+class NexusModel(PrivateModel):
+    """NEXUS's classifier: the client embeds, the server runs the encoder and head under CKKS.
+
+    ``private`` mode raises ``UnsupportedModeError`` until the encrypted end-to-end model lands.
+    """
+
+    protocol = "nexus"
+
+    def __init__(self, name: str, classifier: Any = None, tokenizer: Any = None):
+        from privformer.models.classifiers import PROBE, load_classifier
+        from privformer.protocols.nexus.model import NexusClassifier
+
+        self.name = name
+        if classifier is not None:
+            self.classifier, self.tokenizer = classifier, tokenizer
+        elif name == PROBE:
+            clf = load_classifier(name)
+            self.classifier = NexusClassifier.from_hf(clf.encoder, clf.head)
+            self.tokenizer = clf.tokenizer
+        else:
+            raise UnknownNameError(f"no NEXUS model {name!r}: use {PROBE}")
+
+    def _predict(self, texts: list[str], mode: Mode) -> Result:
+        if mode is Mode.PRIVATE:
+            raise UnsupportedModeError(
+                "NEXUS runs in plain and simulate modes so far; the encrypted end-to-end model "
+                "(client and server processes) is the next step of the NEXUS work"
+            )
+        rows = []
+        for text in texts:
+            ids = self.tokenizer(text, truncation=True, max_length=128)["input_ids"]
+            rows.append(torch.from_numpy(self.classifier.logits(ids, mode.value)))
+        return Result(self.protocol, mode, torch.stack(rows), 0.0)
+
+    def save_pretrained(self, out: str | Path) -> Path:
+        """``out/server/`` (layers and head) and ``out/client/`` (embedding tables, tokenizer)."""
+        out = Path(out)
+        self.classifier.save(out / "server", out / "client")
+        self.tokenizer.save_pretrained(out / "client")
+        self._write_root(out, server="server", client="client")
+        return out
+
+
+# --- entry points ----------------------------------------------------------------------------
+def load(name_or_path: str | Path, protocol: str | None = None, **options: Any) -> PrivateModel:
+    """A model ready for ``predict`` under ``protocol``, by name or from ``save_pretrained``'s
+    folder (whose manifest names the protocol). ``options``: STIP ``scheme``; CipherPrune
+    ``max_length`` (the public padded length)."""
+    path = Path(name_or_path)
+    if (path / "privformer.json").is_file():
+        root = read_manifest(path, roles=("deployment",), format_version=FORMAT_VERSION)
+        if protocol is not None and protocol != root["protocol"]:
+            raise ArtifactError(f"{path} holds a {root['protocol']!r} deployment, not {protocol!r}")
+        protocol = str(root["protocol"])
+        if protocol == "cipherprune":
+            return CipherPruneModel(str(path / root["server"]), **options)
+        if protocol == "nexus":
+            from privformer.models.registry import load_tokenizer_folder
+            from privformer.protocols.nexus.model import NexusClassifier
+
+            clf = NexusClassifier.load(path / root["server"], path / root["client"])
+            return NexusModel(root["model"], clf, load_tokenizer_folder(path / root["client"]))
+        raise ArtifactError(
+            f"{path} is a STIP export: it holds no plain weights to load back; use "
+            f"pf.Client.from_pretrained('{path / 'user'}', server=URL)"
+        )
+    if protocol not in PROTOCOLS:
+        raise UnknownNameError(f"unknown protocol {protocol!r}; choose one of {PROTOCOLS}")
+    if protocol == "stip":
+        return StipModel(str(name_or_path), **options)
+    if protocol == "cipherprune":
+        return CipherPruneModel(str(name_or_path), **options)
+    return NexusModel(str(name_or_path), **options)
+
+
+class Client:
+    """The client's side of a deployment, against a running server."""
+
+    def __init__(self, path: Path, protocol: str, server: str, dealer: str | None):
+        self.path, self.protocol, self.server, self.dealer = path, protocol, server, dealer
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, server: str, dealer: str | None = None) -> Client:
+        """``path``: the client folder of ``save_pretrained`` (STIP: ``user/``). ``server``:
+        an HTTP URL (STIP) or HOST:PORT (CipherPrune, which also needs ``dealer``)."""
+        path = Path(path)
+        manifest = read_manifest(path, roles=("client", "user"))
+        protocol = str(manifest["protocol"])
+        if protocol == "cipherprune" and dealer is None:
+            raise InputError("a CipherPrune client needs dealer='HOST:PORT'")
+        if protocol == "nexus":
+            raise UnsupportedModeError(
+                "a NEXUS client and server over the network are the next step of the NEXUS work"
+            )
+        return cls(path, protocol, server, dealer)
+
+    def predict(self, texts: str | list[str]) -> Result:
+        items, start = _texts(texts), time.perf_counter()
+        result = self._stip(items) if self.protocol == "stip" else self._cipherprune(items)
+        result.seconds = time.perf_counter() - start
+        return result
+
+    def _stip(self, texts: list[str]) -> Result:
+        from privformer.models.pooling import mean_pool
+        from privformer.transport.stip_client import StipClient
+
+        with StipClient(self.path, self.server) as client:
+            hidden = client.hidden_states(texts)
+            stats = client.stats
+        head_file = self.path / "head.safetensors"
+        if head_file.is_file():
+            from safetensors.torch import load_file
+
+            state = load_file(str(head_file))
+            outputs = torch.stack([h[0] for h in hidden]) @ state["weight"].T + state["bias"]
+        else:
+            outputs = torch.stack(
+                [mean_pool(h[None], torch.ones(1, h.shape[0]))[0] for h in hidden]
+            )
+        return Result(
+            "stip",
+            Mode.PRIVATE,
+            outputs,
+            0.0,
+            stats.bytes_sent,
+            stats.bytes_received,
+            stats.requests,
+            {"tokens": [int(h.shape[0]) for h in hidden], "attention_maps": True},
+        )
+
+    def _cipherprune(self, texts: list[str]) -> Result:
+        from privformer.models.registry import load_tokenizer_folder
+        from privformer.protocols.cipherprune.format import load_client_card
+        from privformer.protocols.cipherprune.session import encode_text
+        from privformer.transport.cipherprune import classify_remote, parse_address
+
+        card = load_client_card(self.path)
+        tokenizer = load_tokenizer_folder(self.path)
+        server, dealer = parse_address(self.server), parse_address(str(self.dealer))
+        logits, sent, recv, rounds, kept = [], 0, 0, 0, []
+        for text in texts:
+            ids, mask = encode_text(text, int(card.get("max_length", 128)), tokenizer)
+            out = classify_remote(ids, mask, server, dealer)
+            logits.append(out.logits.to(torch.float64))
+            total = out.stats.get("total", {})
+            sent += int(total.get("bytes_sent", 0))
+            recv += int(total.get("bytes_recv", 0))
+            rounds += int(total.get("rounds", 0))
+            kept.append(out.trace.tokens_per_layer)
+        return Result(
+            "cipherprune",
+            Mode.PRIVATE,
+            torch.stack(logits),
+            0.0,
+            sent,
+            recv,
+            rounds,
+            {"tokens_per_layer": kept, "padded_length": int(card.get("max_length", 128))},
+        )
+
+
+__all__ = ["Client", "Mode", "PrivateModel", "Result", "load"]

@@ -1,0 +1,94 @@
+"""Sentence classifiers privformer can build offline: a BERT encoder with a linear head on [CLS].
+
+``minilm-rt-probe``: the embedded all-MiniLM-L6-v2 encoder (real weights, frozen) with a linear
+probe on its [CLS] state fitted (L-BFGS, L2 1e-3) on 512 Rotten Tomatoes training sentences.
+Fitting takes seconds, so tests, the demo and the README's example use it; it is cached in
+privformer's cache. The fully fine-tuned classifier with learned pruning thresholds is
+CipherPrune's (``privformer cipherprune train``, ``minilm-rt``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from privformer.data import rotten_tomatoes_split
+from privformer.errors import ModelNotFoundError
+from privformer.models.registry import atomic_materialize, cache_dir, load_model, load_tokenizer
+
+PROBE = "minilm-rt-probe"
+PROBE_TRAIN_SENTENCES = 512
+PROBE_MAX_LENGTH = 64
+
+
+@dataclass
+class EncoderClassifier:
+    """A ``transformers`` ``BertModel``, a linear head on its [CLS] state, and its tokenizer."""
+
+    name: str
+    base: str  # the registry name of the encoder
+    encoder: torch.nn.Module
+    head: torch.nn.Linear
+    tokenizer: Any
+
+    def plain_logits(self, texts: list[str], max_length: int = 128) -> torch.Tensor:
+        """(len(texts), classes) logits of the plain float32 model."""
+        enc = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        )
+        with torch.inference_mode():
+            return self.head(self.encoder(**enc).last_hidden_state[:, 0])
+
+
+def _fit_probe(out: Path) -> None:
+    bert, tok = load_model("minilm"), load_tokenizer("minilm")
+    train = rotten_tomatoes_split()[0][:PROBE_TRAIN_SENTENCES]
+    enc = tok(
+        [t for t, _ in train],
+        padding=True,
+        truncation=True,
+        max_length=PROBE_MAX_LENGTH,
+        return_tensors="pt",
+    )
+    with torch.no_grad():
+        feats = bert(**enc).last_hidden_state[:, 0]
+    labels = torch.tensor([y for _, y in train])
+    torch.manual_seed(0)
+    head = torch.nn.Linear(feats.shape[1], 2)
+    opt = torch.optim.LBFGS(head.parameters(), max_iter=200)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(head(feats), labels)
+        loss = loss + 1e-3 * head.weight.square().sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        accuracy = float((head(feats).argmax(-1) == labels).double().mean())
+    from safetensors.torch import save_file
+
+    save_file(
+        {k: v.detach().contiguous() for k, v in head.state_dict().items()},
+        str(out / "head.safetensors"),
+    )
+    meta = {"base": "minilm", "train_sentences": len(train), "train_accuracy": accuracy}
+    (out / "config.json").write_text(json.dumps(meta, indent=1))
+
+
+def load_classifier(name: str = PROBE) -> EncoderClassifier:
+    """An offline classifier by name (fitted into the cache on first use)."""
+    if name != PROBE:
+        raise ModelNotFoundError(f"unknown classifier {name!r}; built offline: {PROBE}")
+    from safetensors.torch import load_file
+
+    folder = atomic_materialize(cache_dir() / "models" / PROBE, _fit_probe)
+    state = load_file(str(folder / "head.safetensors"))
+    head = torch.nn.Linear(state["weight"].shape[1], state["weight"].shape[0])
+    head.load_state_dict(state)
+    return EncoderClassifier(name, "minilm", load_model("minilm"), head, load_tokenizer("minilm"))
