@@ -133,12 +133,13 @@ class StipModel(PrivateModel):
         from privformer.models.registry import load_model, load_tokenizer
 
         self.name, self.scheme = name, scheme
+        self.head: torch.nn.Linear | None
         if name == PROBE:
             clf = load_classifier(name)
             self.base, self.head = clf.base, clf.head
             self.encoder, self.tokenizer = clf.encoder, clf.tokenizer
         else:
-            self.base, self.head = name, None
+            self.base, self.head = name, None  # an encoder: sentence embeddings
             self.encoder, self.tokenizer = load_model(name), load_tokenizer(name)
         if getattr(self.encoder.config, "is_decoder", False) or hasattr(self.encoder, "lm_head"):
             raise UnsupportedModelError(
@@ -350,6 +351,10 @@ def load(name_or_path: str | Path, protocol: str | None = None, **options: Any) 
             raise ArtifactError(f"{path} holds a {root['protocol']!r} deployment, not {protocol!r}")
         protocol = str(root["protocol"])
         if protocol == "cipherprune":
+            from privformer.protocols.cipherprune.format import load_client_card
+
+            card = load_client_card(path / root["client"])
+            options.setdefault("max_length", int(card.get("max_length", 128)))
             return CipherPruneModel(str(path / root["server"]), **options)
         if protocol == "nexus":
             from privformer.models.registry import load_tokenizer_folder

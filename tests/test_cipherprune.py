@@ -14,12 +14,10 @@ import json
 import os
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import plain_model, tokenizer
+from cases import CIPHERPRUNE_N
 
 from privformer import data
 from privformer.crypto.mpc import fixed
@@ -32,8 +30,9 @@ from privformer.protocols.cipherprune.model import (
 )
 from privformer.protocols.cipherprune.session import CipherPruneClassifier, encode_text
 from privformer.protocols.cipherprune.simulate import run_float
+from privformer.transport.processes import ChildProcess
 
-N = 32  # public padded length of the test inputs: short enough for a fast 2PC run
+N = CIPHERPRUNE_N  # the public padded length of the test classifier (conftest)
 KEEP, HIGH = 0.4 / N, 1.0 / N
 PRUNING = PruningConfig([KEEP] * 6, [HIGH] * 6)
 
@@ -41,33 +40,6 @@ PRUNING = PruningConfig([KEEP] * 6, [HIGH] * 6)
 @functools.cache
 def _split():
     return data.rotten_tomatoes_split()
-
-
-@functools.cache
-def classifier() -> tuple[BertClassifierWeights, torch.nn.Linear]:
-    bert, tok = plain_model("minilm"), tokenizer("minilm")
-    train = _split()[0][:256]
-    enc = tok(
-        [t for t, _ in train], padding=True, truncation=True, max_length=N, return_tensors="pt"
-    )
-    with torch.no_grad():
-        feats = bert(**enc).last_hidden_state[:, 0]
-    labels = torch.tensor([y for _, y in train])
-    torch.manual_seed(0)
-    head = torch.nn.Linear(feats.shape[1], 2)
-    opt = torch.optim.LBFGS(head.parameters(), max_iter=200)
-
-    def closure():
-        opt.zero_grad()
-        loss = (
-            torch.nn.functional.cross_entropy(head(feats), labels)
-            + 1e-3 * head.weight.square().sum()
-        )
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return BertClassifierWeights.from_hf(bert, head), head
 
 
 def _texts(k: int) -> list[str]:
@@ -80,8 +52,8 @@ def test_split_is_fixed_and_disjoint():
     assert train[:3] == _split()[0][:3] and not {t for t, _ in test} & {t for t, _ in train[:2000]}
 
 
-def test_plain_mode_equals_transformers():
-    w, head = classifier()
+def test_plain_mode_equals_transformers(cipherprune_classifier, plain_model, tokenizer):
+    w, head = cipherprune_classifier
     bert, tok = plain_model("minilm"), tokenizer("minilm")
     for text in _texts(3):
         ids, mask = encode_text(text, N, tok)
@@ -92,8 +64,8 @@ def test_plain_mode_equals_transformers():
         assert trace.tokens_per_layer == [N] * 7
 
 
-def test_simulate_mode_stays_close_to_plain():
-    w, _ = classifier()
+def test_simulate_mode_stays_close_to_plain(cipherprune_classifier, tokenizer):
+    w, _ = cipherprune_classifier
     tok = tokenizer("minilm")
     worst = 0.0
     for text in _texts(12):
@@ -106,8 +78,8 @@ def test_simulate_mode_stays_close_to_plain():
     assert worst < 0.05
 
 
-def test_pruning_rule_drops_padding_and_keeps_cls():
-    w, _ = classifier()
+def test_pruning_rule_drops_padding_and_keeps_cls(cipherprune_classifier, tokenizer):
+    w, _ = cipherprune_classifier
     tok = tokenizer("minilm")
     for text in _texts(6):
         ids, mask = encode_text(text, N, tok)
@@ -145,8 +117,8 @@ def _clear_texts(clf: CipherPruneClassifier, k: int) -> list[str]:
 
 
 @pytest.mark.parametrize("compaction", ["shuffle", "swap"])
-def test_secure_run_keeps_the_same_tokens_and_class(compaction):
-    w, _ = classifier()
+def test_secure_run_keeps_the_same_tokens_and_class(cipherprune_classifier, tokenizer, compaction):
+    w, _ = cipherprune_classifier
     tok = tokenizer("minilm")
     pruning = PruningConfig(PRUNING.keep, PRUNING.high, compaction)
     clf = CipherPruneClassifier(w, pruning, tok)
@@ -171,45 +143,15 @@ def test_secure_run_keeps_the_same_tokens_and_class(compaction):
         assert sec.stats["per_op"]["prune"]["rounds"] > 0
 
 
-def _start(args: list[str], ready: Path, log: Path) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "privformer.cli.main", *args, "--ready-file", str(ready)],
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.time() + 120
-    while not ready.exists():
-        if proc.poll() is not None or time.time() > deadline:
-            raise AssertionError(f"{args[:2]} did not start:\n{log.read_text()}")
-        time.sleep(0.1)
-    return proc
-
-
-def test_client_server_and_dealer_are_separate_processes(tmp_path):
-    w, _ = classifier()
+def test_client_server_and_dealer_are_separate_processes(
+    cipherprune_classifier, tokenizer, tmp_path
+):
+    w, _ = cipherprune_classifier
     model_dir = save_classifier(w, PRUNING, tmp_path / "model")
-    dealer = _start(
-        ["cipherprune", "dealer", "--port", "0"], tmp_path / "d.port", tmp_path / "d.log"
-    )
-    try:
-        dport = (tmp_path / "d.port").read_text()
-        server = _start(
-            [
-                "cipherprune",
-                "serve",
-                "--model",
-                str(model_dir),
-                "--dealer",
-                f"127.0.0.1:{dport}",
-                "--port",
-                "0",
-                "--max-sessions",
-                "1",
-            ],
-            tmp_path / "s.port",
-            tmp_path / "s.log",
-        )
-        try:
+    with ChildProcess(["cipherprune", "dealer", "--port", "0"]) as dealer:
+        serve = ["cipherprune", "serve", "--model", str(model_dir), "--port", "0"]
+        serve += ["--dealer", f"127.0.0.1:{dealer.port}", "--max-sessions", "1"]
+        with ChildProcess(serve, log_file=tmp_path / "s.log") as server:
             text = _texts(1)[0]
             out = subprocess.run(
                 [
@@ -220,9 +162,9 @@ def test_client_server_and_dealer_are_separate_processes(tmp_path):
                     "classify",
                     text,
                     "--server",
-                    f"127.0.0.1:{(tmp_path / 's.port').read_text()}",
+                    f"127.0.0.1:{server.port}",
                     "--dealer",
-                    f"127.0.0.1:{dport}",
+                    f"127.0.0.1:{dealer.port}",
                     "--max-length",
                     str(N),
                     "--json",
@@ -234,11 +176,7 @@ def test_client_server_and_dealer_are_separate_processes(tmp_path):
             )
             assert out.returncode == 0, out.stderr
             result = json.loads(out.stdout.strip().splitlines()[-1])
-            assert server.wait(timeout=60) == 0  # served its one session and exited
-        finally:
-            server.kill()
-    finally:
-        dealer.kill()
+            assert server.proc.wait(timeout=60) == 0  # served its one session and exited
     ids, mask = encode_text(text, N, tokenizer("minilm"))
     logits, trace, _ = run_float(w, ids, mask, PRUNING, "simulate")
     assert result["label"] == int(logits.argmax())
@@ -247,8 +185,8 @@ def test_client_server_and_dealer_are_separate_processes(tmp_path):
     assert "session done" in (tmp_path / "s.log").read_text()
 
 
-def test_threshold_learning_lowers_the_expected_cost():
-    w, _ = classifier()
+def test_threshold_learning_lowers_the_expected_cost(cipherprune_classifier, tokenizer):
+    w, _ = cipherprune_classifier
     tok = tokenizer("minilm")
     train = _split()[0][:64]
     enc = tok(
@@ -276,8 +214,8 @@ def test_threshold_learning_lowers_the_expected_cost():
     assert all(h >= k for k, h in zip(learned.keep, learned.high, strict=True))
 
 
-def test_bad_input_is_refused_clearly():
-    w, _ = classifier()
+def test_bad_input_is_refused_clearly(cipherprune_classifier, tokenizer):
+    w, _ = cipherprune_classifier
     ids, mask = encode_text("fine", N, tokenizer("minilm"))
     with pytest.raises(InputError, match="token ids"):
         run_float(w, torch.tensor([101, w.vocab + 5, 102]), None, None, "plain")
@@ -299,9 +237,9 @@ def test_bad_input_is_refused_clearly():
 
 
 @pytest.mark.slow
-def test_secure_run_at_128_tokens_matches_simulate():
+def test_secure_run_at_128_tokens_matches_simulate(cipherprune_classifier, tokenizer):
     """The full public length of the benchmark: 128 tokens, pruning and reduction on."""
-    w, _ = classifier()
+    w, _ = cipherprune_classifier
     tok = tokenizer("minilm")
     pruning = PruningConfig([0.5 / 128] * 6, [1.0 / 128] * 6)
     clf = CipherPruneClassifier(w, pruning, tok)
@@ -312,7 +250,7 @@ def test_secure_run_at_128_tokens_matches_simulate():
 
 
 @pytest.mark.slow
-def test_bert_base_shapes_run_under_2pc():
+def test_bert_base_shapes_run_under_2pc(tokenizer):
     """BERT-base dimensions (768 hidden, 12 layers, 12 heads, 3072) with random weights: shape
     coverage of the engine at the paper's model size, against the float twin."""
     from transformers import BertConfig, BertModel

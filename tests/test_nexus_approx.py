@@ -8,22 +8,12 @@ exact when the top-2 gap is >= 1e-2 of the range.
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import pytest
-from conftest import plain_model, tokenizer
 
 from privformer import approx as A
 from privformer.data import load_movie_reviews
 from privformer.errors import OutOfRangeError
-from privformer.models.calibration import record_bert_activations
-
-
-@functools.cache
-def activations() -> dict:
-    texts = [text for text, _ in load_movie_reviews("rotten_tomatoes")[:48]]
-    return record_bert_activations(plain_model("minilm"), tokenizer("minilm"), texts)
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -45,16 +35,16 @@ def test_sgn_saturates_where_documented():
     assert np.all(np.sign(A.sign.sgn(x)) == np.sign(x))  # odd and sign-preserving
 
 
-def test_gelu_on_real_minilm_inputs():
-    x = activations()["gelu"]
+def test_gelu_on_real_minilm_inputs(activations):
+    x = activations["gelu"]
     assert x.min() < -8 or x.max() > 8  # real inputs leave NEXUS's assumed [-8, 8]
     err = np.abs(A.gelu.nexus(x) - A.gelu.gelu_exact(x))
     assert err.mean() <= 7.7e-4, err.mean()  # measured 5.0e-4
     assert err.max() <= 5e-3  # measured 2.8e-3 (the breakpoint regions)
 
 
-def test_softmax_on_real_peaked_and_flat_rows():
-    rows = activations()["scores"]
+def test_softmax_on_real_peaked_and_flat_rows(activations):
+    rows = activations["scores"]
     worst = max(np.abs(A.softmax.nexus(r) - _softmax(r)).max() for r in rows[:150])
     assert worst <= 1e-4, worst  # measured 3.6e-5 with r = 16
     rng = np.random.default_rng(0)
@@ -65,8 +55,8 @@ def test_softmax_on_real_peaked_and_flat_rows():
         assert np.abs(A.softmax.nexus(x) - _softmax(x)).max() <= 1e-4
 
 
-def test_layernorm_on_real_minilm_inputs():
-    x = activations()["layernorm"]
+def test_layernorm_on_real_minilm_inputs(activations):
+    x = activations["layernorm"]
     rng = np.random.default_rng(1)
     gamma, beta = rng.normal(1, 0.3, x.shape[1]), rng.normal(0, 0.1, x.shape[1])
     exact = gamma * (x - x.mean(1, keepdims=True)) / np.sqrt(x.var(1, keepdims=True) + 1e-12) + beta
@@ -85,10 +75,10 @@ def test_newton_start_is_inside_the_basin_over_the_range():
 
 
 @pytest.mark.parametrize("m", [384, 30522])
-def test_argmax_exact_when_the_gap_is_large_enough(m):
+def test_argmax_exact_when_the_gap_is_large_enough(activations, m):
     bound = 8.0
     if m == 384:
-        x = activations()["hidden"][:400]  # real final hidden states, 384 values each
+        x = activations["hidden"][:400]  # real final hidden states, 384 values each
     else:  # the BERT vocabulary size, the paper's large case
         rng = np.random.default_rng(2)
         x = rng.uniform(-bound, bound * 0.9, (4, m))

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import plain_model
-from test_nexus_approx import activations
 
 from privformer import approx as A
 from privformer.crypto.ckks import circuits as he
@@ -43,8 +41,8 @@ def _sample(x: np.ndarray, size: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).choice(x.ravel(), size, replace=False)
 
 
-def test_gelu_across_bootstraps(refresh):
-    x = _sample(activations()["gelu"], refresh.slots, 1)
+def test_gelu_across_bootstraps(activations, refresh):
+    x = _sample(activations["gelu"], refresh.slots, 1)
     before = refresh.bootstraps
     out = refresh.decrypt(H.gelu(refresh, refresh.encrypt(x)))  # default g = 3, f = 2: depth 22
     assert refresh.bootstraps > before
@@ -55,11 +53,11 @@ def test_gelu_across_bootstraps(refresh):
     assert err.mean() <= 1e-5, err.mean()
 
 
-def test_softmax_on_real_attention_rows(refresh):
+def test_softmax_on_real_attention_rows(activations, refresh):
     width, stride = 64, refresh.slots // 64  # 128 rows of 64 keys
     refresh.generate_rotation_keys(he.quick_sum_steps(width, stride))
     cfg = A.softmax.SoftmaxConfig()
-    rows = [r for block in activations()["scores"] if block.shape[1] <= width for r in block]
+    rows = [r for block in activations["scores"] if block.shape[1] <= width for r in block]
     rows = rows[:: max(1, len(rows) // stride)][:stride]  # real rows of <= 64 keys, all layers
     padded = np.full((stride, width), -cfg.bound + 4.0)  # masked keys, as padding tokens are
     for i, r in enumerate(rows):
@@ -77,13 +75,13 @@ def test_softmax_on_real_attention_rows(refresh):
     assert peaked.any()  # the rows include peaked ones (top score 5 above the rest)
 
 
-def test_layernorm_on_real_minilm_inputs(refresh):
+def test_layernorm_on_real_minilm_inputs(activations, plain_model, refresh):
     layer = plain_model("minilm").encoder.layer[0].attention.output.LayerNorm
     gamma, beta = (t.detach().double().numpy() for t in (layer.weight, layer.bias))
     tokens = 32
     layout = TokenInterleaved(tokens, refresh.slots)  # 256 features a block: 384 -> 2 blocks
     refresh.generate_rotation_keys(he.quick_sum_steps(layout.features, tokens))
-    x = activations()["layernorm"][::97][:tokens]
+    x = activations["layernorm"][::97][:tokens]
     cts = H.layernorm(refresh, [refresh.encrypt(v) for v in layout.pack(x)], layout, gamma, beta)
     out = layout.unpack([refresh.decrypt(c) for c in cts], 384)
     # Newton converges quadratically, so a refresh error in y is squared away by the next step,

@@ -16,7 +16,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import plain_model, tokenizer
 from transformers import BertConfig
 from transformers.models.bert.modeling_bert import BertLayer
 
@@ -59,7 +58,7 @@ def test_small_random_layer_composes():
 
 
 @pytest.mark.slow
-def test_real_minilm_layer_on_real_tokens():
+def test_real_minilm_layer_on_real_tokens(plain_model, tokenizer):
     model, tok = plain_model("minilm"), tokenizer("minilm")
     text = next(t for t, _ in load_movie_reviews("imdb") if len(tok(t)["input_ids"]) > TOKENS)
     enc = tok(text, truncation=True, max_length=TOKENS, return_tensors="pt")  # no padding

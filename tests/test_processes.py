@@ -1,6 +1,7 @@
 """The three STIP roles as three separate OS processes, driven through the CLI over localhost.
 
-developer: ``privformer stip export``; cloud: ``privformer serve``; user: ``privformer query``.
+developer: ``privformer stip export``; cloud: ``privformer stip serve``; user: ``privformer stip
+query`` (and the first release's names ``privformer serve`` / ``query``, kept as aliases).
 The test process compares the user's printed result with the plain model it loads itself.
 """
 
@@ -10,14 +11,14 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import torch
-from conftest import PROMPTS, TEXTS, plain_greedy, plain_model, tokenizer
+from cases import PROMPTS, TEXTS
 
 from privformer.models.pooling import plain_sentence_embeddings
+from privformer.transport.processes import ChildProcess
 
 CLI = [sys.executable, "-m", "privformer.cli.main"]
 
@@ -28,52 +29,46 @@ def _run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     )
 
 
-def _start_cloud(cloud_dir: Path, ready: Path) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen(
-        [*CLI, "serve", str(cloud_dir), "--port", "0", "--ready-file", str(ready)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    deadline = time.monotonic() + 120
-    while not ready.exists():
-        assert proc.poll() is None, proc.stdout.read()
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
-    url = f"http://127.0.0.1:{ready.read_text()}"
+def _start_cloud(path: Path) -> tuple[ChildProcess, str]:
+    cloud = ChildProcess(["stip", "serve", str(path), "--port", "0"]).__enter__()
+    url = f"http://127.0.0.1:{cloud.port}"
     assert httpx.get(url + "/healthz").json() == {"ok": True}
-    return proc, url
+    return cloud, url
 
 
-def test_developer_cloud_user_as_three_processes_encoder(tmp_path):
+def test_developer_cloud_user_as_three_processes_encoder(plain_model, tokenizer, tmp_path):
     out = tmp_path / "export"
     developer = _run("stip", "export", "minilm", "--out", str(out), "--scheme", "v2")
     assert developer.returncode == 0, developer.stderr
     assert (out / "cloud" / "model.safetensors").is_file() and (out / "user" / "user.key").is_file()
 
-    cloud, url = _start_cloud(out / "cloud", tmp_path / "port")
+    cloud, url = _start_cloud(out / "cloud")
     try:
-        user = _run("query", str(out / "user"), "--server", url, "--text", *TEXTS[:2], "--json")
+        args = [str(out / "user"), "--server", url, "--text", *TEXTS[:2], "--json"]
+        user = _run("stip", "query", *args)
         assert user.returncode == 0, user.stderr
         result = json.loads(user.stdout)
+        alias = _run("query", *args)  # the old name still works, and says it is old
+        assert alias.returncode == 0 and "now `privformer stip query`" in alias.stderr
+        assert json.loads(alias.stdout)["embeddings"] == result["embeddings"]
     finally:
-        cloud.terminate()
-        cloud.wait(timeout=15)
+        cloud.__exit__()
     private = torch.tensor(result["embeddings"])
     plain = plain_sentence_embeddings(plain_model("minilm"), tokenizer("minilm"), TEXTS[:2])
     assert (private - plain).abs().max() <= 1e-4
     assert result["wire"]["requests"] == 1 and result["wire"]["bytes_sent"] > 0
 
 
-def test_developer_cloud_user_as_three_processes_decoder(tmp_path):
+def test_developer_cloud_user_as_three_processes_decoder(plain_greedy, tokenizer, tmp_path):
     out = tmp_path / "export"
     assert (
         _run("stip", "export", "random:llama-gqa", "--out", str(out), "--scheme", "v1").returncode
         == 0
     )
-    cloud, url = _start_cloud(out, tmp_path / "port")  # the export folder resolves to cloud/
+    cloud, url = _start_cloud(out)  # the export folder resolves to cloud/
     try:
         user = _run(
+            "stip",
             "query",
             str(out / "user"),
             "--server",
@@ -88,8 +83,7 @@ def test_developer_cloud_user_as_three_processes_decoder(tmp_path):
         assert user.returncode == 0, user.stderr
         result = json.loads(user.stdout)
     finally:
-        cloud.terminate()
-        cloud.wait(timeout=15)
+        cloud.__exit__()
     prompt_ids = tokenizer("random:llama-gqa")(PROMPTS[0], add_special_tokens=False)["input_ids"]
     assert result["token_ids"] == plain_greedy("random:llama-gqa", prompt_ids, 12)
 
@@ -98,7 +92,7 @@ def test_cli_reports_bad_input_without_a_traceback(tmp_path):
     missing = _run("stip", "export", "no-such-model", "--out", str(tmp_path / "x"))
     assert missing.returncode == 2
     assert "no local model 'no-such-model'" in missing.stderr and "Traceback" not in missing.stderr
-    not_cloud = _run("serve", str(tmp_path))
+    not_cloud = _run("stip", "serve", str(tmp_path))
     assert not_cloud.returncode == 2 and "no STIP cloud checkpoint" in not_cloud.stderr
-    bad_user = _run("query", str(tmp_path), "--text", "hi")
+    bad_user = _run("stip", "query", str(tmp_path), "--text", "hi")
     assert bad_user.returncode == 2 and "not a STIP user folder" in bad_user.stderr

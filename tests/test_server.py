@@ -10,7 +10,7 @@ from __future__ import annotations
 import httpx
 import pytest
 import torch
-from conftest import DECODERS, PROMPTS, TEXTS, plain_greedy, plain_model, tokenizer
+from cases import DECODERS, PROMPTS, TEXTS
 
 from privformer.errors import InputError, KeyMismatchError, ServerError
 from privformer.transport import stip_client as client_module
@@ -22,7 +22,9 @@ NEW_TOKENS = 20
 
 @pytest.mark.parametrize("scheme", ["v1", "v2"])
 @pytest.mark.parametrize("name", DECODERS)
-def test_greedy_generation_over_http_equals_plain_generate(name, scheme, export_dir, server_for):
+def test_greedy_generation_over_http_equals_plain_generate(
+    plain_greedy, tokenizer, name, scheme, export_dir, server_for
+):
     result, server = export_dir(name, scheme), server_for(name, scheme)
     with StipClient(result.user_dir, server.url) as client:
         for prompt in PROMPTS:
@@ -32,7 +34,7 @@ def test_greedy_generation_over_http_equals_plain_generate(name, scheme, export_
         assert client.stats.requests == NEW_TOKENS * len(PROMPTS)  # one round trip per token
 
 
-def test_full_logit_transfer_gives_the_same_tokens_as_top1(export_dir, server_for):
+def test_full_logit_transfer_gives_the_same_tokens_as_top1(tokenizer, export_dir, server_for):
     result, server = export_dir("smollm2", "v2"), server_for("smollm2", "v2")
     prompt_ids = tokenizer("smollm2")(PROMPTS[0], add_special_tokens=False)["input_ids"]
     with StipClient(result.user_dir, server.url) as client:
@@ -45,7 +47,7 @@ def test_full_logit_transfer_gives_the_same_tokens_as_top1(export_dir, server_fo
         assert client.stats.bytes_received > 8 * 49152 * 4 > 100 * top1_bytes
 
 
-def test_encoder_embeddings_over_http_equal_plain(export_dir, server_for):
+def test_encoder_embeddings_over_http_equal_plain(plain_model, tokenizer, export_dir, server_for):
     result, server = export_dir("minilm", "v2"), server_for("minilm", "v2")
     model, tok = plain_model("minilm"), tokenizer("minilm")
     with StipClient(result.user_dir, server.url) as client:
@@ -57,7 +59,9 @@ def test_encoder_embeddings_over_http_equal_plain(export_dir, server_for):
         assert (private - plain).abs().max() <= 1e-4  # MiniLM: fp32 reordering gives ~3e-6
 
 
-def test_the_cloud_receives_only_permuted_float_embeddings(export_dir, server_for, monkeypatch):
+def test_the_cloud_receives_only_permuted_float_embeddings(
+    tokenizer, export_dir, server_for, monkeypatch
+):
     """Everything that leaves the user is a float32 d-vector per token, permuted by pi (and a 0/1
     attention mask); never a token id, an un-permuted embedding or key material."""
     result, server = export_dir("minilm", "v1"), server_for("minilm", "v1")

@@ -15,11 +15,10 @@ gives errors above 1e-1 (see the unpermuted-norm control below).
 from __future__ import annotations
 
 import contextlib
-import functools
 
 import pytest
 import torch
-from conftest import RANDOM_MODELS, REAL_MODELS, TEXTS, plain_model, tokenizer
+from cases import RANDOM_MODELS, REAL_MODELS, TEXTS
 
 from privformer.protocols.stip.export import user_tensors
 from privformer.protocols.stip.layout import describe
@@ -49,14 +48,6 @@ def float64_rmsnorm():
         LlamaRMSNorm.forward = original
 
 
-@functools.cache
-def float64_model(name: str) -> torch.nn.Module:
-    model = plain_model(name)
-    model64 = type(model)(model.config).to(torch.float64)
-    model64.load_state_dict(model.state_dict())
-    return model64.eval()
-
-
 def _user_embeddings(model, arch, ids: torch.Tensor) -> torch.Tensor:
     """What the user computes: the embedding tables only (the cloud runs BERT's LayerNorm)."""
     return embed_with_tables(user_tensors(model, arch, "v2"), ids)
@@ -78,7 +69,7 @@ def _plain_output(model, arch, ids):
 
 @pytest.mark.parametrize("scheme", ["v1", "v2"])
 @pytest.mark.parametrize("name", REAL_MODELS + RANDOM_MODELS)
-def test_permuted_model_matches_plain_model(name, scheme):
+def test_permuted_model_matches_plain_model(float64_model, plain_model, tokenizer, name, scheme):
     model, tok, model64 = plain_model(name), tokenizer(name), float64_model(name)
     arch = describe(model)
     secret = draw_secret(arch, scheme)
@@ -101,7 +92,7 @@ def test_permuted_model_matches_plain_model(name, scheme):
 
 
 @pytest.mark.parametrize("name", ["smollm2", "random:llama-gqa", "random:gpt2", "random:bert"])
-def test_transform_is_exact_in_float64(name):
+def test_transform_is_exact_in_float64(float64_model, tokenizer, name):
     model64 = float64_model(name)
     arch = describe(model64)
     secret = draw_secret(arch, "v2")
@@ -113,7 +104,7 @@ def test_transform_is_exact_in_float64(name):
     assert err < 1e-9
 
 
-def test_unpermuted_norms_break_a_trained_model():
+def test_unpermuted_norms_break_a_trained_model(plain_model, tokenizer):
     """STIP's public code leaves LayerNorm gamma/beta unpermuted: wrong on trained weights.
 
     This negative control also shows the main test can fail: restoring the original norm
@@ -139,7 +130,7 @@ def test_unpermuted_norms_break_a_trained_model():
 
 
 @pytest.mark.parametrize("name", ["minilm", "smollm2", "random:gpt2"])
-def test_v2_permutes_every_hidden_space(name):
+def test_v2_permutes_every_hidden_space(plain_model, name):
     arch = describe(plain_model(name))
     secret = draw_secret(arch, "v2")
     spaces = secret.spaces
@@ -160,7 +151,7 @@ def test_v2_permutes_every_hidden_space(name):
 
 
 @pytest.mark.parametrize("scheme", ["v1", "v2"])
-def test_export_writes_a_cloud_checkpoint_without_secrets(export_dir, scheme):
+def test_export_writes_a_cloud_checkpoint_without_secrets(plain_model, export_dir, scheme):
     from safetensors.torch import load_file
     from transformers import AutoConfig
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -36,7 +37,10 @@ DEFAULT_LAYERNORM = LayerNormConfig()
 NEWTON_START_SCALE = 0.9 * math.sqrt(6.0)
 
 
-def newton_start(u: np.ndarray | float) -> np.ndarray | float:
+ArrayOrFloat = TypeVar("ArrayOrFloat", float, np.ndarray)
+
+
+def newton_start(u: ArrayOrFloat) -> ArrayOrFloat:
     """Initial guess inside Newton's basin 0 < y0 < sqrt(3/u) for every u in (0, 1].
 
     1/sqrt(u) is convex, so its chords lie above it and can leave the basin; instead take 0.9x

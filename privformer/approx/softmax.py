@@ -96,7 +96,7 @@ def exp_neg(x: torch.Tensor, cfg: ExpApprox = EXP_HIGH) -> torch.Tensor:
     """exp on x <= 0 (softmax after max subtraction)."""
     xc = torch.clamp(x, min=-cfg.clamp)
     y = xc / (1 << cfg.squarings)
-    p = sum(y**k / math.factorial(k) for k in range(cfg.taylor + 1))
+    p = sum((y**k / math.factorial(k) for k in range(cfg.taylor + 1)), torch.zeros_like(y))
     for _ in range(cfg.squarings):
         p = p * p
     return torch.where(x < -cfg.clamp, torch.zeros_like(p), p)

@@ -69,7 +69,8 @@ def _stip_demo(model: str, scheme: str) -> int:
             f" ({result.seconds:.1f} s)"
         )
         with ServerProcess(result.cloud_dir) as server:
-            print(f"[cloud]     serving the permuted model at {server.url} (pid {server.proc.pid})")
+            pid = server.proc.pid if server.proc else "?"
+            print(f"[cloud]     serving the permuted model at {server.url} (pid {pid})")
             with StipClient(result.user_dir, server.url) as client:
                 start = time.perf_counter()
                 if client.user.is_decoder:
@@ -77,8 +78,7 @@ def _stip_demo(model: str, scheme: str) -> int:
                     elapsed = time.perf_counter() - start
                     print(f"[user]      prompt: {PROMPT!r}")
                     print(f"[user]      private generation: {gen.text!r}")
-                    plain = _plain_greedy(model, gen.prompt_ids, 32)
-                    ok = plain == gen.token_ids
+                    ok = _plain_greedy(model, gen.prompt_ids, 32) == gen.token_ids
                     print(f"[check]     plain greedy tokens identical: {ok}")
                 else:
                     private = client.sentence_embeddings(SENTENCES)

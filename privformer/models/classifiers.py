@@ -18,11 +18,25 @@ import torch
 
 from privformer.data import rotten_tomatoes_split
 from privformer.errors import ModelNotFoundError
-from privformer.models.registry import atomic_materialize, cache_dir, load_model, load_tokenizer
+from privformer.models.registry import (
+    HFModel,
+    atomic_materialize,
+    cache_dir,
+    load_model,
+    load_tokenizer,
+)
 
 PROBE = "minilm-rt-probe"
 PROBE_TRAIN_SENTENCES = 512
 PROBE_MAX_LENGTH = 64
+
+
+def cls_states(encoder: HFModel, tokenizer: Any, texts: list[str], max_length: int) -> torch.Tensor:
+    """(texts, hidden) final [CLS] states of the padded batch (gradients as the caller sets)."""
+    enc = tokenizer(
+        texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+    )
+    return encoder(**enc).last_hidden_state[:, 0]
 
 
 @dataclass
@@ -31,31 +45,21 @@ class EncoderClassifier:
 
     name: str
     base: str  # the registry name of the encoder
-    encoder: torch.nn.Module
+    encoder: HFModel
     head: torch.nn.Linear
     tokenizer: Any
 
     def plain_logits(self, texts: list[str], max_length: int = 128) -> torch.Tensor:
         """(len(texts), classes) logits of the plain float32 model."""
-        enc = self.tokenizer(
-            texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-        )
         with torch.inference_mode():
-            return self.head(self.encoder(**enc).last_hidden_state[:, 0])
+            return self.head(cls_states(self.encoder, self.tokenizer, texts, max_length))
 
 
 def _fit_probe(out: Path) -> None:
     bert, tok = load_model("minilm"), load_tokenizer("minilm")
     train = rotten_tomatoes_split()[0][:PROBE_TRAIN_SENTENCES]
-    enc = tok(
-        [t for t, _ in train],
-        padding=True,
-        truncation=True,
-        max_length=PROBE_MAX_LENGTH,
-        return_tensors="pt",
-    )
     with torch.no_grad():
-        feats = bert(**enc).last_hidden_state[:, 0]
+        feats = cls_states(bert, tok, [t for t, _ in train], PROBE_MAX_LENGTH)
     labels = torch.tensor([y for _, y in train])
     torch.manual_seed(0)
     head = torch.nn.Linear(feats.shape[1], 2)

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from privformer.errors import UnsupportedModelError
+from privformer.errors import InputError, UnsupportedModelError
+from privformer.models.registry import HFModel
 
 #: transformers' BertLayer sub-module of each linear layer and norm.
 LINEAR_NAMES = {
@@ -36,7 +37,7 @@ class EncoderLayerTensors:
     eps: float
 
 
-def read_layer(layer: torch.nn.Module, heads: int) -> EncoderLayerTensors:
+def read_layer(layer: HFModel, heads: int) -> EncoderLayerTensors:
     """The tensors of a ``transformers`` ``BertLayer`` (1/sqrt(d_head) folded into Q)."""
     if not hasattr(layer, "intermediate") or not hasattr(layer.attention, "self"):
         raise UnsupportedModelError("expected a transformers BertLayer")
@@ -60,18 +61,36 @@ def read_layer(layer: torch.nn.Module, heads: int) -> EncoderLayerTensors:
 
 
 @dataclass
-class EncoderTensors:
-    """A whole BERT encoder: embedding tables, the embedding norm and every layer."""
+class EmbeddingTables:
+    """BERT's input embeddings: word, position and type-0 tables and the LayerNorm after them."""
 
     word: torch.Tensor  # (vocab, hidden)
     position: torch.Tensor  # (max_positions, hidden)
     token_type0: torch.Tensor  # (hidden,)
-    embedding_norm: tuple[torch.Tensor, torch.Tensor]
+    norm: tuple[torch.Tensor, torch.Tensor]
+    eps: float
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """(tokens, hidden) LayerNorm(word[ids] + position[:n] + type0) of 1-D ``ids``, exact."""
+        ids = torch.as_tensor(ids).reshape(-1)
+        if ids.numel() == 0 or ids.numel() > self.position.shape[0]:
+            raise InputError(f"need 1 to {self.position.shape[0]} tokens, got {ids.numel()}")
+        if int(ids.min()) < 0 or int(ids.max()) >= self.word.shape[0]:
+            raise InputError(f"token ids must lie in [0, {self.word.shape[0]})")
+        x = self.word[ids] + self.position[: ids.numel()] + self.token_type0
+        return torch.nn.functional.layer_norm(x, (x.shape[-1],), *self.norm, self.eps)
+
+
+@dataclass
+class EncoderTensors:
+    """A whole BERT encoder: its embeddings and every layer."""
+
+    embeddings: EmbeddingTables
     layers: list[EncoderLayerTensors]
     heads: int
 
 
-def read_encoder(bert: torch.nn.Module) -> EncoderTensors:
+def read_encoder(bert: HFModel) -> EncoderTensors:
     """The tensors of a ``transformers`` ``BertModel`` with exact (erf) GELU."""
     cfg = bert.config
     if getattr(cfg, "model_type", "") != "bert" or cfg.hidden_act != "gelu":
@@ -81,11 +100,15 @@ def read_encoder(bert: torch.nn.Module) -> EncoderTensors:
     def f64(t: torch.Tensor) -> torch.Tensor:
         return t.detach().to(torch.float64).clone()
 
-    return EncoderTensors(
+    tables = EmbeddingTables(
         word=f64(emb.word_embeddings.weight),
         position=f64(emb.position_embeddings.weight),
         token_type0=f64(emb.token_type_embeddings.weight[0]),
-        embedding_norm=(f64(emb.LayerNorm.weight), f64(emb.LayerNorm.bias)),
+        norm=(f64(emb.LayerNorm.weight), f64(emb.LayerNorm.bias)),
+        eps=float(cfg.layer_norm_eps),
+    )
+    return EncoderTensors(
+        embeddings=tables,
         layers=[read_layer(layer, cfg.num_attention_heads) for layer in bert.encoder.layer],
         heads=cfg.num_attention_heads,
     )

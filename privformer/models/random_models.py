@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from privformer.errors import ModelNotFoundError
+from privformer.models.registry import HFModel
 
 _VOCAB = 30522  # MiniLM's WordPiece vocabulary, whose tokenizer these models reuse
 
@@ -22,7 +24,7 @@ _VOCAB = 30522  # MiniLM's WordPiece vocabulary, whose tokenizer these models re
 def _configs() -> dict:
     from transformers import BertConfig, GPT2Config, LlamaConfig
 
-    gpt2 = dict(
+    gpt2: dict[str, Any] = dict(
         vocab_size=_VOCAB,
         n_embd=64,
         n_layer=2,
@@ -32,7 +34,7 @@ def _configs() -> dict:
         eos_token_id=102,
         architectures=["GPT2LMHeadModel"],
     )
-    llama = dict(
+    llama: dict[str, Any] = dict(
         vocab_size=_VOCAB,
         hidden_size=64,
         num_hidden_layers=2,
@@ -77,7 +79,7 @@ def _configs() -> dict:
 RANDOM_MODELS = ("bert", "gpt2", "gpt2-untied", "llama-gqa", "llama-bias-untied")
 
 
-def build_random_model(name: str, seed: int = 0) -> torch.nn.Module:
+def build_random_model(name: str, seed: int = 0) -> HFModel:
     """Instantiate a random-config model with every parameter (norms included) drawn at random."""
     from transformers import AutoModel, AutoModelForCausalLM
 

@@ -17,12 +17,16 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from privformer.errors import ModelNotFoundError
 
 DEFAULT_MODEL = "minilm"
+#: A ``transformers`` ``PreTrainedModel``. Typed ``Any``: its config's attributes depend on the
+#: architecture, and ``torch.nn.Module.__getattr__`` hides them from a type checker.
+HFModel = Any
 
 
 @dataclass(frozen=True)
@@ -156,7 +160,7 @@ def is_causal_lm(model_dir: Path) -> bool:
     return any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
 
 
-def load_model(name_or_path: str | os.PathLike[str]) -> torch.nn.Module:
+def load_model(name_or_path: str | os.PathLike[str]) -> HFModel:
     """Load a model in fp32 eval mode: the LM-head class for decoders, the base class otherwise."""
     from transformers import AutoModel, AutoModelForCausalLM
 

@@ -16,7 +16,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Self
 
 from privformer.errors import PrivformerError
 
@@ -49,7 +49,7 @@ class ChildProcess:
         self._log: IO[str] | None = None
         self._log_path: Path | None = None
 
-    def __enter__(self) -> ChildProcess:
+    def __enter__(self) -> Self:
         workdir = Path(tempfile.mkdtemp(prefix="privformer-child-"))
         ready = workdir / "port"
         self._log_path = Path(self.log_file or workdir / "child.log")

@@ -186,4 +186,5 @@ class StipClient:
                     break
         finally:
             self.http.delete(f"/v1/sessions/{session}")
-        return Generation(prompt_ids, generated, tok.decode(generated, skip_special_tokens=True))
+        text = str(tok.decode(generated, skip_special_tokens=True))
+        return Generation(prompt_ids, generated, text)

@@ -15,10 +15,10 @@ import hashlib
 import struct
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
-from privformer.crypto.ckks.presets import Preset
 from privformer.errors import (
     BootstrapUnavailableError,
     CiphertextFormatError,
@@ -34,7 +34,7 @@ class Ciphertext:
 
     __slots__ = ("context_id", "handle", "length")
 
-    def __init__(self, context_id: str, handle: object, length: int):
+    def __init__(self, context_id: str, handle: Any, length: int):
         self.context_id = context_id
         self.handle = handle
         self.length = length  # meaningful slots (decrypt returns these)
@@ -46,6 +46,17 @@ class Ciphertext:
 
 _MAGIC = b"PFCT1"  # privformer ciphertext, envelope version 1
 _HEAD = len(_MAGIC) + 8 + 8  # magic, context id (8 bytes), meaningful slot count
+
+
+class ParameterSet(Protocol):
+    """What circuits read from a backend's parameters (SEAL's ``Preset``, ``OpenFHEPreset``)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def slots(self) -> int: ...
+    @property
+    def levels(self) -> int: ...
 
 
 class Bootstrapper(ABC):
@@ -70,7 +81,7 @@ class Bootstrapper(ABC):
 class CKKSBackend(ABC):
     """Context, keys and the homomorphic operations on packed real vectors."""
 
-    preset: Preset
+    preset: ParameterSet
     context_id: str
     top: int  # levels of a fresh ciphertext, and of a bootstrapped one
     bootstrapper: Bootstrapper | None = None
@@ -79,7 +90,7 @@ class CKKSBackend(ABC):
     def slots(self) -> int:
         return self.preset.slots
 
-    def _wrap(self, handle: object, length: int) -> Ciphertext:
+    def _wrap(self, handle: Any, length: int) -> Ciphertext:
         return Ciphertext(self.context_id, handle, length)
 
     # --- checks every backend applies the same way -------------------------------------------

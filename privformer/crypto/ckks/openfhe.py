@@ -44,6 +44,7 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
 
@@ -191,7 +192,7 @@ class OpenFHEBackend(CKKSBackend):
         """Ciphertexts the worker holds (freed ones are released with the next call)."""
         return self._call("live")
 
-    def _wrap(self, handle: object, length: int) -> Ciphertext:
+    def _wrap(self, handle: Any, length: int) -> Ciphertext:
         h = _Handle(handle)
         weakref.finalize(h, self._dead.append, handle)
         return super()._wrap(h, length)
@@ -202,21 +203,27 @@ class OpenFHEBackend(CKKSBackend):
             dead, self._dead[:] = list(self._dead), []
             self._call("free", dead)
         body = pickle.dumps((method, args))
+        stdin, stdout = self._pipes()
         try:
-            self._proc.stdin.write(struct.pack("<Q", len(body)) + body)
-            self._proc.stdin.flush()
-            head = self._proc.stdout.read(8)
+            stdin.write(struct.pack("<Q", len(body)) + body)
+            stdin.flush()
+            head = stdout.read(8)
             (size,) = struct.unpack("<Q", head)
-            status, result = pickle.loads(self._proc.stdout.read(size))
+            status, result = pickle.loads(stdout.read(size))
         except (BrokenPipeError, struct.error) as exc:
             raise CryptoError(f"the OpenFHE worker died during {method}") from exc
         if status != "ok":
             raise CryptoError(f"OpenFHE {method}: {result}")
         return result
 
+    def _pipes(self) -> tuple[IO[bytes], IO[bytes]]:
+        if self._proc.stdin is None or self._proc.stdout is None:  # Popen was given PIPEs
+            raise CryptoError("the OpenFHE worker has no pipes")
+        return self._proc.stdin, self._proc.stdout
+
     def close(self) -> None:
         if self._proc.poll() is None:
-            self._proc.stdin.close()
+            self._pipes()[0].close()
             self._proc.wait(timeout=30)
 
     def __del__(self) -> None:
@@ -299,15 +306,6 @@ class OpenFHEBackend(CKKSBackend):
         shift = max(0, math.ceil(math.log2(max(bound, 1e-300) / BOOTSTRAP_SAFE_BOUND)))
         return self._wrap(self._call("bootstrap", a.handle.id, shift), a.length)
 
-
-class OpenFHEBootstrapper(Bootstrapper):
-    """The real CKKS bootstrap of an ``OpenFHEBackend`` (its default bootstrapper)."""
-
-    def refresh(self, backend: CKKSBackend, a: Ciphertext, bound: float) -> Ciphertext:
-        if not isinstance(backend, OpenFHEBackend):
-            raise CryptoError("OpenFHEBootstrapper refreshes OpenFHEBackend ciphertexts only")
-        return backend.native_bootstrap(a, bound)
-
     def serialize(self, a: Ciphertext) -> bytes:
         self._own(a)
         return self._envelope(a, self._call("serialize", a.handle.id))
@@ -323,3 +321,12 @@ class OpenFHEBootstrapper(Bootstrapper):
 
 if __name__ == "__main__":  # python -m privformer.crypto.ckks.openfhe: make the venv
     print(setup_openfhe_venv(Path(sys.argv[1]) if len(sys.argv) > 1 else None))
+
+
+class OpenFHEBootstrapper(Bootstrapper):
+    """The real CKKS bootstrap of an ``OpenFHEBackend`` (its default bootstrapper)."""
+
+    def refresh(self, backend: CKKSBackend, a: Ciphertext, bound: float) -> Ciphertext:
+        if not isinstance(backend, OpenFHEBackend):
+            raise CryptoError("OpenFHEBootstrapper refreshes OpenFHEBackend ciphertexts only")
+        return backend.native_bootstrap(a, bound)

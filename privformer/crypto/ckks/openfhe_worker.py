@@ -17,6 +17,7 @@ import pickle
 import struct
 import sys
 from array import array
+from typing import Any
 
 TECHNIQUE = "FLEXIBLEAUTO"
 HIDDEN_LEVELS = 2
@@ -30,7 +31,7 @@ def _floats(data: bytes) -> list[float]:
 
 class Worker:
     def __init__(self) -> None:
-        self.cts: dict[int, object] = {}
+        self.cts: dict[int, Any] = {}  # openfhe.Ciphertext (the binding has no stubs)
         self.next_id = 0
 
     # --- context -------------------------------------------------------------------------

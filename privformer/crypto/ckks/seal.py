@@ -40,7 +40,7 @@ class SealBackend(CKKSBackend):
         """``bootstrapper``: SEAL has no CKKS bootstrapping, so None (bootstrap raises) or
         ``SecretKeyRefresh`` for tests and accuracy studies."""
         self.bootstrapper = bootstrapper
-        self.preset = get_preset(preset) if isinstance(preset, str) else preset
+        self.preset: Preset = get_preset(preset) if isinstance(preset, str) else preset
         self.preset.check_security()
         n = self.preset.ring_dim
         parms = seal.EncryptionParameters(seal.SCHEME_TYPE.CKKS)

@@ -190,6 +190,8 @@ def onesided_product(
             raise InputError(f"weight {name} was not opened for this session")
         p.peer.exchange([x.share - t["A"]], "onesided")
         return Shared(fn(t["A"], p.weight_masks[name]) + t["C"], p)
+    if w is None:
+        raise InputError(f"party 1 holds weight {name}: it must pass it")
     (e,) = p.peer.exchange([], "onesided")
     return Shared(fn(e + x.share, w) + t["C"], p)
 

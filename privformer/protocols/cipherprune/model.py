@@ -23,6 +23,7 @@ import torch
 
 from privformer.errors import InputError
 from privformer.models.encoder import read_encoder
+from privformer.models.registry import HFModel
 
 #: Additive attention mask of padded keys: far below the exp clamp, far inside the ring.
 MASK_VALUE = -1024.0
@@ -53,7 +54,7 @@ class PruningConfig:
         for k, h in zip(self.keep, self.high, strict=True):
             if (k is None) != (h is None):
                 raise InputError("a layer needs both thresholds or neither")
-            if k is not None and h < k:
+            if k is not None and h is not None and h < k:
                 raise InputError(f"high threshold {h} is below keep threshold {k}")
         if self.compaction not in ("shuffle", "swap"):
             raise InputError(f"unknown compaction {self.compaction!r}; use 'shuffle' or 'swap'")
@@ -94,7 +95,7 @@ class BertClassifierWeights:
         return self.hidden // self.heads
 
     @classmethod
-    def from_hf(cls, bert: torch.nn.Module, head: torch.nn.Linear) -> BertClassifierWeights:
+    def from_hf(cls, bert: HFModel, head: torch.nn.Linear) -> BertClassifierWeights:
         """From a ``transformers`` ``BertModel`` and a linear head on [CLS]."""
         cfg = bert.config
         enc = read_encoder(bert)  # raises UnsupportedModelError unless BERT with exact GELU
@@ -102,11 +103,11 @@ class BertClassifierWeights:
         # the model's function unchanged (eps aside, 1e-12) and lifts the embedding LayerNorm's
         # variance into the range of the rsqrt approximation (docs/cipherprune.md).
         t: dict[str, torch.Tensor] = {
-            "emb.word": enc.word * EMBEDDING_SCALE,
-            "emb.pos": enc.position * EMBEDDING_SCALE,
-            "emb.type0": enc.token_type0 * EMBEDDING_SCALE,
-            "emb.ln.g": enc.embedding_norm[0],
-            "emb.ln.b": enc.embedding_norm[1],
+            "emb.word": enc.embeddings.word * EMBEDDING_SCALE,
+            "emb.pos": enc.embeddings.position * EMBEDDING_SCALE,
+            "emb.type0": enc.embeddings.token_type0 * EMBEDDING_SCALE,
+            "emb.ln.g": enc.embeddings.norm[0],
+            "emb.ln.b": enc.embeddings.norm[1],
             "head.w": head.weight.detach().to(torch.float64).T.contiguous(),
             "head.b": head.bias.detach().to(torch.float64),
         }
@@ -185,9 +186,10 @@ def forward(
         trace.high_per_layer.append(n_high)
         qkv = ops.linear(x, f"l{i}.qkv")
         ctx, probs = ops.attention(qkv, mask, n_high)
-        if pruning.keep[i] is not None:
+        keep, high = pruning.keep[i], pruning.high[i]
+        if keep is not None and high is not None:  # both or neither (checked by PruningConfig)
             rows = {"x": x, "ctx": ctx, "mask": mask, "pos": pos}
-            rows, n_high = ops.prune(i, probs, rows, pruning.keep[i], pruning.high[i])
+            rows, n_high = ops.prune(i, probs, rows, keep, high)
             x, ctx, mask, pos = rows["x"], rows["ctx"], rows["mask"], rows["pos"]
             n = ops.rows(x)
         x = ops.layernorm(ops.add(ops.linear(ctx, f"l{i}.o"), x), f"l{i}.ln1")

@@ -13,6 +13,7 @@ leaks attention statistics of the model to the client, so it is off by default.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 
@@ -69,6 +70,8 @@ class SharedOps:
         with p.stats.op("embedding"):
             onehot = mask = pos = None
             if p.role == CLIENT:
+                if self.input_ids is None or self.attention_mask is None:
+                    raise InputError("the client runs with its token ids and attention mask")
                 onehot = torch.zeros(n, vocab, dtype=torch.int64)
                 onehot[torch.arange(n), self.input_ids] = (
                     1  # integers: the product needs no truncation
@@ -163,7 +166,7 @@ class SharedOps:
         with self.party.stats.op("debug"):
             got = [sh.reveal_to(t, CLIENT) for t in (pos, importance, new_pos)]
         if self.party.role == CLIENT:
-            old, imp, kept = (fixed.decode(t) for t in got)
+            old, imp, kept = (fixed.decode(cast(torch.Tensor, t)) for t in got)
             kept_list = kept.round().long().tolist()
             self.debug.append(
                 PruneRecord(layer, old.round().long().tolist(), imp, kept_list, kept_list[:n_high])

@@ -8,31 +8,25 @@ Simulate mode is how accuracy over a whole test split is measured without paying
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 
 from privformer import approx
 from privformer.errors import InputError
-from privformer.protocols.cipherprune.model import (
-    MASK_VALUE,
-    BertClassifierWeights,
-    ForwardTrace,
-    PruneRecord,
-    PruningConfig,
-    forward,
-)
+from privformer.protocols.cipherprune import model as cp
 
 MODES = ("plain", "simulate")
 
 
 @dataclass
 class FloatOps:
-    w: BertClassifierWeights
+    w: cp.BertClassifierWeights
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     mode: str = "simulate"
-    records: list[PruneRecord] = field(default_factory=list)
+    records: list[cp.PruneRecord] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -48,7 +42,7 @@ class FloatOps:
     def embed(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         t = self.w.tensors
         x = t["emb.word"][self.input_ids] + t["emb.pos"][:n] + t["emb.type0"]
-        mask = (1.0 - self.attention_mask.to(torch.float64)) * MASK_VALUE
+        mask = (1.0 - self.attention_mask.to(torch.float64)) * cp.MASK_VALUE
         return self.layernorm(x, "emb.ln"), mask, torch.arange(n, dtype=torch.float64)
 
     def linear(self, x: torch.Tensor, name: str) -> torch.Tensor:
@@ -105,7 +99,7 @@ class FloatOps:
         index = torch.tensor(order + low)
         positions = rows["pos"].round().long().tolist()
         self.records.append(
-            PruneRecord(
+            cp.PruneRecord(
                 layer,
                 positions,
                 importance,
@@ -120,12 +114,12 @@ class FloatOps:
 
 
 def run_float(
-    w: BertClassifierWeights,
+    w: cp.BertClassifierWeights,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
-    pruning: PruningConfig | None = None,
+    pruning: cp.PruningConfig | None = None,
     mode: str = "simulate",
-) -> tuple[torch.Tensor, ForwardTrace, list[PruneRecord]]:
+) -> tuple[torch.Tensor, cp.ForwardTrace, list[cp.PruneRecord]]:
     """Logits, public trace and pruning records of one sequence (1-D ids, [CLS] first)."""
     ids = torch.as_tensor(input_ids).reshape(-1)
     if ids.numel() > w.max_positions:
@@ -140,5 +134,5 @@ def run_float(
     if mask.shape != ids.shape:
         raise InputError("attention_mask must have the same length as input_ids")
     ops = FloatOps(w, ids, mask, mode)
-    logits, trace = forward(ops, w, ids.numel(), pruning or PruningConfig.none(w.layers))
-    return logits, trace, ops.records
+    logits, trace = cp.forward(ops, w, ids.numel(), pruning or cp.PruningConfig.none(w.layers))
+    return cast(torch.Tensor, logits), trace, ops.records  # FloatOps.classify never gives None

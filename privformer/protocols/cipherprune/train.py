@@ -32,7 +32,8 @@ from tqdm.auto import tqdm
 
 from privformer import approx
 from privformer.data import SPLIT_SEED, TEST_SIZE, imdb_split, rotten_tomatoes_split
-from privformer.models.registry import cache_dir
+from privformer.models.classifiers import cls_states
+from privformer.models.registry import HFModel, cache_dir
 from privformer.protocols.cipherprune.model import MASK_VALUE, BertClassifierWeights, PruningConfig
 from privformer.protocols.cipherprune.simulate import run_float
 
@@ -51,7 +52,7 @@ def _batches(data: Sequence, size: int, seed: int) -> list[list]:
 
 
 def finetune(
-    bert: torch.nn.Module,
+    bert: HFModel,
     tokenizer,
     train: Sequence[tuple[str, int]],
     epochs: int = 2,
@@ -71,14 +72,7 @@ def finetune(
     bar = tqdm(total=steps, desc="fine-tune MiniLM on Rotten Tomatoes", unit="step")
     for epoch in range(epochs):
         for chunk in _batches(train, batch, seed + epoch):
-            enc = tokenizer(
-                [t for t, _ in chunk],
-                padding=True,
-                truncation=True,
-                max_length=max_length,
-                return_tensors="pt",
-            )
-            cls = bert(**enc).last_hidden_state[:, 0]
+            cls = cls_states(bert, tokenizer, [t for t, _ in chunk], max_length)
             loss = F.cross_entropy(head(cls), torch.tensor([y for _, y in chunk]))
             opt.zero_grad()
             loss.backward()
@@ -217,8 +211,8 @@ def learn_thresholds(
         loss.backward()
         opt.step()
         bar.set_postfix(ce=f"{ce.item():.3f}", cost=f"{cost.item():.3f}")
-    keep, high = (v.detach().tolist() for v in soft.values())
-    return PruningConfig(keep, high)
+    keep_list, high_list = (v.detach().tolist() for v in soft.values())
+    return PruningConfig(keep_list, high_list)
 
 
 @dataclass

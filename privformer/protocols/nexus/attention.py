@@ -27,6 +27,7 @@ Keys: powers of two, -1, -n and -n 2^k (k < log2 d_h); all other shifts are comp
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -145,9 +146,11 @@ def scores(
             summed = he.quick_sum(backend, prod, dh, n)
             for h in range(att.heads_per_block):
                 term = backend.multiply_plain(summed, _block_mask(layout, [h * dh]))
-                acc[h] = term if acc[h] is None else backend.add(term, backend.rotate(acc[h], -n))
+                prev = acc[h]
+                acc[h] = term if prev is None else backend.add(term, backend.rotate(prev, -n))
         # acc_h = sum_d rot(M_{h,d}, -d n): head h's sums sit at block h dh + d; move to d.
-        out += [he.rotate_composed(backend, a, h * dh * n) for h, a in enumerate(acc)]
+        done = cast(list[Ciphertext], acc)  # every head got n terms
+        out += [he.rotate_composed(backend, a, h * dh * n) for h, a in enumerate(done)]
     return out
 
 
@@ -186,5 +189,5 @@ def weighted_values(
                 row = backend.add(row, backend.rotate(row, -n * (1 << j)))
             term = backend.multiply(row, _token_rotated(backend, rotated, d, layout))
             acc = term if acc is None else backend.add(acc, term)
-        out.append(acc)
+        out.append(cast(Ciphertext, acc))  # n >= 1 offsets were added
     return out

@@ -88,10 +88,13 @@ def gelu(
         backend.sub(signs[1], signs[2]),
         backend.add_plain(signs[2], 1.0),
     ]
-    total = None
-    for sel, piece, bound in zip(selectors, pieces, _piece_bounds(config.bound), strict=True):
-        term = he.mul(backend, sel, piece, op, bound)
-        total = term if total is None else backend.add(total, term)
+    terms = [
+        he.mul(backend, sel, piece, op, bound)
+        for sel, piece, bound in zip(selectors, pieces, _piece_bounds(config.bound), strict=True)
+    ]
+    total = terms[0]
+    for term in terms[1:]:
+        total = backend.add(total, term)
     return total
 
 

@@ -14,13 +14,13 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from privformer import approx
 from privformer.crypto.ckks import circuits as he
 from privformer.crypto.ckks.backend import Ciphertext, CKKSBackend
 from privformer.errors import UnknownNameError
 from privformer.models.encoder import read_layer
+from privformer.models.registry import HFModel
 from privformer.protocols.nexus import attention as at
 from privformer.protocols.nexus import he_nonlinear as hn
 from privformer.protocols.nexus import matmul as mm
@@ -53,7 +53,7 @@ class EncoderLayerWeights:
     eps: float
 
     @classmethod
-    def from_hf(cls, layer: torch.nn.Module, heads: int, eps: float) -> EncoderLayerWeights:
+    def from_hf(cls, layer: HFModel, heads: int, eps: float) -> EncoderLayerWeights:
         """From a ``transformers`` ``BertLayer`` (read by ``models.encoder.read_layer``)."""
         t = read_layer(layer, heads)
         return cls(

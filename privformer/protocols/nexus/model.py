@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from privformer.artifacts import read_manifest, write_manifest
-from privformer.errors import InputError
-from privformer.models.encoder import read_encoder
+from privformer.models.encoder import EmbeddingTables, read_encoder
+from privformer.models.registry import HFModel
 from privformer.protocols.nexus.layer import (
     DEFAULT_LAYER,
     EncoderLayerWeights,
@@ -34,52 +34,19 @@ FORMAT_VERSION = 1
 
 
 @dataclass
-class ClientTables:
-    """What the client needs to embed: the tables and the embedding LayerNorm (float64)."""
-
-    word: np.ndarray  # (vocab, hidden)
-    position: np.ndarray  # (max_positions, hidden)
-    token_type0: np.ndarray  # (hidden,)
-    norm: tuple[np.ndarray, np.ndarray]
-    eps: float
-
-    def embed(self, ids: np.ndarray) -> np.ndarray:
-        """(tokens x hidden) LayerNorm(word[ids] + position[:n] + type0), exact, in plaintext."""
-        ids = np.asarray(ids).reshape(-1)
-        if ids.size == 0 or ids.size > self.position.shape[0]:
-            raise InputError(f"need 1 to {self.position.shape[0]} tokens, got {ids.size}")
-        if ids.min() < 0 or ids.max() >= self.word.shape[0]:
-            raise InputError(f"token ids must lie in [0, {self.word.shape[0]})")
-        x = self.word[ids] + self.position[: ids.size] + self.token_type0  # (n, hidden)
-        z = x - x.mean(axis=-1, keepdims=True)
-        return (
-            self.norm[0] * z / np.sqrt((z * z).mean(axis=-1, keepdims=True) + self.eps)
-            + (self.norm[1])
-        )
-
-
-@dataclass
 class NexusClassifier:
     """Client tables, server layers and head; ``logits(ids, mode)`` in float64."""
 
-    tables: ClientTables
+    tables: EmbeddingTables  # the client's
     layers: list[EncoderLayerWeights]
     head_w: np.ndarray  # (hidden, classes)
     head_b: np.ndarray  # (classes,)
     config: LayerConfig = DEFAULT_LAYER
 
     @classmethod
-    def from_hf(cls, bert: torch.nn.Module, head: torch.nn.Linear) -> NexusClassifier:
+    def from_hf(cls, bert: HFModel, head: torch.nn.Linear) -> NexusClassifier:
         """From a ``transformers`` ``BertModel`` and a linear head on [CLS]."""
         enc = read_encoder(bert)
-        eps = float(bert.config.layer_norm_eps)
-        tables = ClientTables(
-            enc.word.numpy(),
-            enc.position.numpy(),
-            enc.token_type0.numpy(),
-            (enc.embedding_norm[0].numpy(), enc.embedding_norm[1].numpy()),
-            eps,
-        )
         layers = [
             EncoderLayerWeights(
                 {key: w.numpy() for key, (w, _b) in t.linear.items()},
@@ -93,12 +60,12 @@ class NexusClassifier:
         ]
         w = head.weight.detach().to(torch.float64).T.contiguous().numpy()
         b = head.bias.detach().to(torch.float64).numpy()
-        return cls(tables, layers, w, b)
+        return cls(enc.embeddings, layers, w, b)
 
     def logits(self, ids: np.ndarray, mode: str = "simulate") -> np.ndarray:
         """Class logits of one sequence (1-D ids, [CLS] first): ``plain`` or ``simulate``."""
         ops = FloatOps(mode, self.config)
-        x = self.tables.embed(ids)  # the client's part
+        x = self.tables.embed(torch.as_tensor(ids)).numpy()  # the client's part, (n, hidden)
         for layer in self.layers:  # the server's part
             x = float_layer(x, layer, ops)
         return x[0] @ self.head_w + self.head_b  # (classes,)
@@ -129,16 +96,9 @@ class NexusClassifier:
         }
         write_manifest(server_dir, PROTOCOL, "server", FORMAT_VERSION, **dims)
         t = self.tables
-        save_file(
-            {
-                "word": t.word,
-                "position": t.position,
-                "type0": t.token_type0,
-                "ln.g": t.norm[0],
-                "ln.b": t.norm[1],
-            },
-            str(client_dir / "tables.safetensors"),
-        )
+        tables = {"word": t.word, "position": t.position, "type0": t.token_type0}
+        tables |= {"ln.g": t.norm[0], "ln.b": t.norm[1]}
+        save_file({k: v.numpy() for k, v in tables.items()}, str(client_dir / "tables.safetensors"))
         write_manifest(client_dir, PROTOCOL, "client", FORMAT_VERSION, eps=t.eps)
 
     @classmethod
@@ -162,10 +122,15 @@ class NexusClassifier:
                 )
             )
         c = load_file(str(Path(client_dir) / "tables.safetensors"))
-        tables = ClientTables(
-            c["word"], c["position"], c["type0"], (c["ln.g"], c["ln.b"]), float(client["eps"])
+        c64 = {k: torch.from_numpy(v) for k, v in c.items()}
+        tables = EmbeddingTables(
+            c64["word"],
+            c64["position"],
+            c64["type0"],
+            (c64["ln.g"], c64["ln.b"]),
+            float(client["eps"]),
         )
         return cls(tables, layers, t["head.w"], t["head.b"])
 
 
-__all__ = ["ClientTables", "NexusClassifier"]
+__all__ = ["NexusClassifier"]

@@ -16,14 +16,13 @@ from pathlib import Path
 
 import torch
 
-from privformer.artifacts import read_manifest
 from privformer.errors import (
     InputError,
     KeyFormatError,
     SessionNotFoundError,
     TooManySessionsError,
 )
-from privformer.protocols.stip.format import CLOUD_ROLE, FORMAT_VERSION, MANIFEST, PROTOCOL
+from privformer.protocols.stip import format as fmt
 from privformer.protocols.stip.keys import fingerprint_checkpoint
 
 
@@ -38,11 +37,11 @@ class _Session:
 def resolve_cloud_dir(path: str | Path) -> Path:
     """Accept an export folder (with ``cloud/``) or the cloud folder itself."""
     path = Path(path)
-    if (path / "cloud" / MANIFEST).is_file():
+    if (path / "cloud" / fmt.MANIFEST).is_file():
         return path / "cloud"
-    if (path / MANIFEST).is_file():
+    if (path / fmt.MANIFEST).is_file():
         return path
-    raise KeyFormatError(f"{path} holds no STIP cloud checkpoint ({MANIFEST} not found)")
+    raise KeyFormatError(f"{path} holds no STIP cloud checkpoint ({fmt.MANIFEST} not found)")
 
 
 class StipCloud:
@@ -52,11 +51,11 @@ class StipCloud:
         import transformers
 
         self.cloud_dir = resolve_cloud_dir(path)
-        self.manifest = read_manifest(self.cloud_dir, PROTOCOL, (CLOUD_ROLE,), FORMAT_VERSION)
+        self.manifest = fmt.read(self.cloud_dir, fmt.CLOUD_ROLE)
         self.fingerprint = fingerprint_checkpoint(self.cloud_dir)
         if self.fingerprint != self.manifest["model_fingerprint"]:
             raise KeyFormatError(
-                f"{self.cloud_dir}: weights do not match the fingerprint in {MANIFEST} "
+                f"{self.cloud_dir}: weights do not match the fingerprint in {fmt.MANIFEST} "
                 "(files changed or corrupted after export)"
             )
         config = json.loads((self.cloud_dir / "config.json").read_text())

@@ -17,17 +17,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from privformer.artifacts import write_manifest
-from privformer.models.registry import load_model, load_tokenizer, resolve_model_dir
-from privformer.protocols.stip.format import (
-    CLOUD_ROLE,
-    FORMAT_VERSION,
-    KEY_FILE,
-    PROTOCOL,
-    USER_CONFIG,
-    USER_MODEL,
-    USER_ROLE,
-)
+from privformer.models.registry import HFModel, load_model, load_tokenizer, resolve_model_dir
+from privformer.protocols.stip import format as fmt
 from privformer.protocols.stip.keys import UserKey, fingerprint_checkpoint
 from privformer.protocols.stip.layout import Architecture, describe
 from privformer.protocols.stip.transform import build_cloud_model, draw_secret
@@ -52,9 +43,7 @@ def _special_ids(config) -> dict[str, int | list[int] | None]:
     return {k: getattr(config, k, None) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
 
 
-def user_tensors(
-    model: torch.nn.Module, arch: Architecture, scheme: str
-) -> dict[str, torch.Tensor]:
+def user_tensors(model: HFModel, arch: Architecture, scheme: str) -> dict[str, torch.Tensor]:
     """The tables the user runs: embeddings, and for v1 decoders an untied LM head."""
     state = model.state_dict()
     tensors = {name: state[key].detach().clone() for name, key in arch.user_tables.items()}
@@ -101,7 +90,7 @@ def export(
     }
     # The cloud returns hidden states except for v2 decoders, whose head stays in the cloud.
     output = "logits" if (arch.has_lm_head and scheme == "v2") else "hidden"
-    write_manifest(cloud_dir, PROTOCOL, CLOUD_ROLE, FORMAT_VERSION, **common, output=output)
+    fmt.write(cloud_dir, fmt.CLOUD_ROLE, **common, output=output)
 
     user_dir.mkdir(parents=True)
     UserKey(
@@ -112,8 +101,8 @@ def export(
         model_fingerprint=fingerprint,
         pi=secret.pi,
         pi_c=secret.pi_c,
-    ).save(user_dir / KEY_FILE)
-    save_file(user_tensors(plain, arch, scheme), str(user_dir / USER_MODEL))
+    ).save(user_dir / fmt.KEY_FILE)
+    save_file(user_tensors(plain, arch, scheme), str(user_dir / fmt.USER_MODEL))
     user_config = {
         **common,
         "output": output,
@@ -123,7 +112,7 @@ def export(
         "layer_norm_eps": getattr(plain.config, "layer_norm_eps", None),
         **_special_ids(plain.config),
     }
-    (user_dir / USER_CONFIG).write_text(json.dumps(user_config, indent=2))
-    write_manifest(user_dir, PROTOCOL, USER_ROLE, FORMAT_VERSION, **common)
+    (user_dir / fmt.USER_CONFIG).write_text(json.dumps(user_config, indent=2))
+    fmt.write(user_dir, fmt.USER_ROLE, **common)
     load_tokenizer(source_dir).save_pretrained(user_dir)
     return ExportResult(cloud_dir, user_dir, scheme, fingerprint, time.perf_counter() - start)

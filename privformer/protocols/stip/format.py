@@ -10,7 +10,10 @@ An export has two folders, named after the paper's roles:
 
 from __future__ import annotations
 
-from privformer.artifacts import MANIFEST
+from pathlib import Path
+from typing import Any
+
+from privformer.artifacts import MANIFEST, read_manifest, write_manifest
 
 PROTOCOL = "stip"
 FORMAT_VERSION = 1
@@ -18,6 +21,17 @@ USER_CONFIG = "user_config.json"
 USER_MODEL = "user_model.safetensors"
 KEY_FILE = "user.key"
 CLOUD_ROLE, USER_ROLE = "cloud", "user"
+
+
+def write(folder: str | Path, role: str, **fields: Any) -> dict[str, Any]:
+    """Write a STIP folder's ``privformer.json`` (role ``cloud`` or ``user``)."""
+    return write_manifest(folder, PROTOCOL, role, FORMAT_VERSION, **fields)
+
+
+def read(folder: str | Path, role: str) -> dict[str, Any]:
+    """A STIP folder's manifest, refused unless it is STIP's, of ``role`` and this format."""
+    return read_manifest(folder, PROTOCOL, (role,), FORMAT_VERSION)
+
 
 __all__ = [
     "CLOUD_ROLE",
@@ -28,4 +42,6 @@ __all__ = [
     "USER_CONFIG",
     "USER_MODEL",
     "USER_ROLE",
+    "read",
+    "write",
 ]

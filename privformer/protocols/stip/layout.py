@@ -20,9 +20,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-import torch
-
 from privformer.errors import UnsupportedModelError
+from privformer.models.registry import HFModel
 
 
 @dataclass(frozen=True)
@@ -128,7 +127,7 @@ _USER_TABLES = {
 }
 
 
-def describe(model: torch.nn.Module) -> Architecture:
+def describe(model: HFModel) -> Architecture:
     """Read a model's architecture and assign a role to every state-dict entry (fail closed)."""
     config = model.config
     model_type = getattr(config, "model_type", None)

@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from privformer.errors import UnknownNameError, UnsupportedModelError
+from privformer.models.registry import HFModel
 from privformer.protocols.stip.layout import Architecture, Role, describe
 from privformer.protocols.stip.permutations import (
     attention_permutation,
@@ -112,8 +113,8 @@ def cloud_class_name(arch: Architecture, scheme: str) -> str:
 
 
 def build_cloud_model(
-    model: torch.nn.Module, arch: Architecture, secret: StipSecret, *, progress: bool = False
-) -> torch.nn.Module:
+    model: HFModel, arch: Architecture, secret: StipSecret, *, progress: bool = False
+) -> HFModel:
     """The permuted model the cloud serves: embeddings zeroed, every other weight transformed.
 
     v1 decoders lose their LM head (the cloud would otherwise see plain logits); v2 decoders keep
@@ -149,7 +150,7 @@ def build_cloud_model(
     return cloud.eval()
 
 
-def describe_and_draw(model: torch.nn.Module, scheme: str) -> tuple[Architecture, StipSecret]:
+def describe_and_draw(model: HFModel, scheme: str) -> tuple[Architecture, StipSecret]:
     """Convenience: the architecture of a model and a fresh secret for it."""
     arch = describe(model)
     return arch, draw_secret(arch, scheme)

@@ -13,16 +13,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from privformer.artifacts import read_manifest
 from privformer.errors import InputError, KeyFormatError
-from privformer.protocols.stip.format import (
-    FORMAT_VERSION,
-    KEY_FILE,
-    PROTOCOL,
-    USER_CONFIG,
-    USER_MODEL,
-    USER_ROLE,
-)
+from privformer.protocols.stip import format as fmt
 from privformer.protocols.stip.keys import UserKey
 
 
@@ -50,15 +42,19 @@ class StipUser:
         from transformers import AutoTokenizer
 
         self.user_dir = Path(user_dir)
-        config_path = self.user_dir / USER_CONFIG
+        config_path = self.user_dir / fmt.USER_CONFIG
         if not config_path.is_file():
-            raise KeyFormatError(f"{self.user_dir} is not a STIP user folder (no {USER_CONFIG})")
-        read_manifest(self.user_dir, PROTOCOL, (USER_ROLE,), FORMAT_VERSION)
+            raise KeyFormatError(
+                f"{self.user_dir} is not a STIP user folder (no {fmt.USER_CONFIG})"
+            )
+        fmt.read(self.user_dir, fmt.USER_ROLE)
         self.config = json.loads(config_path.read_text())
-        self.key = UserKey.load(self.user_dir / KEY_FILE)
+        self.key = UserKey.load(self.user_dir / fmt.KEY_FILE)
         if self.key.model_fingerprint != self.config["model_fingerprint"]:
-            raise KeyFormatError(f"{KEY_FILE} and {USER_CONFIG} in {self.user_dir} disagree")
-        self.tables = load_file(str(self.user_dir / USER_MODEL))
+            raise KeyFormatError(
+                f"{fmt.KEY_FILE} and {fmt.USER_CONFIG} in {self.user_dir} disagree"
+            )
+        self.tables = load_file(str(self.user_dir / fmt.USER_MODEL))
         self.tokenizer = AutoTokenizer.from_pretrained(self.user_dir)
         self._pi_inv = self.key.pi_inverse
         self._pi_c_inv = self.key.pi_c_inverse
