@@ -36,7 +36,7 @@ import privformer  # noqa: E402,F401
 from privformer import approx
 from privformer.crypto.ckks import circuits as he_ops  # noqa: E402
 from privformer.crypto.ckks.refresh import SecretKeyRefresh
-from privformer.crypto.ckks.seal import SealBackend  # noqa: E402
+from privformer.crypto.ckks.seal_backend import SealBackend  # noqa: E402
 from privformer.data import load_movie_reviews  # noqa: E402
 from privformer.models.calibration import record_bert_activations  # noqa: E402
 from privformer.models.registry import load_model, load_tokenizer  # noqa: E402

@@ -22,7 +22,7 @@ from common import machine, print_table, write_results  # noqa: E402
 
 import privformer  # noqa: E402,F401
 from privformer.crypto.ckks.refresh import SecretKeyRefresh
-from privformer.crypto.ckks.seal import SealBackend  # noqa: E402
+from privformer.crypto.ckks.seal_backend import SealBackend  # noqa: E402
 from privformer.data import load_movie_reviews  # noqa: E402
 from privformer.models.registry import load_model, load_tokenizer  # noqa: E402
 from privformer.protocols.nexus import layer as nl  # noqa: E402

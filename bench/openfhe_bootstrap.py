@@ -30,7 +30,7 @@ from common import machine, print_table, write_results  # noqa: E402
 import privformer  # noqa: E402,F401
 from privformer import approx
 from privformer.crypto.ckks import circuits as he_ops  # noqa: E402
-from privformer.crypto.ckks.openfhe import OpenFHEBackend  # noqa: E402
+from privformer.crypto.ckks.openfhe_backend import OpenFHEBackend  # noqa: E402
 
 BOUNDS = (1.0, 32.0, 256.0)
 UNIFORM = "UNIFORM_TERNARY"

@@ -13,7 +13,7 @@ import pytest
 from privformer import approx
 from privformer.crypto.ckks import circuits as he_ops
 from privformer.crypto.ckks.presets import MAX_MODULUS_BITS_128, PRESETS, Preset, get_preset
-from privformer.crypto.ckks.seal import SealBackend
+from privformer.crypto.ckks.seal_backend import SealBackend
 from privformer.errors import (
     BootstrapUnavailableError,
     CiphertextFormatError,

@@ -20,7 +20,7 @@ import pytest
 from privformer import approx as A
 from privformer.crypto.ckks import circuits as he
 from privformer.crypto.ckks.refresh import SecretKeyRefresh
-from privformer.crypto.ckks.seal import SealBackend
+from privformer.crypto.ckks.seal_backend import SealBackend
 from privformer.errors import (
     BootstrapRangeError,
     BootstrapUnavailableError,

@@ -21,7 +21,7 @@ from transformers.models.bert.modeling_bert import BertLayer
 
 from privformer import approx
 from privformer.crypto.ckks.refresh import SecretKeyRefresh
-from privformer.crypto.ckks.seal import SealBackend
+from privformer.crypto.ckks.seal_backend import SealBackend
 from privformer.data import load_movie_reviews
 from privformer.protocols.nexus import layer as nl
 from privformer.protocols.nexus.matmul import TokenInterleaved

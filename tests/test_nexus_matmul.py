@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from privformer.crypto.ckks.seal import SealBackend
+from privformer.crypto.ckks.seal_backend import SealBackend
 from privformer.errors import InputError
 from privformer.protocols.nexus import matmul as mm
 

@@ -22,7 +22,7 @@ import pytest
 
 from privformer import approx
 from privformer.crypto.ckks import circuits as he
-from privformer.crypto.ckks.openfhe import OpenFHEBackend
+from privformer.crypto.ckks.openfhe_backend import OpenFHEBackend
 from privformer.errors import CiphertextFormatError, ContextMismatchError, CryptoError
 
 pytestmark = pytest.mark.openfhe
@@ -106,7 +106,7 @@ def test_serialization_round_trip_and_corruption(backend):
 
 
 def test_foreign_ciphertexts_and_missing_keys_are_refused(backend):
-    from privformer.crypto.ckks.seal import SealBackend
+    from privformer.crypto.ckks.seal_backend import SealBackend
 
     seal = SealBackend("test-small")
     with pytest.raises(ContextMismatchError):

@@ -96,3 +96,12 @@ def test_cli_reports_bad_input_without_a_traceback(tmp_path):
     assert not_cloud.returncode == 2 and "no STIP cloud checkpoint" in not_cloud.stderr
     bad_user = _run("stip", "query", str(tmp_path), "--text", "hi")
     assert bad_user.returncode == 2 and "not a STIP user folder" in bad_user.stderr
+
+
+def test_cli_reports_an_unreachable_server_in_one_line(export_dir):
+    user_dir = export_dir("minilm", "v2").user_dir
+    gone = _run("stip", "query", str(user_dir), "--server", "http://127.0.0.1:9", "--text", "hi")
+    assert gone.returncode == 2 and "Traceback" not in gone.stderr
+    assert gone.stderr.startswith("privformer: error:") and len(gone.stderr.splitlines()) == 1
+    nexus = _run("nexus", "run", "a fine film", "--mode", "private")
+    assert nexus.returncode == 2 and "NEXUS runs in plain and simulate modes" in nexus.stderr

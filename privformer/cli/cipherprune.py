@@ -65,9 +65,9 @@ def _cmd_dealer(args) -> int:
 
 
 def _cmd_serve(args) -> int:
-    from privformer.transport.cipherprune import run_server
+    from privformer.transport.cipherprune import run_cipherprune_server
 
-    run_server(
+    run_cipherprune_server(
         _model_dir(args.model),
         args.dealer,
         args.host,

@@ -24,9 +24,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from privformer.transport.stip_server import run_server
+    from privformer.transport.stip_server import run_stip_server
 
-    run_server(
+    run_stip_server(
         args.dir,
         host=args.host,
         port=args.port,

@@ -1,2 +1,3 @@
-"""CKKS homomorphic encryption behind a small backend interface (``backend``), named parameter
-presets checked for 128-bit security (``presets``), and the SEAL backend (``seal_backend``)."""
+"""Cryptographic engines: ``ckks`` (CKKS homomorphic encryption: the backend interface, SEAL and
+OpenFHE backends, presets, bootstrappers, generic circuits) and ``mpc`` (a two-party
+secret-sharing engine with a dealer). The two never import each other."""

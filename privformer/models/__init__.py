@@ -1,4 +1,6 @@
-"""The model layer: resolve embedded or local Hugging Face models and load them offline."""
+"""The model layer: resolve embedded or local Hugging Face models and load them offline
+(``registry``), seeded random models (``random_models``), the one BERT weights reader
+(``encoder``), offline classifiers (``classifiers``), pooling and activation recording."""
 
 from privformer.models.registry import (
     EMBEDDED_MODELS,

@@ -1,7 +1,7 @@
 """CipherPrune's processes: the dealer and server loops and the client's remote call.
 
 - dealer: ``run_dealer`` (``privformer cipherprune dealer``), hands out correlated randomness;
-- server: ``run_server`` (``privformer cipherprune serve``), holds weights and thresholds;
+- server: ``run_cipherprune_server`` (``privformer cipherprune serve``), weights and thresholds;
 - client: ``classify_remote`` (``privformer cipherprune classify``), holds the text.
 
 Each server announces its bound port through ``processes.announce_port``. What a session
@@ -40,7 +40,7 @@ def run_dealer(host: str = "127.0.0.1", port: int = 0, ready_file: str | None = 
     dealer.serve_forever()
 
 
-def run_server(
+def run_cipherprune_server(
     model_dir: str | Path,
     dealer: tuple[str, int],
     host: str = "127.0.0.1",

@@ -1,6 +1,6 @@
-"""Run STIP's cloud HTTP server here (``run_server``) or as a child process (``ServerProcess``).
+"""STIP's cloud HTTP server, here (``run_stip_server``) or as a child (``ServerProcess``).
 
-``run_server`` binds the socket itself (port 0 picks a free port) and announces the bound port
+``run_stip_server`` binds the socket itself (port 0 picks a free port) and announces the bound port
 through ``processes.announce_port`` once the socket listens; ``ServerProcess`` is the parent's
 side (``privformer stip serve`` in a ``ChildProcess``), used by the demo, the API's private mode,
 the tests and the benchmark.
@@ -14,7 +14,7 @@ from pathlib import Path
 from privformer.transport.processes import ChildProcess, announce_port
 
 
-def run_server(
+def run_stip_server(
     path: str | Path,
     *,
     host: str = "127.0.0.1",

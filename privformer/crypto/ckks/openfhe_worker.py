@@ -13,6 +13,7 @@ pending rescale as spent, so levels mean what the backend interface promises.
 
 from __future__ import annotations
 
+import os
 import pickle
 import struct
 import sys
@@ -188,6 +189,10 @@ class Worker:
 
 
 def main() -> None:
+    # Run by path, this script's folder is sys.path[0]; a module there named like the binding
+    # (privformer's own backend modules sit beside it) must never shadow ``import openfhe``.
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
     worker = Worker()
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     while True:

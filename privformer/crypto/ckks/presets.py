@@ -10,13 +10,12 @@ ring dimension N. SEAL enforces the same table again when a context is created (
 | ``test-medium`` | 2^14 | 60, 40 x 7, 60 | 400 <= 438 | 7 | 2^40 | 8192 | no |
 | ``depth19`` | 2^15 | 60, 40 x 19, 60 | 880 <= 881 | 19 | 2^40 | 16384 | no |
 
-SEAL has no CKKS bootstrapping and no 2^16 ring. Bootstrapping parameters live in
-``openfhe_backend.OpenFHEBackend`` (OpenFHE checks them itself): at 128 bits, ring 2^16 fits the
-20-level bootstrap plus 4 usable levels only with 50-bit primes, which bootstrap to ~6 bits.
+These are SEAL's presets (no CKKS bootstrapping, no 2^16 ring). The bootstrapping parameters
+are ``openfhe_backend.OpenFHEBackend``'s arguments, which OpenFHE checks against the same standard
+itself; docs/nexus.md records how each choice was measured.
 
 The last prime is SEAL's special (key-switching) prime and must be the largest: key-switching
-noise grows with the largest chain prime over it. With (50, 30 x 4, 48) a rotation cost 8.8e-4 of
-error at scale 2^30; with (38, 30 x 4, 60) it costs 5.5e-6 (measured).
+noise grows with the largest chain prime over it (docs/nexus.md gives the rotation errors).
 
 ``levels`` counts the rescalings a fresh ciphertext allows (the chain minus its first and
 special primes). ``depth19`` fits one SGN (depth 16) or the NEXUS GELU without bootstrapping.

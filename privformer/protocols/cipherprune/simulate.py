@@ -62,11 +62,11 @@ class FloatOps:
         return torch.cat([high_fn(hi), low_fn(lo)], dim=dim) if lo.shape[dim] else high_fn(hi)
 
     def attention(self, qkv: torch.Tensor, mask: torch.Tensor, n_high: int):
-        n, d, h = qkv.shape[0], self.w.hidden, self.w.heads
-        q, k, v = (
+        n, d, h = qkv.shape[0], self.w.hidden, self.w.heads  # qkv: (n, 3d)
+        q, k, v = (  # each (h, n, d/h)
             qkv[:, i * d : (i + 1) * d].reshape(n, h, d // h).transpose(0, 1) for i in range(3)
         )
-        scores = q @ k.transpose(1, 2)
+        scores = q @ k.transpose(1, 2)  # (h, n, n); 1/sqrt(d/h) is folded into W_Q
         if self.approximate:
             probs = self._split_rows(
                 scores,
@@ -77,7 +77,7 @@ class FloatOps:
             )
         else:
             probs = torch.softmax(scores + mask, dim=-1)
-        ctx = (probs @ v).transpose(0, 1).reshape(n, d)
+        ctx = (probs @ v).transpose(0, 1).reshape(n, d)  # (h, n, d/h) -> (n, d)
         return ctx, probs
 
     def gelu(self, x: torch.Tensor, n_high: int) -> torch.Tensor:

@@ -58,14 +58,16 @@ class TokenInterleaved:
         if x.ndim != 2 or x.shape[0] != self.tokens:
             raise InputError(f"expected a ({self.tokens} x d) activation, got shape {x.shape}")
         f = self.features
-        padded = np.zeros((self.tokens, self.blocks(x.shape[1]) * f))
+        padded = np.zeros((self.tokens, self.blocks(x.shape[1]) * f))  # (n, blocks * F)
         padded[:, : x.shape[1]] = x
+        # block b: its (n, F) columns transposed to (F, n), flattened: slot f n + t = x[t, bF + f]
         return [padded[:, b * f : (b + 1) * f].T.reshape(-1) for b in range(padded.shape[1] // f)]
 
     def unpack(self, vectors: list[np.ndarray], width: int) -> np.ndarray:
+        """Slot vectors (one per feature block) back to the (tokens x width) matrix."""
         f = self.features
-        cols = [np.asarray(v[: self.slots]).reshape(f, self.tokens).T for v in vectors]
-        return np.concatenate(cols, axis=1)[:, :width]
+        cols = [np.asarray(v[: self.slots]).reshape(f, self.tokens).T for v in vectors]  # (n, F)
+        return np.concatenate(cols, axis=1)[:, :width]  # (n, width)
 
 
 def baby_steps(features: int) -> int:

@@ -7,25 +7,15 @@ pipes; ciphertexts live in the worker and are handles here. ``setup_openfhe_venv
 interpreter from a local CPython 3.10 and PyPI.
 
 Parameters: 128-bit security is enforced by OpenFHE itself (``HEStd_128_classic``; it raises
-for a ring too small for the modulus), uniform ternary secret, FLEXIBLEAUTO scaling. Fresh
-ciphertexts and bootstrapped ones both have ``levels`` levels; the bootstrap itself takes
-``CryptoContext.GetBootstrapDepth`` more (20 for level budget [3, 3]; [2, 2] needs 18 but its
-bootstrapping keys exceeded 24 GB here) plus one per extra Meta-BTS iteration.
-
-Why these defaults (measured on 2 cores; ``bench/openfhe_bootstrap.py``). The secret key is
-uniform ternary, so the HE Standard's table and OpenFHE's check cover it. ``SPARSE_ENCAPSULATED``
-(Bossuat, Troncoso-Pastoriza, Hubaux, ePrint 2022/024) key-switches to a sparse secret (Hamming
-weight 32) only inside the bootstrap, at a small modulus (q0 times one auxiliary prime); that LWE
-instance is far above 128 bits by the lattice-estimator runs OpenFHE's maintainers published
-(openfhe-development issue #1041; we cite it, we could not run the estimator here). With that
-sparse secret the mod-raise overflow is bounded by K = 16 instead of 512, so the bootstrap takes
-16 levels instead of 20 and loses ~5 fewer bits. At 50-bit primes, 4 key-switching digits (which
-shrink the special modulus so the 26-level chain fits ring 2^16) and two Meta-BTS passes, a
-bootstrap keeps ~21 bits of [-1, 1] (error 3.5e-7) and leaves 8 levels: 7 for operators, one
-hidden for scaling inputs into range (see ``bootstrap``). It takes ~23 s; the worker peaks at
-~13 GB. With ``secret="UNIFORM_TERNARY"`` the best fit found is 55-bit primes, 7 digits,
-Meta-BTS x2: ~20 bits, 3 levels for operators, ~35 s, 16.4 GB; one pass at 50-bit primes keeps
-only ~6 bits.
+for a ring too small for the modulus), a uniform ternary secret key, FLEXIBLEAUTO scaling.
+Fresh and bootstrapped ciphertexts both have ``levels`` levels for operators; one more level is
+kept hidden to scale a bootstrap's input into [-1, 1] (``native_bootstrap``). The default uses
+OpenFHE's ``SPARSE_ENCAPSULATED`` bootstrapping (Bossuat, Troncoso-Pastoriza, Hubaux, ePrint
+2022/024): the key stays uniform ternary and is switched to a sparse secret only inside the
+bootstrap, at a small modulus whose security rests on the lattice-estimator runs OpenFHE's
+maintainers published (openfhe-development issue #1041). A plain sparse secret is refused.
+docs/nexus.md gives the measured time, memory, levels and precision of each parameter set
+(``bench/openfhe_bootstrap.py``).
 """
 
 from __future__ import annotations
@@ -155,7 +145,7 @@ class OpenFHEBackend(CKKSBackend):
         self._dead: list[int] = []  # worker ids whose last Ciphertext is gone
         # OpenFHE's bootstrapping needs first_bits - scale_bits <= its correction factor (8
         # here). bootstrap_precision is one bootstrap's precision in bits, which Meta-BTS
-        # uses to scale its second pass (measured ~11 at 50-bit primes, encapsulated).
+        # uses to scale its second pass (docs/nexus.md: ~11 at 50-bit primes, encapsulated).
         if secret not in ("UNIFORM_TERNARY", "SPARSE_ENCAPSULATED"):
             raise CryptoError(
                 f"secret {secret!r}: use UNIFORM_TERNARY or SPARSE_ENCAPSULATED (a plain sparse "
@@ -319,7 +309,7 @@ class OpenFHEBackend(CKKSBackend):
         return self._wrap(handle, stored_length if length is None else length)
 
 
-if __name__ == "__main__":  # python -m privformer.crypto.ckks.openfhe: make the venv
+if __name__ == "__main__":  # python -m privformer.crypto.ckks.openfhe_backend: make the venv
     print(setup_openfhe_venv(Path(sys.argv[1]) if len(sys.argv) > 1 else None))
 
 

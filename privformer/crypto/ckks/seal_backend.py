@@ -1,14 +1,15 @@
 """CKKS on Microsoft SEAL (through TenSEAL's ``sealapi`` bindings, Apache-2.0).
 
-This is the stand-in backend while OpenFHE's Python binding cannot be installed on this
-platform (see the README). SEAL has no CKKS bootstrapping, so ``bootstrap`` raises.
+The fast backend of the default tests (it runs in this interpreter; OpenFHE runs in a CPython
+3.10 worker). SEAL has no CKKS bootstrapping: ``bootstrap`` raises unless the backend was given
+a ``Bootstrapper`` (``refresh.SecretKeyRefresh`` in tests).
 
 Scale management is exact: every ciphertext at level l carries the canonical scale S_l, with
 S_top = 2^scale_bits and S_{l-1} = S_l^2 / q_l (q_l the prime a rescale at level l divides
 out). A ct x ct product of two level-l ciphertexts lands exactly on S_{l-1}; plaintexts are
 encoded at S_{l-1} q_l / S_l so a plaintext product does too; dropping a level is a product
 with an encoded 1. So ciphertexts that reach a level by different paths add without the usual
-"set the scale and hope" error (~3e-4 relative with 30-bit primes).
+"set the scale and hope" error.
 """
 
 from __future__ import annotations
