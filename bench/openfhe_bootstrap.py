@@ -8,7 +8,14 @@ iterations. For each: setup (context, keys, bootstrapping keys), the worker's pe
 bootstraps of ciphertexts spent to level 0 holding uniform values in [-B, B], with their max
 error. The chosen default also runs encrypted SGN (g = 3, f = 2; 4 bootstraps) against its twin.
 
-    python bench/openfhe_bootstrap.py   # a table, and bench/results/openfhe_bootstrap.json
+    python bench/openfhe_bootstrap.py                 # every set below: a table and the JSON
+    python bench/openfhe_bootstrap.py --grid          # the levels each grid point admits (fast)
+    python bench/openfhe_bootstrap.py --sets NAME ... # re-measure these sets, keep the others
+
+The grid (scaling and first prime, key-switching digits, level budget, one pass or Meta-BTS x2,
+all on ring 2^16 with sparse-secret encapsulation) is probed with contexts only (no keys), so
+it records the usable levels of every point in about a minute; the sets picked from it are
+then measured in full.
 
 Needs a CPython 3.10 (see README, "OpenFHE backend") and ~17 GB; each set runs in its own
 process so peak memory is its own. Threads: OpenFHE's OpenMP uses every core (2 here).
@@ -16,6 +23,9 @@ process so peak memory is its own. Threads: OpenFHE's OpenMP uses every core (2 
 
 from __future__ import annotations
 
+import argparse
+import itertools
+import json
 import multiprocessing
 import resource
 import sys
@@ -25,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, print_table, write_results  # noqa: E402
+from common import RESULTS, machine, print_table, write_results  # noqa: E402
 
 import privformer  # noqa: E402,F401
 from privformer import approx
@@ -33,6 +43,7 @@ from privformer.crypto.ckks import circuits as he_ops  # noqa: E402
 from privformer.crypto.ckks.openfhe_backend import OpenFHEBackend  # noqa: E402
 
 BOUNDS = (1.0, 32.0, 256.0)
+DEFAULT_SET = "encapsulated, 50-bit, Meta-BTS x2 (default)"
 UNIFORM = "UNIFORM_TERNARY"
 SETS = [  # name, OpenFHEBackend keyword arguments (levels: the operators', one more is hidden)
     (
@@ -70,10 +81,58 @@ SETS = [  # name, OpenFHEBackend keyword arguments (levels: the operators', one 
     ),
     ("encapsulated, 50-bit, 1 pass", dict(levels=8, bootstrap_iterations=1)),
     ("encapsulated, 50-bit, Meta-BTS x2 (default)", dict()),
+    # from the grid (issue 9): the most levels at 4 and 6 digits for 2^40 .. 2^45 primes
+    ("encapsulated, 45-bit, 4 digits, Meta-BTS x2", dict(scale_bits=45, first_bits=51)),
+    ("encapsulated, 42-bit, 4 digits, Meta-BTS x2", dict(scale_bits=42, first_bits=50)),
+    (
+        "encapsulated, 42-bit, 6 digits, Meta-BTS x2",
+        dict(scale_bits=42, first_bits=50, num_large_digits=6),
+    ),
+    (
+        "encapsulated, 40-bit, 6 digits, Meta-BTS x2",
+        dict(scale_bits=40, first_bits=48, num_large_digits=6),
+    ),
+    (
+        "encapsulated, 42-bit, 4 digits, 1 pass",
+        dict(scale_bits=42, first_bits=50, bootstrap_iterations=1),
+    ),
 ]
+GRID_PRIMES = [(50, 51), (45, 51), (42, 50), (40, 48)]  # (scaling, first) bits
+GRID_DIGITS = [4, 6, 8]
+GRID_BUDGETS = [(3, 3), (4, 4)]
+GRID_ITERATIONS = [1, 2]
+PROBE_KEYS = (
+    "scale_bits",
+    "first_bits",
+    "num_large_digits",
+    "level_budget",
+    "bootstrap_iterations",
+)
+
+
+def grid() -> list[dict]:
+    """Usable operator levels at every grid point (OpenFHE's 128-bit check on ring 2^16)."""
+    rows = []
+    for (scale, first), digits, budget, iters in itertools.product(
+        GRID_PRIMES, GRID_DIGITS, GRID_BUDGETS, GRID_ITERATIONS
+    ):
+        kwargs = dict(
+            scale_bits=scale,
+            first_bits=first,
+            num_large_digits=digits,
+            level_budget=budget,
+            bootstrap_iterations=iters,
+        )
+        levels = OpenFHEBackend.max_levels(**kwargs)
+        rows.append({**kwargs, "level_budget": list(budget), "levels": levels})
+        print(f"2^{scale}/2^{first} digits {digits} budget {budget} x{iters}: {levels} levels")
+    return rows
 
 
 def measure(name: str, kwargs: dict, with_sgn: bool) -> dict:
+    if "levels" not in kwargs:  # the most the chain admits at 128 bits
+        probe = {k: v for k, v in kwargs.items() if k in PROBE_KEYS}
+        kwargs = {**kwargs, "levels": OpenFHEBackend.max_levels(**probe)}
     start = time.perf_counter()
     backend = OpenFHEBackend(**kwargs)
     row = {"set": name, "setup_s": time.perf_counter() - start, **backend_facts(backend)}
@@ -112,21 +171,39 @@ def backend_facts(backend: OpenFHEBackend) -> dict:
 
 
 def main() -> None:
-    rows = []
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--grid", action="store_true", help="probe the grid's usable levels only")
+    ap.add_argument("--sets", nargs="+", help="measure only these sets (keep the others' rows)")
+    args = ap.parse_args()
+    previous = RESULTS / "openfhe_bootstrap.json"
+    old = json.loads(previous.read_text()) if previous.is_file() else {}
+    if args.grid:
+        payload = {**old, "grid": grid(), "machine": machine()}
+        print(f"\nwrote {write_results('openfhe_bootstrap', payload)}")
+        return
+    names = [name for name, _ in SETS]
+    chosen = args.sets or names
+    unknown = sorted(set(chosen) - set(names))
+    if unknown:
+        ap.error(f"unknown sets {unknown}; known: {names}")
+    kept = {row["set"]: row for row in old.get("rows", []) if row["set"] not in chosen}
     ctx = multiprocessing.get_context("spawn")
-    for i, (name, kwargs) in enumerate(SETS):
+    for name, kwargs in SETS:
+        if name not in chosen:
+            continue
         with ctx.Pool(1) as pool:  # a fresh process per set: its own peak memory
-            row = pool.apply(measure, (name, kwargs, i == len(SETS) - 1))
-        print(f"{name:32s} setup {row['setup_s']:6.1f} s  bootstrap {row['bootstrap_s']:6.1f} s")
-        rows.append(row)
-    columns = ["set", "scale_bits", "digits", "boot_levels", "setup_s", "bootstrap_s"]
-    columns += [f"bits_B{b:g}" for b in BOUNDS] + ["levels_after", "worker_peak_gb"]
-    columns += ["sgn_s", "sgn_err_vs_twin"]
+            try:
+                row = pool.apply(measure, (name, kwargs, name == DEFAULT_SET))
+            except Exception as exc:  # e.g. out of memory: recorded, not hidden
+                row = {"set": name, "error": f"{type(exc).__name__}: {exc}"}
+        print(f"{name:44s} {row.get('bootstrap_s', row.get('error'))}")
+        kept[name] = row
+    rows = [kept[name] for name in names if name in kept]
+    columns = ["set", "scale_bits", "digits", "boot_levels", "levels_after", "setup_s"]
+    columns += ["bootstrap_s"] + [f"bits_B{b:g}" for b in BOUNDS] + ["worker_peak_gb", "error"]
     print_table("OpenFHE CKKS bootstrapping, 128-bit (HEStd_128_classic)", rows, columns)
-    path = write_results(
-        "openfhe_bootstrap", {"benchmark": "openfhe_bootstrap", "machine": machine(), "rows": rows}
-    )
-    print(f"\nwrote {path}")
+    payload = {**old, "benchmark": "openfhe_bootstrap", "machine": machine(), "rows": rows}
+    print(f"\nwrote {write_results('openfhe_bootstrap', payload)}")
 
 
 if __name__ == "__main__":

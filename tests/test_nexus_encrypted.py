@@ -53,6 +53,21 @@ def test_gelu_across_bootstraps(activations, refresh):
     assert err.mean() <= 1e-5, err.mean()
 
 
+def test_chebyshev_gelu_matches_its_twin_in_one_chain(activations):
+    """GELU as one degree-127 Chebyshev series needs 9 levels (8 + the 1/32 scaling): a ring
+    2^15 chain (19 levels at 2^40) holds it with no bootstrap. Each rescale adds ~1e-9 absolute
+    error; the series multiplies unit-bounded T_k by coefficients up to 16 in ~70 terms, so the
+    error is ~1e-6 (measured 5.7e-6 on uniform inputs); 5e-5 still rejects any wrong
+    coefficient or step (>= 1e-3)."""
+    backend = SealBackend("depth19")
+    x = _sample(activations["gelu"], backend.slots, 2)
+    ct = backend.encrypt(x)
+    out = H.gelu_chebyshev(backend, ct)
+    assert backend.levels_left(ct) - backend.levels_left(out) == 9
+    err = np.abs(backend.decrypt(out) - A.gelu.chebyshev(x))
+    assert err.max() <= 5e-5, err.max()
+
+
 def test_softmax_on_real_attention_rows(activations, refresh):
     width, stride = 64, refresh.slots // 64  # 128 rows of 64 keys
     refresh.generate_rotation_keys(he.quick_sum_steps(width, stride))

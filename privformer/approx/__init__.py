@@ -6,6 +6,7 @@ encrypted executors take, so ``simulate`` mode shows the private run's accuracy 
 
 - ``ranges``: the range check every twin runs first (``OutOfRangeError`` names the operator);
 - ``sign``: Cheon et al.'s composite sign polynomials, SGN and the smooth max built on it;
+- ``chebyshev``: Chebyshev interpolants and the Paterson-Stockmeyer split;
 - ``folds``: log-step rotate-and-sum / rotate-and-max over a power-of-two width;
 - ``gelu``: NEXUS's piecewise GELU (``nexus``) and CipherPrune's |x|-polynomial (``cipherprune``);
 - ``softmax``: NEXUS's max-subtracted (1 + z/2^r)^(2^r) with Goldschmidt (``nexus``) and
@@ -18,6 +19,6 @@ Executors: ``privformer.crypto.ckks.circuits`` and ``privformer.protocols.nexus.
 ``privformer.errors``, numpy and torch.
 """
 
-from privformer.approx import argmax, folds, gelu, layernorm, ranges, sign, softmax
+from privformer.approx import argmax, chebyshev, folds, gelu, layernorm, ranges, sign, softmax
 
-__all__ = ["argmax", "folds", "gelu", "layernorm", "ranges", "sign", "softmax"]
+__all__ = ["argmax", "chebyshev", "folds", "gelu", "layernorm", "ranges", "sign", "softmax"]

@@ -2,6 +2,8 @@
 
 - ``nexus``: NEXUS's piecewise form 0 / cubic / middle polynomial / x with breakpoints -4, -1.95,
   3, the pieces selected by SGN indicators; valid on [-bound, bound] (numpy, float64).
+- ``chebyshev``: one Chebyshev interpolant on [-bound, bound], no SGN (issue 9's depth-aware
+  GELU): degree 127 on [-32, 32] costs 8 levels where ``nexus`` costs 27 (numpy, float64);
 - ``cipherprune``: BOLT-style 0 below -bound, x above bound, 0.5 x + p(u) in between, with
   u = |x| (one more comparison) or u = x^2 (even polynomial, no sign needed); a high-accuracy and
   a reduced recipe, the latter for tokens of low importance (torch, differentiable almost
@@ -10,12 +12,14 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from privformer.approx import chebyshev as chebyshev_basis
 from privformer.approx.ranges import check_range
 from privformer.approx.sign import sgn
 
@@ -80,6 +84,37 @@ def nexus(x: np.ndarray, config: GeluConfig = DEFAULT_GELU) -> np.ndarray:
     cubic = np.polynomial.polynomial.polyval(x, GELU_CUBIC)
     mid = np.polynomial.polynomial.polyval(x_mid, GELU_MID)
     return (s0 - s1) * cubic + (s1 - s2) * mid + s2 * x
+
+
+# --- one Chebyshev interpolant ---------------------------------------------------------------
+@dataclass(frozen=True)
+class ChebyshevGeluConfig:
+    """GELU on [-bound, bound] as sum_k c_k T_k(x / bound); depth ``chebyshev.depth(degree)``
+    (8 for 127), plus one for the 1 / bound scaling unless the caller folds it into a matmul."""
+
+    bound: float = 32.0
+    degree: int = 127
+
+    @property
+    def coeffs(self) -> np.ndarray:
+        return _chebyshev_coeffs(self.bound, self.degree)
+
+
+DEFAULT_CHEBYSHEV_GELU = ChebyshevGeluConfig()
+
+
+@functools.cache
+def _chebyshev_coeffs(bound: float, degree: int) -> np.ndarray:
+    coeffs = chebyshev_basis.interpolate(gelu_exact, -bound, bound, degree)
+    coeffs.setflags(write=False)
+    return coeffs
+
+
+def chebyshev(x: np.ndarray, config: ChebyshevGeluConfig = DEFAULT_CHEBYSHEV_GELU) -> np.ndarray:
+    """GELU as one Chebyshev interpolant on [-bound, bound]."""
+    x = np.asarray(x, dtype=np.float64)
+    check_range("gelu", x, -config.bound, config.bound)
+    return chebyshev_basis.evaluate(config.coeffs, x / config.bound)
 
 
 # --- CipherPrune: 0 / 0.5 x + p(u) / x ---------------------------------------------------------

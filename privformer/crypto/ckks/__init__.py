@@ -5,5 +5,7 @@
 - ``seal_backend``: SEAL through TenSEAL (no bootstrapping of its own);
 - ``openfhe_backend`` + ``openfhe_worker``: OpenFHE with real bootstrapping, in a 3.10 worker;
 - ``refresh``: ``SecretKeyRefresh``, a decrypt-and-re-encrypt bootstrapper for tests (insecure);
-- ``circuits``: generic circuits (polynomials, SGN, QuickSum, QuickMax, ``ensure_level``).
+- ``circuits``: generic circuits (polynomials, Chebyshev series, SGN, QuickSum, QuickMax,
+  ``ensure_level``);
+- ``planner``: bootstrap placement over a chain of steps (a dynamic program over levels).
 """

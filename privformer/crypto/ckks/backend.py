@@ -162,7 +162,9 @@ class CKKSBackend(ABC):
     def multiply_plain(self, a: Ciphertext, values: np.ndarray | float) -> Ciphertext:
         """Ciphertext x plaintext vector or scalar, rescaled (one level)."""
 
-    def multiply_plain_sum(self, terms: Sequence[tuple[Ciphertext, np.ndarray]]) -> Ciphertext:
+    def multiply_plain_sum(
+        self, terms: Sequence[tuple[Ciphertext, np.ndarray | float]]
+    ) -> Ciphertext:
         """sum_i a_i * v_i (a linear combination with plaintext vectors), one level. Backends
         override it to rescale once for the whole sum instead of once per product."""
         total = None

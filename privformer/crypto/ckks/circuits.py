@@ -182,3 +182,58 @@ def quick_max(
         x = ensure_level(backend, x, 2, operator, bound)
         x = smooth_max(backend, x, backend.rotate(x, step), bound, g, f, operator)
     return x
+
+
+def chebyshev_series(
+    backend: CKKSBackend, t: Ciphertext, coeffs: np.ndarray, operator: str = "chebyshev"
+) -> Ciphertext:
+    """sum_k coeffs[k] T_k(t) for slots t in [-1, 1], by Paterson-Stockmeyer in the Chebyshev
+    basis: baby steps T_1 .. T_{m-1}, giant steps T_m, T_2m, ..., and p = q T_n + r recursively
+    (``approx.chebyshev.divide``). Consumes ``approx.chebyshev.depth(degree)`` levels (7 for
+    degree 63, 8 for 127), bootstrapping ``t`` first if it has fewer.
+
+    T_{2a} = 2 T_a^2 - 1 and T_{a+b} = 2 T_a T_b - T_{a-b} are formed as (T_a + T_a) T_b, so
+    the doubling costs no level: T_i has depth ceil(log2 i).
+    """
+    coeffs = np.asarray(coeffs, dtype=np.float64)
+    degree = len(coeffs) - 1
+    if degree < 1:
+        raise InputError("chebyshev_series needs a polynomial of degree >= 1")
+    m = approx.chebyshev.baby_step_count(degree)
+    t = ensure_level(backend, t, approx.chebyshev.depth(degree, m), operator)
+    powers: dict[int, Ciphertext] = {1: t}
+
+    def power(i: int) -> Ciphertext:  # T_i, i >= 1
+        if i not in powers:
+            a = 1 << (i.bit_length() - 1)  # the largest power of two <= i
+            if a == i:
+                h = power(i // 2)
+                powers[i] = backend.add_plain(backend.multiply(backend.add(h, h), h), -1.0)
+            else:
+                ta, tb = power(a), power(i - a)
+                prod = backend.multiply(backend.add(ta, ta), tb)
+                powers[i] = backend.sub(prod, power(2 * a - i)) if 2 * a > i else prod
+        return powers[i]
+
+    def series(c: np.ndarray) -> Ciphertext | float:  # a float: the part is a constant
+        if len(c) <= m:  # a leaf: one fused sum of scalar products (zero terms skipped)
+            terms = [(power(i), float(c[i])) for i in range(1, len(c)) if c[i] != 0.0]
+            if not terms:
+                return float(c[0])
+            return backend.add_plain(backend.multiply_plain_sum(terms), float(c[0]))
+        n = m
+        while 2 * n < len(c):
+            n *= 2
+        q, r = (series(part) for part in approx.chebyshev.divide(c, n))
+        if isinstance(q, float):
+            if q == 0.0:
+                return r
+            high = backend.multiply_plain(power(n), q)
+        else:
+            high = backend.multiply(q, power(n))
+        return backend.add_plain(high, r) if isinstance(r, float) else backend.add(high, r)
+
+    out = series(coeffs)
+    if isinstance(out, float):
+        raise InputError("chebyshev_series: every non-constant coefficient is zero")
+    return out

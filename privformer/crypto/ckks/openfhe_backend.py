@@ -138,11 +138,7 @@ class OpenFHEBackend(CKKSBackend):
         secret: str = "SPARSE_ENCAPSULATED",
         python: str | Path | None = None,
     ):
-        python = python or os.environ.get("PRIVFORMER_OPENFHE_PYTHON") or setup_openfhe_venv()
-        self._proc = subprocess.Popen(
-            [str(python), str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-        )
-        self._dead: list[int] = []  # worker ids whose last Ciphertext is gone
+        self._start_worker(python)
         # OpenFHE's bootstrapping needs first_bits - scale_bits <= its correction factor (8
         # here). bootstrap_precision is one bootstrap's precision in bits, which Meta-BTS
         # uses to scale its second pass (docs/nexus.md: ~11 at 50-bit primes, encapsulated).
@@ -177,6 +173,46 @@ class OpenFHEBackend(CKKSBackend):
         self.top = levels
         self.bootstrapper: Bootstrapper | None = OpenFHEBootstrapper()
         self._rotation_keys: set[int] = set()
+
+    def _start_worker(self, python: str | Path | None) -> None:
+        python = python or os.environ.get("PRIVFORMER_OPENFHE_PYTHON") or setup_openfhe_venv()
+        self._proc = subprocess.Popen(
+            [str(python), str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        self._dead: list[int] = []  # worker ids whose last Ciphertext is gone
+
+    @classmethod
+    def max_levels(
+        cls,
+        scale_bits: int = 50,
+        first_bits: int = 51,
+        level_budget: Sequence[int] = (3, 3),
+        ring_dim: int = 1 << 16,
+        num_large_digits: int = 4,
+        bootstrap_iterations: int = 2,
+        secret: str = "SPARSE_ENCAPSULATED",
+        python: str | Path | None = None,
+    ) -> int:
+        """The most operator levels (``levels``) these parameters admit at 128 bits on ring
+        ``ring_dim`` (OpenFHE would otherwise grow the ring): OpenFHE's own check on the chain,
+        contexts only (no keys), so seconds rather than minutes."""
+        probe = cls.__new__(cls)
+        probe._start_worker(python)
+        try:
+            return int(
+                probe._call(
+                    "max_levels",
+                    scale_bits,
+                    first_bits,
+                    list(level_budget),
+                    ring_dim,
+                    num_large_digits,
+                    bootstrap_iterations,
+                    secret,
+                )
+            )
+        finally:
+            probe.close()
 
     def live_ciphertexts(self) -> int:
         """Ciphertexts the worker holds (freed ones are released with the next call)."""

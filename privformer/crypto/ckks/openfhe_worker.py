@@ -82,6 +82,45 @@ class Worker:
         cc.EvalBootstrapKeyGen(self.keys.secretKey, self.slots)
         return {"ring_dim": cc.GetRingDimension(), "depth": self.depth, "boot": self.boot_depth}
 
+    def max_levels(
+        self,
+        scale_bits: int,
+        first_bits: int,
+        level_budget,
+        ring_dim,
+        num_large_digits: int,
+        iterations: int,
+        secret: str,
+        upper: int = 40,
+    ) -> int:
+        """The most operator levels whose chain OpenFHE accepts at 128 bits (contexts only, no
+        keys: fast); 0 if none."""
+        import openfhe as o
+
+        dist = getattr(o.SecretKeyDist, secret)
+        boot = o.CryptoContext.GetBootstrapDepth(list(level_budget), dist) + iterations - 1
+
+        def fits(levels: int) -> bool:
+            params = o.CCParamsCKKSRNS()
+            params.SetSecurityLevel(o.SecurityLevel.HEStd_128_classic)
+            params.SetSecretKeyDist(dist)
+            params.SetScalingModSize(scale_bits)
+            params.SetFirstModSize(first_bits)
+            params.SetScalingTechnique(getattr(o.ScalingTechnique, TECHNIQUE))
+            params.SetMultiplicativeDepth(levels + HIDDEN_LEVELS + boot)
+            params.SetNumLargeDigits(num_large_digits)
+            if ring_dim:
+                params.SetRingDim(ring_dim)
+            try:
+                cc = o.GenCryptoContext(params)
+            except Exception:  # OpenFHE raises when the chain breaks the 128-bit bound
+                return False
+            return ring_dim is None or cc.GetRingDimension() == ring_dim
+
+        # Not a binary search: OpenFHE splits the chain's primes into digits by count, so the
+        # special modulus (and with it the 128-bit check) is not monotone in the depth.
+        return next((levels for levels in range(upper, 0, -1) if fits(levels)), 0)
+
     def rotation_keygen(self, steps):
         self.cc.EvalRotateKeyGen(self.keys.secretKey, [int(s) for s in steps])
 

@@ -98,6 +98,22 @@ def gelu(
     return total
 
 
+def gelu_chebyshev(
+    backend: CKKSBackend,
+    x: Ciphertext,
+    config: approx.gelu.ChebyshevGeluConfig = approx.gelu.DEFAULT_CHEBYSHEV_GELU,
+    prescaled: bool = False,
+) -> Ciphertext:
+    """GELU as one Chebyshev interpolant (``approx.gelu.chebyshev``): no SGN, one chain of
+    ``approx.chebyshev.depth(degree)`` levels (+1 for the scaling; ``prescaled``: the slots
+    already hold x / bound, e.g. with 1 / bound folded into the matmul before)."""
+    op = "gelu"
+    need = approx.chebyshev.depth(config.degree) + (0 if prescaled else 1)
+    x = he.ensure_level(backend, x, need, op, 1.0 if prescaled else config.bound)
+    t = x if prescaled else backend.multiply_plain(x, 1.0 / config.bound)
+    return he.chebyshev_series(backend, t, config.coeffs, op)
+
+
 def softmax(
     backend: CKKSBackend,
     x: Ciphertext,
