@@ -128,11 +128,37 @@ def nexus_operators() -> None:
     _save(fig, "nexus_operators.png")
 
 
+def openfhe_bootstrap_tradeoff() -> None:
+    data = _load("openfhe_bootstrap")
+    if data is None:
+        return
+    rows = [
+        r for r in data.get("rows", []) if "error" not in r and r["secret"] != "UNIFORM_TERNARY"
+    ]
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for r in rows:
+        ax.scatter(r["levels_after"], r["bits_B1"], s=20 + 2 * r["bootstrap_s"], alpha=0.6)
+        ax.annotate(
+            f"2^{r['scale_bits']}, {r['digits']}d, x{r['iterations']}: {r['bootstrap_s']:.0f} s",
+            (r["levels_after"], r["bits_B1"]),
+            fontsize=7,
+        )
+    ax.set_xlim(6, 18)
+    ax.axhline(18, color="#c44e52", linestyle="--", linewidth=0.8, label="target 18 bits")
+    ax.axvline(12, color="#8172b2", linestyle="--", linewidth=0.8, label="target 12 levels")
+    ax.set_xlabel("operator levels after a bootstrap")
+    ax.set_ylabel("bits kept on [-1, 1]")
+    ax.set_title("OpenFHE bootstrapping, ring 2^16, 128-bit (openfhe_bootstrap.json)", fontsize=9)
+    ax.legend(fontsize=7, loc="lower left")
+    _save(fig, "openfhe_bootstrap.png")
+
+
 def main() -> int:
     IMG.mkdir(parents=True, exist_ok=True)
     stip_ratios()
     cipherprune_tokens_and_speedups()
     nexus_operators()
+    openfhe_bootstrap_tradeoff()
     return 0
 
 

@@ -30,7 +30,10 @@ from privformer.protocols.nexus import matmul as mm
 class LayerConfig:
     """The approximations a layer uses (shared by the encrypted layer and its twin)."""
 
+    # GELU: NEXUS's SGN-selected pieces (``gelu``), or, when ``gelu_chebyshev`` is set, one
+    # Chebyshev interpolant (depth 9 instead of 27); the twin and the encrypted layer both obey it.
     gelu: approx.gelu.GeluConfig = approx.gelu.DEFAULT_GELU
+    gelu_chebyshev: approx.gelu.ChebyshevGeluConfig | None = None
     softmax: approx.softmax.SoftmaxConfig = approx.softmax.DEFAULT_SOFTMAX
     layernorm: approx.layernorm.LayerNormConfig = approx.layernorm.DEFAULT_LAYERNORM
     # |entries| of hidden states, Q, K, V and FFN outputs, for the bootstraps that may refresh
@@ -87,6 +90,8 @@ class FloatOps:
     def gelu(self, x: np.ndarray) -> np.ndarray:
         if self.mode == "plain":
             return approx.gelu.gelu_exact(x)
+        if self.config.gelu_chebyshev is not None:
+            return approx.gelu.chebyshev(x, self.config.gelu_chebyshev)
         return approx.gelu.nexus(x, self.config.gelu)
 
     def layernorm(self, x: np.ndarray, norm: tuple[np.ndarray, np.ndarray], eps: float):
@@ -184,7 +189,10 @@ def encrypted_layer(
     clock("LayerNorm 1")
     ffn = _linear(backend, h1, w, "ffn1", layout, bound)
     clock("FFN in")
-    ffn = [hn.gelu(backend, c, config.gelu) for c in ffn]
+    if config.gelu_chebyshev is not None:
+        ffn = [hn.gelu_chebyshev(backend, c, config.gelu_chebyshev) for c in ffn]
+    else:
+        ffn = [hn.gelu(backend, c, config.gelu) for c in ffn]
     clock("GELU")
     ffn2 = _linear(backend, ffn, w, "ffn2", layout, bound)
     clock("FFN out")
