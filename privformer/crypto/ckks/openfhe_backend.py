@@ -39,7 +39,7 @@ from typing import IO, Any
 import numpy as np
 
 from privformer.crypto.ckks.backend import Bootstrapper, Ciphertext, CKKSBackend
-from privformer.errors import CiphertextFormatError, CryptoError
+from privformer.errors import CiphertextFormatError, CryptoError, UnknownNameError
 
 OPENFHE_VERSION = "1.6.1.0.22.4"
 # Largest slot magnitude bootstrapped without scaling. Measured at the default parameters
@@ -88,6 +88,36 @@ def setup_openfhe_venv(venv: Path | None = None) -> Path:
     return python
 
 
+#: The default chain and bootstrap (docs/nexus.md: 7 operator levels, ~21 bits, ~21 s, 13 GB).
+DEFAULT_CHAIN: dict[str, Any] = {
+    "scale_bits": 50,
+    "first_bits": 51,
+    "level_budget": (3, 3),
+    "ring_dim": None,  # the smallest ring OpenFHE's 128-bit check allows (2^16 here)
+    "num_large_digits": 4,
+    "bootstrap_iterations": 2,
+    "secret": "SPARSE_ENCAPSULATED",
+}
+
+
+def chain_parameters(**overrides: Any) -> dict[str, Any]:
+    """``DEFAULT_CHAIN`` with ``overrides``, checked: what the worker builds a context from."""
+    unknown = sorted(set(overrides) - set(DEFAULT_CHAIN))
+    if unknown:
+        raise UnknownNameError(
+            f"unknown OpenFHE parameters {unknown}; known: {list(DEFAULT_CHAIN)}"
+        )
+    chain = {**DEFAULT_CHAIN, **overrides}
+    if chain["secret"] not in ("UNIFORM_TERNARY", "SPARSE_ENCAPSULATED"):
+        raise CryptoError(
+            f"secret {chain['secret']!r}: use UNIFORM_TERNARY or SPARSE_ENCAPSULATED (a plain "
+            "sparse secret's 128-bit security is not covered by the HE Standard)"
+        )
+    chain["level_budget"] = list(chain["level_budget"])
+    chain["iterations"] = chain.pop("bootstrap_iterations")
+    return chain
+
+
 @dataclass(frozen=True)
 class OpenFHEPreset:
     """The facts operators read from a preset (``levels``, ``slots``) plus OpenFHE's choices."""
@@ -128,46 +158,28 @@ class OpenFHEBackend(CKKSBackend):
     def __init__(
         self,
         levels: int = 7,
-        scale_bits: int = 50,
-        first_bits: int = 51,
-        level_budget: Sequence[int] = (3, 3),
-        ring_dim: int | None = None,
-        num_large_digits: int = 4,
-        bootstrap_iterations: int = 2,
         bootstrap_precision: int = 11,
-        secret: str = "SPARSE_ENCAPSULATED",
         python: str | Path | None = None,
+        **chain: Any,
     ):
+        """``levels`` for operators after each bootstrap; ``chain``: ``DEFAULT_CHAIN``'s keys
+        (scale_bits, first_bits, level_budget, ring_dim, num_large_digits,
+        bootstrap_iterations, secret). ``bootstrap_precision`` is one bootstrap's precision in
+        bits, which Meta-BTS uses to scale its second pass (docs/nexus.md: ~11 at 50-bit
+        primes, encapsulated). OpenFHE's bootstrapping needs first_bits - scale_bits <= its
+        correction factor (8 here)."""
+        params = chain_parameters(**chain)  # checked before a worker starts
         self._start_worker(python)
-        # OpenFHE's bootstrapping needs first_bits - scale_bits <= its correction factor (8
-        # here). bootstrap_precision is one bootstrap's precision in bits, which Meta-BTS
-        # uses to scale its second pass (docs/nexus.md: ~11 at 50-bit primes, encapsulated).
-        if secret not in ("UNIFORM_TERNARY", "SPARSE_ENCAPSULATED"):
-            raise CryptoError(
-                f"secret {secret!r}: use UNIFORM_TERNARY or SPARSE_ENCAPSULATED (a plain sparse "
-                "secret's 128-bit security is not covered by the HE Standard)"
-            )
-        info = self._call(
-            "setup",
-            levels,
-            scale_bits,
-            first_bits,
-            list(level_budget),
-            ring_dim,
-            num_large_digits,
-            bootstrap_iterations,
-            bootstrap_precision,
-            secret,
-        )
+        info = self._call("setup", levels, params, bootstrap_precision)
         self.preset = OpenFHEPreset(
-            f"openfhe-{secret.lower()}-{levels}",
+            f"openfhe-{params['secret'].lower()}-{levels}",
             info["ring_dim"],
             levels,
-            scale_bits,
+            params["scale_bits"],
             info["boot"],
-            secret,
-            num_large_digits,
-            bootstrap_iterations,
+            params["secret"],
+            params["num_large_digits"],
+            params["iterations"],
         )
         self.context_id = secrets.token_hex(8)
         self.top = levels
@@ -182,34 +194,15 @@ class OpenFHEBackend(CKKSBackend):
         self._dead: list[int] = []  # worker ids whose last Ciphertext is gone
 
     @classmethod
-    def max_levels(
-        cls,
-        scale_bits: int = 50,
-        first_bits: int = 51,
-        level_budget: Sequence[int] = (3, 3),
-        ring_dim: int = 1 << 16,
-        num_large_digits: int = 4,
-        bootstrap_iterations: int = 2,
-        secret: str = "SPARSE_ENCAPSULATED",
-        python: str | Path | None = None,
-    ) -> int:
-        """The most operator levels (``levels``) these parameters admit at 128 bits on ring
-        ``ring_dim`` (OpenFHE would otherwise grow the ring): OpenFHE's own check on the chain,
-        contexts only (no keys), so seconds rather than minutes."""
+    def max_levels(cls, python: str | Path | None = None, **chain: Any) -> int:
+        """The most operator levels (``levels``) a chain admits at 128 bits on its ring (keyword
+        arguments as ``chain_parameters``'; the ring defaults to 2^16, since OpenFHE would
+        otherwise grow it): OpenFHE's own check, contexts only (no keys), so seconds."""
         probe = cls.__new__(cls)
         probe._start_worker(python)
         try:
             return int(
-                probe._call(
-                    "max_levels",
-                    scale_bits,
-                    first_bits,
-                    list(level_budget),
-                    ring_dim,
-                    num_large_digits,
-                    bootstrap_iterations,
-                    secret,
-                )
+                probe._call("max_levels", chain_parameters(**{"ring_dim": 1 << 16, **chain}))
             )
         finally:
             probe.close()

@@ -30,92 +30,70 @@ def _floats(data: bytes) -> list[float]:
     return values.tolist()
 
 
+def _bootstrap_depth(o: Any, chain: dict) -> int:
+    dist = getattr(o.SecretKeyDist, chain["secret"])
+    return o.CryptoContext.GetBootstrapDepth(list(chain["level_budget"]), dist)
+
+
+def _parameters(o: Any, chain: dict, depth: int) -> Any:
+    """CKKS parameters of ``chain`` (the backend's ``chain_parameters``) at ``depth``."""
+    params = o.CCParamsCKKSRNS()
+    params.SetSecurityLevel(o.SecurityLevel.HEStd_128_classic)  # never HEStd_NotSet
+    params.SetSecretKeyDist(getattr(o.SecretKeyDist, chain["secret"]))
+    params.SetScalingModSize(chain["scale_bits"])
+    params.SetFirstModSize(chain["first_bits"])
+    params.SetScalingTechnique(getattr(o.ScalingTechnique, TECHNIQUE))
+    params.SetMultiplicativeDepth(depth)
+    # More digits shrink the special modulus P, which is what lets the chain fit ring 2^16
+    # at 128 bits; each key grows with the digit count.
+    params.SetNumLargeDigits(chain["num_large_digits"])
+    if chain["ring_dim"]:
+        params.SetRingDim(chain["ring_dim"])
+    return params
+
+
 class Worker:
     def __init__(self) -> None:
         self.cts: dict[int, Any] = {}  # openfhe.Ciphertext (the binding has no stubs)
         self.next_id = 0
 
     # --- context -------------------------------------------------------------------------
-    def setup(
-        self,
-        levels: int,
-        scale_bits: int,
-        first_bits: int,
-        level_budget,
-        ring_dim,
-        num_large_digits: int,
-        iterations: int,
-        precision: int,
-        secret: str,
-    ):
+    def setup(self, levels: int, chain: dict, precision: int):
+        """Context, keys, bootstrapping keys for ``levels`` operator levels on ``chain``."""
         import openfhe as o
 
         self.o = o
-        dist = getattr(o.SecretKeyDist, secret)
-        self.boot_depth = o.CryptoContext.GetBootstrapDepth(list(level_budget), dist)
-        self.iterations, self.precision = iterations, precision
+        self.boot_depth = _bootstrap_depth(o, chain)
+        self.iterations, self.precision = chain["iterations"], precision
         # The chain: the levels operators get, two hidden ones (one to scale a bootstrap's
         # input into range, one that EvalBootstrap's input needs), the bootstrap, and one per
         # extra iteration of Meta-BTS (iterative bootstrapping).
-        self.consumed_at_top = self.boot_depth + iterations - 1
+        self.consumed_at_top = self.boot_depth + chain["iterations"] - 1
         self.depth = levels + HIDDEN_LEVELS + self.consumed_at_top
-        params = o.CCParamsCKKSRNS()
-        params.SetSecurityLevel(o.SecurityLevel.HEStd_128_classic)  # never HEStd_NotSet
-        params.SetSecretKeyDist(dist)
-        params.SetScalingModSize(scale_bits)
-        params.SetFirstModSize(first_bits)
-        params.SetScalingTechnique(getattr(o.ScalingTechnique, TECHNIQUE))
-        params.SetMultiplicativeDepth(self.depth)
-        # More digits shrink the special modulus P, which is what lets the chain fit ring 2^16
-        # at 128 bits; each key grows with the digit count.
-        params.SetNumLargeDigits(num_large_digits)
-        if ring_dim:
-            params.SetRingDim(ring_dim)
-        cc = o.GenCryptoContext(params)
+        cc = o.GenCryptoContext(_parameters(o, chain, self.depth))
         for feature in ("PKE", "KEYSWITCH", "LEVELEDSHE", "ADVANCEDSHE", "FHE"):
             cc.Enable(getattr(o.PKESchemeFeature, feature))
         self.cc = cc
         self.slots = cc.GetRingDimension() // 2
-        cc.EvalBootstrapSetup(list(level_budget))
+        cc.EvalBootstrapSetup(list(chain["level_budget"]))
         self.keys = cc.KeyGen()
         cc.EvalMultKeyGen(self.keys.secretKey)
         cc.EvalBootstrapKeyGen(self.keys.secretKey, self.slots)
         return {"ring_dim": cc.GetRingDimension(), "depth": self.depth, "boot": self.boot_depth}
 
-    def max_levels(
-        self,
-        scale_bits: int,
-        first_bits: int,
-        level_budget,
-        ring_dim,
-        num_large_digits: int,
-        iterations: int,
-        secret: str,
-        upper: int = 40,
-    ) -> int:
+    def max_levels(self, chain: dict, upper: int = 40) -> int:
         """The most operator levels whose chain OpenFHE accepts at 128 bits (contexts only, no
         keys: fast); 0 if none."""
         import openfhe as o
 
-        dist = getattr(o.SecretKeyDist, secret)
-        boot = o.CryptoContext.GetBootstrapDepth(list(level_budget), dist) + iterations - 1
+        consumed = _bootstrap_depth(o, chain) + chain["iterations"] - 1
 
         def fits(levels: int) -> bool:
-            params = o.CCParamsCKKSRNS()
-            params.SetSecurityLevel(o.SecurityLevel.HEStd_128_classic)
-            params.SetSecretKeyDist(dist)
-            params.SetScalingModSize(scale_bits)
-            params.SetFirstModSize(first_bits)
-            params.SetScalingTechnique(getattr(o.ScalingTechnique, TECHNIQUE))
-            params.SetMultiplicativeDepth(levels + HIDDEN_LEVELS + boot)
-            params.SetNumLargeDigits(num_large_digits)
-            if ring_dim:
-                params.SetRingDim(ring_dim)
             try:
-                cc = o.GenCryptoContext(params)
+                cc = o.GenCryptoContext(_parameters(o, chain, levels + HIDDEN_LEVELS + consumed))
             except Exception:  # OpenFHE raises when the chain breaks the 128-bit bound
                 return False
-            return ring_dim is None or cc.GetRingDimension() == ring_dim
+            return not chain["ring_dim"] or cc.GetRingDimension() == chain["ring_dim"]
 
         # Not a binary search: OpenFHE splits the chain's primes into digits by count, so the
         # special modulus (and with it the 128-bit check) is not monotone in the depth.
