@@ -119,6 +119,22 @@ class PrivateModel(ABC):
 
 
 # --- STIP ------------------------------------------------------------------------------------
+def _stip_outputs(hidden: list[torch.Tensor], head: torch.nn.Linear | None) -> torch.Tensor:
+    """Per text (tokens, hidden) states to logits (the head on [CLS]) or, with no head,
+    mean-pooled, normalised sentence embeddings."""
+    from privformer.models.pooling import mean_pool
+
+    with torch.inference_mode():
+        if head is not None:
+            return head(torch.stack([h[0] for h in hidden]))  # (texts, classes)
+        return torch.stack([mean_pool(h[None], torch.ones(1, h.shape[0]))[0] for h in hidden])
+
+
+def _unpad(states: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
+    """(texts, tokens, hidden) padded states to one (n_i, hidden) tensor per text."""
+    return [states[i, : int(n)] for i, n in enumerate(mask.sum(dim=1).tolist())]
+
+
 class StipModel(PrivateModel):
     """STIP on an encoder (sentence embeddings) or an encoder classifier (logits).
 
@@ -150,38 +166,32 @@ class StipModel(PrivateModel):
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
 
     def _exported(self) -> Any:
+        """The export (once per model), with its user and cloud loaded in this process."""
         if self._export is None:
+            from privformer.protocols.stip.cloud import StipCloud
             from privformer.protocols.stip.export import export
+            from privformer.protocols.stip.user import StipUser
 
             self._tmp = tempfile.TemporaryDirectory(prefix="privformer-stip-")
             self._export = export(self.base, self._tmp.name, scheme=self.scheme, progress=False)
+            self._user = StipUser(self._export.user_dir)
+            self._cloud = StipCloud(self._export.cloud_dir)
         return self._export
-
-    def _finish(self, hidden: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
-        from privformer.models.pooling import mean_pool
-
-        h = torch.stack(hidden)  # (texts, tokens, hidden)
-        if self.head is None:
-            return mean_pool(h, mask)
-        with torch.inference_mode():
-            return self.head(h[:, 0])
 
     def _predict(self, texts: list[str], mode: Mode) -> Result:
         enc = self.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+        mask = enc["attention_mask"]
         if mode is Mode.PLAIN:
             with torch.inference_mode():
-                hidden = list(self.encoder(**enc).last_hidden_state)
-            return Result(self.protocol, mode, self._finish(hidden, enc["attention_mask"]), 0.0)
+                hidden = _unpad(self.encoder(**enc).last_hidden_state, mask)
+            return Result(self.protocol, mode, _stip_outputs(hidden, self.head), 0.0)
         export = self._exported()
         if mode is Mode.SIMULATE:  # the permuted model in this process: the cloud's arithmetic
-            from privformer.protocols.stip.cloud import StipCloud
-            from privformer.protocols.stip.user import StipUser
-
-            user, cloud = StipUser(export.user_dir), StipCloud(export.cloud_dir)
+            user, cloud = self._user, self._cloud
             embeds = user.embed(enc["input_ids"], token_type_ids=enc.get("token_type_ids"))
-            y = cloud.forward(user.permute(embeds), enc["attention_mask"])["last_hidden_state"]
-            hidden = list(user.unpermute_hidden(y))
-            return Result(self.protocol, mode, self._finish(hidden, enc["attention_mask"]), 0.0)
+            y = cloud.forward(user.permute(embeds), mask)["last_hidden_state"]
+            hidden = _unpad(user.unpermute_hidden(y), mask)
+            return Result(self.protocol, mode, _stip_outputs(hidden, self.head), 0.0)
         from privformer.transport.stip_client import StipClient
         from privformer.transport.stip_server import ServerProcess
 
@@ -191,15 +201,10 @@ class StipModel(PrivateModel):
         ):
             hidden = c.hidden_states(texts)
             stats = c.stats
-        mask = torch.zeros(len(texts), max(h.shape[0] for h in hidden), dtype=torch.int64)
-        padded = []
-        for i, h in enumerate(hidden):
-            mask[i, : h.shape[0]] = 1
-            padded.append(torch.nn.functional.pad(h, (0, 0, 0, mask.shape[1] - h.shape[0])))
         return Result(
             self.protocol,
             mode,
-            self._finish(padded, mask),
+            _stip_outputs(hidden, self.head),
             0.0,
             bytes_sent=stats.bytes_sent,
             bytes_received=stats.bytes_received,
@@ -403,26 +408,22 @@ class Client:
         return result
 
     def _stip(self, texts: list[str]) -> Result:
-        from privformer.models.pooling import mean_pool
         from privformer.transport.stip_client import StipClient
 
         with StipClient(self.path, self.server) as client:
             hidden = client.hidden_states(texts)
             stats = client.stats
-        head_file = self.path / "head.safetensors"
-        if head_file.is_file():
+        head = None
+        if (self.path / "head.safetensors").is_file():  # a classifier: the user holds the head
             from safetensors.torch import load_file
 
-            state = load_file(str(head_file))
-            outputs = torch.stack([h[0] for h in hidden]) @ state["weight"].T + state["bias"]
-        else:
-            outputs = torch.stack(
-                [mean_pool(h[None], torch.ones(1, h.shape[0]))[0] for h in hidden]
-            )
+            state = load_file(str(self.path / "head.safetensors"))
+            head = torch.nn.Linear(state["weight"].shape[1], state["weight"].shape[0])
+            head.load_state_dict(state)
         return Result(
             "stip",
             Mode.PRIVATE,
-            outputs,
+            _stip_outputs(hidden, head),
             0.0,
             stats.bytes_sent,
             stats.bytes_received,

@@ -1,6 +1,7 @@
 """CipherPrune sessions: what the client and the server compute once their channels are up,
-and ``CipherPruneClassifier``, which runs one model in ``plain``, ``simulate`` or ``private``
-mode (the last is 2PC over localhost TCP with the dealer and server in threads).
+and ``CipherPruneClassifier``, which runs one model in ``plain``, ``simulate`` or ``encrypted``
+mode (the last is 2PC over localhost TCP with the dealer and server in threads; the public API
+calls it ``private``).
 
 A session: the client connects and sends a session id and pairwise key, the server answers with
 its public model card (dimensions, which layers prune, the compaction method), both join the
@@ -24,7 +25,7 @@ from privformer.crypto.mpc.party import (
     Party,
     run_local,
 )
-from privformer.errors import InputError, WireFormatError
+from privformer.errors import InputError, UnknownNameError, WireFormatError
 from privformer.protocols.cipherprune import secure
 from privformer.protocols.cipherprune.format import load_classifier
 from privformer.protocols.cipherprune.model import (
@@ -126,7 +127,7 @@ class CipherPruneClassifier:
         debug: bool = False,
     ) -> SecureResult:
         if mode not in MODES:
-            raise InputError(f"unknown mode {mode!r}; choose one of {MODES}")
+            raise UnknownNameError(f"unknown mode {mode!r}; choose one of {MODES}")
         pruning = self.pruning if prune else PruningConfig.none(self.weights.layers)
         start = time.perf_counter()
         if mode != "encrypted":
