@@ -49,11 +49,6 @@ class EncoderClassifier:
     head: torch.nn.Linear
     tokenizer: Any
 
-    def plain_logits(self, texts: list[str], max_length: int = 128) -> torch.Tensor:
-        """(len(texts), classes) logits of the plain float32 model."""
-        with torch.inference_mode():
-            return self.head(cls_states(self.encoder, self.tokenizer, texts, max_length))
-
 
 def _fit_probe(out: Path) -> None:
     bert, tok = load_model("minilm"), load_tokenizer("minilm")
