@@ -51,7 +51,7 @@ def test_chebyshev_gelu_on_real_minilm_inputs(activations):
     err = np.abs(A.gelu.chebyshev(x) - A.gelu.gelu_exact(x))
     assert err.max() <= 1e-4, err.max()
     assert err.mean() <= 7.7e-4 / 10, err.mean()
-    assert A.chebyshev.depth(A.gelu.DEFAULT_CHEBYSHEV_GELU.degree) == 8
+    assert A.chebyshev.depth(A.gelu.DEFAULT_CHEBYSHEV_GELU.degree) == 7
 
 
 def test_chebyshev_division_reconstructs_the_series():
@@ -62,8 +62,12 @@ def test_chebyshev_division_reconstructs_the_series():
     t64 = np.polynomial.chebyshev.chebval(t, [0.0] * 64 + [1.0])
     rebuilt = A.chebyshev.evaluate(q, t) * t64 + A.chebyshev.evaluate(r, t)
     assert len(r) == 64 and np.abs(rebuilt - A.chebyshev.evaluate(c, t)).max() < 1e-12
-    # depth: ceil(log2(degree + 1)) + 1 (the leaves' scalar products)
-    assert [A.chebyshev.depth(d) for d in (3, 7, 31, 63, 127, 255)] == [2, 4, 6, 7, 8, 9]
+    # with m ~ sqrt(degree) baby steps: ceil(log2(degree + 1)) + 1 (the leaves' scalars)
+    assert [A.chebyshev.depth(d, 16) for d in (31, 63, 127, 255)] == [6, 7, 8, 9]
+    # the chosen m reaches the lower bound ceil(log2(degree + 1)); degree 119 with m = 8
+    assert [A.chebyshev.depth(d) for d in (3, 7, 31, 63, 127, 255)] == [2, 3, 5, 6, 7, 8]
+    assert A.chebyshev.baby_step_count(119) == 8 and A.chebyshev.depth(119) == 7
+    assert A.chebyshev.products(119, 8) < A.chebyshev.products(119, 2)
 
 
 def test_softmax_on_real_peaked_and_flat_rows(activations):

@@ -58,12 +58,35 @@ def divide(coeffs: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     return q, r
 
 
+def split_point(length: int, m: int) -> int:
+    """n: the giant step p = q T_n + r splits a series of ``length`` coefficients at."""
+    n = m
+    while 2 * n < length:
+        n *= 2
+    return n
+
+
+def products(degree: int, m: int) -> int:
+    """Ciphertext products ``chebyshev_series`` does for a dense degree-``degree`` series with
+    m baby steps: T_2 .. T_{m-1}, the giant steps T_m .. T_n, one per split."""
+
+    def splits(length: int) -> int:
+        if length <= m:
+            return 0
+        n = split_point(length, m)
+        return 1 + splits(length - n) + splits(n)
+
+    top = split_point(degree + 1, m) if degree + 1 > m else m
+    giants = (top // m).bit_length() if degree + 1 > m else 0
+    return max(0, min(m, degree + 1) - 2) + giants + splits(degree + 1)
+
+
 def baby_step_count(degree: int) -> int:
-    """m: the power of two near sqrt(degree + 1) (baby steps T_1 .. T_{m-1})."""
-    m = 2
-    while m * m < degree + 1:
-        m *= 2
-    return m
+    """m (a power of two): the baby steps T_1 .. T_{m-1}. The fewest levels first, then the
+    fewest products: near sqrt(degree + 1) unless a smaller m saves a level (degree 127 takes
+    7 levels with m = 2, 8 with m = 16; a level can save a bootstrap, worth many products)."""
+    candidates = [1 << k for k in range(1, max(2, (degree + 1).bit_length() + 1))]
+    return min(candidates, key=lambda m: (depth(degree, m), products(degree, m)))
 
 
 def depth(degree: int, m: int | None = None) -> int:
@@ -74,9 +97,7 @@ def depth(degree: int, m: int | None = None) -> int:
     def d(length: int) -> int:
         if length <= m:  # leaf: the deepest baby step T_{length-1} (depth ceil(log2)), one scalar
             return (length - 2).bit_length() + 1 if length > 1 else 0
-        n = m
-        while 2 * n < length:
-            n *= 2
+        n = split_point(length, m)
         giant = log_m + (n // m).bit_length() - 1  # depth of T_n
         return max(d(length - n), giant) + 1  # q T_n, alongside r
 

@@ -10,6 +10,7 @@ y <- y (3 - u y^2) / 2 from ``newton_start``, which lies inside the basin for ev
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import TypeVar
@@ -17,6 +18,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
+from privformer.approx import chebyshev as chebyshev_basis
 from privformer.approx.folds import quick_sum
 from privformer.approx.ranges import check_range
 from privformer.errors import InputError, OutOfRangeError
@@ -30,6 +32,9 @@ class LayerNormConfig:
     var_high: float = 256.0
     input_bound: float = 256.0  # |x|; bootstraps are scaled for it
     newton_iters: int | None = None
+    # The depth-aware form (``chebyshev``): 1/sqrt starts from a Chebyshev interpolant of this
+    # degree on the variance range instead of NEXUS's linear start. None: NEXUS's form.
+    start_degree: int | None = None
 
 
 DEFAULT_LAYERNORM = LayerNormConfig()
@@ -88,6 +93,57 @@ def nexus(
     z = x - quick_sum(x) / n
     var = quick_sum(z * z) / n + eps
     return gamma * z * inv_sqrt(var, config) + beta
+
+
+# --- Depth-aware: a Chebyshev start, then few Newton steps ---------------------------------
+def _unit(u: np.ndarray, low: float) -> np.ndarray:
+    """u in [low, 1] mapped to [-1, 1]."""
+    return (2.0 * u - 1.0 - low) / (1.0 - low)
+
+
+@functools.cache
+def _rsqrt_start(low: float, degree: int) -> tuple[np.ndarray, int]:
+    """Chebyshev coefficients of 1/sqrt(u) on [low, 1], and the Newton steps after them that
+    bring the relative error below 1e-6 everywhere on the range (counted on a fine grid)."""
+    coeffs = chebyshev_basis.interpolate(lambda u: 1.0 / np.sqrt(u), low, 1.0, degree)
+    coeffs.setflags(write=False)
+    u = np.geomspace(low, 1.0, 20001)
+    y = chebyshev_basis.evaluate(coeffs, _unit(u, low))
+    for steps in range(0, 16):
+        if np.max(np.abs(y * np.sqrt(u) - 1.0)) <= 1e-6:
+            return coeffs, steps
+        y = y * (3.0 - u * y * y) / 2.0
+    raise InputError(f"a degree-{degree} start does not converge on [{low:.3g}, 1]")
+
+
+def chebyshev_start(config: LayerNormConfig) -> tuple[np.ndarray, int]:
+    """(Chebyshev coefficients, Newton steps) of the depth-aware 1/sqrt for ``config``."""
+    if config.start_degree is None:
+        raise InputError("chebyshev_start needs LayerNormConfig.start_degree")
+    return _rsqrt_start(config.var_low / config.var_high, config.start_degree)
+
+
+def chebyshev(
+    x: np.ndarray,
+    gamma: np.ndarray,
+    beta: np.ndarray,
+    eps: float = 1e-12,
+    config: LayerNormConfig = DEFAULT_LAYERNORM,
+) -> np.ndarray:
+    """gamma * (x - mean) / sqrt(var + eps) + beta over the last axis; 1/sqrt on u = (var +
+    eps) / var_high from a Chebyshev start and ``chebyshev_start``'s Newton steps (the encrypted
+    ``he_nonlinear.layernorm_chebyshev`` does the same arithmetic)."""
+    x = np.asarray(x, dtype=np.float64)
+    n = x.shape[-1]
+    z = x - quick_sum(x) / n
+    var = quick_sum(z * z) / n + eps
+    check_range("layernorm.variance", var, config.var_low, config.var_high)
+    coeffs, steps = chebyshev_start(config)
+    u = var / config.var_high
+    y = chebyshev_basis.evaluate(coeffs, _unit(u, config.var_low / config.var_high))
+    for _ in range(steps):
+        y = 1.5 * y - 0.5 * y * (u * (y * y))
+    return gamma * z * y / math.sqrt(config.var_high) + beta
 
 
 # --- CipherPrune ------------------------------------------------------------------------------

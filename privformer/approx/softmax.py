@@ -3,6 +3,12 @@
 - ``nexus`` (numpy): rows whose spread is at most 2^r; the row maximum found with SGN-based
   QuickMax and subtracted (peaked rows stay accurate), exp(z) ~ (1 + z/2^r)^(2^r), the row sum
   by QuickSum, 1/sum by Goldschmidt iteration.
+- ``squaring`` (numpy): no maximum at all, for a fixed bootstrap window. The scores are centred on
+  their row mean over the real keys (so the largest is >= 0 and the row sum has a lower bound),
+  exp((z - high) / 2^k) is one Chebyshev interpolant on the calibrated range of z, and ``rounds``
+  = k normalize-and-square rounds (Cho et al., CCS 2024; THOR) give exp(z)^... / sum: each round
+  squares, sums the row, inverts the row sum (Goldschmidt, then one Newton step) and multiplies.
+  Every inverse sees a sum in [v_low, 1] with a ratio bounded by the calibration, not by the data.
 - ``cipherprune`` (torch): max subtraction by comparisons, exp clamped at -clamp then
   Taylor_k(x / 2^s)^(2^s), the reciprocal of the row sum by Newton's iteration; a
   high-accuracy and a reduced exp recipe.
@@ -10,14 +16,17 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from privformer.approx import chebyshev as chebyshev_basis
 from privformer.approx.folds import quick_max, quick_sum
 from privformer.approx.ranges import check_range
+from privformer.errors import InputError
 
 
 # --- NEXUS ------------------------------------------------------------------------------------
@@ -73,6 +82,145 @@ def nexus(x: np.ndarray, config: SoftmaxConfig = DEFAULT_SOFTMAX) -> np.ndarray:
     s = quick_sum(e) / n
     iters = goldschmidt_iterations(n, config)
     return e * goldschmidt_inverse(np.clip(s, 1e-12, 1.0), iters) / n
+
+
+# --- Normalize-and-square (no maximum; fits fixed bootstrap windows) -------------------------
+@dataclass(frozen=True)
+class SquaringSoftmaxConfig:
+    """Softmax by exp of row-centred scores and ``rounds`` normalize-and-square rounds.
+
+    ``low``, ``high``: the calibrated range of z = x - (mean of the row over its real keys),
+    over the real queries. ``high`` bounds how far a row's maximum lies above its mean, so
+    every row sum has a lower bound (``inverse_range``).
+
+    Only the last round's inverse must be accurate: an earlier round's relative error c is
+    the same for the whole row, so it scales that row by c^(2^j) and the last normalisation
+    removes it. Earlier rounds only keep the sums in range (``rough_tolerance``).
+    """
+
+    low: float = -48.0
+    high: float = 48.0
+    rounds: int = 4
+    exp_degree: int = 15
+    inverse_degree: int = 31  # the Chebyshev start of each inverse, before Newton steps
+    rough_tolerance: float = 1e-2
+    final_tolerance: float = 1e-7
+
+    @property
+    def exp_coeffs(self) -> np.ndarray:
+        """Chebyshev coefficients of u -> exp((z(u) - high) / 2^rounds), z(u) on [low, high]."""
+        return _squaring_exp_coeffs(self.low, self.high, self.rounds, self.exp_degree)
+
+    def tolerance(self, round_index: int) -> float:
+        return self.final_tolerance if round_index == self.rounds - 1 else self.rough_tolerance
+
+    def inverse_range(self, round_index: int, tokens: int) -> tuple[float, float]:
+        """[low, high] of the (scaled) row sum round ``round_index`` inverts.
+
+        Round 0 sums e^2 / m with e = exp((z - high) / 2^k) <= 1 over m real keys; their z
+        average 0, so by Jensen the sum is >= exp(-2 high / 2^k). A later round sums the
+        squares of a row normalised up to the previous inverse's error d: within
+        [(1 - d)^2 / tokens, (1 + d)^2]."""
+        if round_index == 0:
+            return math.exp(-2.0 * self.high / 2.0**self.rounds), 1.0
+        d = self.tolerance(round_index - 1)
+        return (1.0 - d) ** 2 / tokens, (1.0 + d) ** 2
+
+
+@functools.cache
+def _squaring_exp_coeffs(low: float, high: float, rounds: int, degree: int) -> np.ndarray:
+    if not low < 0.0 < high:
+        raise InputError(f"the centred range [{low}, {high}] must contain 0")
+
+    def f(z: np.ndarray) -> np.ndarray:
+        return np.exp((z - high) / 2.0**rounds)
+
+    coeffs = chebyshev_basis.interpolate(f, low, high, degree)
+    coeffs.setflags(write=False)
+    return coeffs
+
+
+@dataclass(frozen=True)
+class InversePlan:
+    """1/v on [low, high]: a Chebyshev start (relative error <= ``start_error``), then
+    ``newton_steps`` of y <- y (2 - v y), each squaring the relative error."""
+
+    low: float
+    high: float
+    coeffs: np.ndarray
+    start_error: float
+    newton_steps: int
+
+
+@functools.cache
+def inverse_plan(low: float, high: float, degree: int, tolerance: float) -> InversePlan:
+    if not 0.0 < low < high:
+        raise InputError(f"inverse range [{low}, {high}] must be positive and non-empty")
+    coeffs = chebyshev_basis.interpolate(lambda v: 1.0 / v, low, high, degree)
+    coeffs.setflags(write=False)
+    v = np.geomspace(low, high, 20001)
+    # 5% above the largest error on a fine grid: the bound the step count is derived from.
+    error = 1.05 * float(
+        np.abs(1.0 - v * chebyshev_basis.evaluate(coeffs, _unit(v, low, high))).max()
+    )
+    if error >= 1.0:
+        raise InputError(f"a degree-{degree} start cannot invert [{low:.3g}, {high:.3g}]")
+    steps = 0
+    while error ** (2**steps) > tolerance:
+        steps += 1
+    return InversePlan(low, high, coeffs, error, steps)
+
+
+def _unit(v: np.ndarray, low: float, high: float) -> np.ndarray:
+    """v on [low, high] mapped to [-1, 1]."""
+    return (2.0 * v - (low + high)) / (high - low)
+
+
+def inverse(v: np.ndarray, plan: InversePlan) -> np.ndarray:
+    """1/v for v in [plan.low, plan.high]: the Chebyshev start, then Newton steps."""
+    check_range("softmax.inverse", v, plan.low * (1.0 - 1e-9), plan.high * (1.0 + 1e-9))
+    y = chebyshev_basis.evaluate(plan.coeffs, _unit(v, plan.low, plan.high))
+    for _ in range(plan.newton_steps):
+        y = y * (2.0 - v * y)
+    return y
+
+
+def round_inverse_plan(config: SquaringSoftmaxConfig, round_index: int, tokens: int) -> InversePlan:
+    low, high = config.inverse_range(round_index, tokens)
+    return inverse_plan(low, high, config.inverse_degree, config.tolerance(round_index))
+
+
+def squaring(
+    x: np.ndarray,
+    mask: np.ndarray | None = None,
+    config: SquaringSoftmaxConfig | None = None,
+    rows: np.ndarray | None = None,
+) -> np.ndarray:
+    """Softmax over the last axis of ``x`` (rows of n scores), keys where ``mask`` is False
+    excluded (probability 0). Rows where ``rows`` (over the second-last axis) is False are
+    padding queries: their scores are replaced by zeros (a uniform row), so their ranges never
+    matter. The encrypted circuit ``he_nonlinear.softmax_squaring`` does the same arithmetic
+    in the same order."""
+    config = config or SquaringSoftmaxConfig()
+    x = np.asarray(x, dtype=np.float64)
+    n = x.shape[-1]
+    keys = np.ones(n) if mask is None else np.broadcast_to(np.asarray(mask, np.float64), x.shape)
+    real = keys.sum(axis=-1, keepdims=True)  # m, the real keys per row
+    if np.any(real < 1):
+        raise InputError("softmax: every row needs at least one real key")
+    if rows is not None:
+        x = x * np.asarray(rows, np.float64)[..., :, None]
+    mid, half = 0.5 * (config.low + config.high), 0.5 * (config.high - config.low)
+    z = x - (x * keys / real).sum(axis=-1, keepdims=True)  # centred on the real keys' mean
+    check_range("softmax.centred", z, config.low, config.high)
+    q = keys * chebyshev_basis.evaluate(config.exp_coeffs, (z - mid) / half)  # exp((z-high)/2^k)
+    for i in range(config.rounds):
+        q2 = q * q
+        # Round 0's sum is divided by m to land in [inverse_low(0), 1].
+        scale = 1.0 / real if i == 0 else 1.0
+        v = q2.sum(axis=-1, keepdims=True) * scale
+        q = q2 * (inverse(v, round_inverse_plan(config, i, n)) * scale)
+    return q
 
 
 # --- CipherPrune ------------------------------------------------------------------------------

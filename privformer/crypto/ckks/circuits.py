@@ -185,7 +185,11 @@ def quick_max(
 
 
 def chebyshev_series(
-    backend: CKKSBackend, t: Ciphertext, coeffs: np.ndarray, operator: str = "chebyshev"
+    backend: CKKSBackend,
+    t: Ciphertext,
+    coeffs: np.ndarray,
+    operator: str = "chebyshev",
+    weights: np.ndarray | None = None,
 ) -> Ciphertext:
     """sum_k coeffs[k] T_k(t) for slots t in [-1, 1], by Paterson-Stockmeyer in the Chebyshev
     basis: baby steps T_1 .. T_{m-1}, giant steps T_m, T_2m, ..., and p = q T_n + r recursively
@@ -194,6 +198,9 @@ def chebyshev_series(
 
     T_{2a} = 2 T_a^2 - 1 and T_{a+b} = 2 T_a T_b - T_{a-b} are formed as (T_a + T_a) T_b, so
     the doubling costs no level: T_i has depth ceil(log2 i).
+
+    ``weights`` (a slot vector): the result is weights * p(t), at no extra level: every scalar
+    of the leaves and of the split is multiplied by it (a key mask, for instance).
     """
     coeffs = np.asarray(coeffs, dtype=np.float64)
     degree = len(coeffs) - 1
@@ -215,23 +222,26 @@ def chebyshev_series(
                 powers[i] = backend.sub(prod, power(2 * a - i)) if 2 * a > i else prod
         return powers[i]
 
+    def scaled(c: float) -> np.ndarray | float:  # a scalar of the series, times the weights
+        return c if weights is None else c * weights
+
     def series(c: np.ndarray) -> Ciphertext | float:  # a float: the part is a constant
         if len(c) <= m:  # a leaf: one fused sum of scalar products (zero terms skipped)
-            terms = [(power(i), float(c[i])) for i in range(1, len(c)) if c[i] != 0.0]
+            terms = [(power(i), scaled(float(c[i]))) for i in range(1, len(c)) if c[i] != 0.0]
             if not terms:
                 return float(c[0])
-            return backend.add_plain(backend.multiply_plain_sum(terms), float(c[0]))
-        n = m
-        while 2 * n < len(c):
-            n *= 2
+            return backend.add_plain(backend.multiply_plain_sum(terms), scaled(float(c[0])))
+        n = approx.chebyshev.split_point(len(c), m)
         q, r = (series(part) for part in approx.chebyshev.divide(c, n))
         if isinstance(q, float):
             if q == 0.0:
                 return r
-            high = backend.multiply_plain(power(n), q)
+            high = backend.multiply_plain(power(n), scaled(q))
         else:
             high = backend.multiply(q, power(n))
-        return backend.add_plain(high, r) if isinstance(r, float) else backend.add(high, r)
+        if isinstance(r, float):
+            return backend.add_plain(high, scaled(r))
+        return backend.add(high, r)
 
     out = series(coeffs)
     if isinstance(out, float):

@@ -24,14 +24,16 @@ from privformer.errors import BootstrapRangeError
 class SecretKeyRefresh(Bootstrapper):
     """Decrypt, add bootstrap-sized noise, re-encrypt; counts the levels it gave back."""
 
-    def __init__(self, precision_bits: float = 20.0):
+    def __init__(self, precision_bits: float = 20.0, window: int | None = None):
+        """``window``: refreshed ciphertexts are dropped to this many levels (e.g. 7, what
+        OpenFHE's default chain leaves after a real bootstrap); None: the backend's top."""
         super().__init__()
-        self.precision_bits = precision_bits
+        self.precision_bits, self.window = precision_bits, window
         self.levels_spent = 0  # levels used up by refreshed ciphertexts (a level-cost counter)
         self._noise = np.random.default_rng(secrets.randbits(64))  # noise, not key material
 
     def refresh(self, backend: CKKSBackend, a: Ciphertext, bound: float) -> Ciphertext:
-        self.levels_spent += backend.top - backend.levels_left(a)
+        self.levels_spent += (self.window or backend.top) - backend.levels_left(a)
         values = backend.decrypt(a)
         peak = float(np.abs(values).max())
         # Bounds are magnitudes, not walls: a real bootstrap degrades gradually past its range
@@ -42,4 +44,5 @@ class SecretKeyRefresh(Bootstrapper):
             )
         amplitude = 2.0**-self.precision_bits * max(1.0, peak)
         values = values + self._noise.uniform(-amplitude, amplitude, values.shape)
-        return backend.encrypt(values)
+        fresh = backend.encrypt(values)
+        return fresh if self.window is None else backend.drop_to(fresh, self.window)

@@ -186,6 +186,103 @@ def inv_sqrt(
     return backend.multiply(y, backend.add_plain(backend.multiply_plain(t, -0.5 * c), 1.5))
 
 
+def diagonal_key_mask(tokens: int, real: int) -> np.ndarray:
+    """The real-key mask in the diagonal layout of attention scores: slot d n + t holds
+    1 if key (t + d) mod n is one of the first ``real`` tokens, else 0."""
+    if not 1 <= real <= tokens:
+        raise InputError(f"{real} real tokens do not fit {tokens} positions")
+    t = np.arange(tokens)
+    return np.concatenate([((t + d) % tokens < real).astype(np.float64) for d in range(tokens)])
+
+
+def _block_selector(tokens: int, block: int, value: float = 1.0) -> np.ndarray:
+    vec = np.zeros(tokens * tokens)
+    vec[block * tokens : (block + 1) * tokens] = value
+    return vec
+
+
+def _inverse(
+    backend: CKKSBackend,
+    neg_v: Ciphertext,
+    t: Ciphertext,
+    plan: approx.softmax.InversePlan,
+    op: str,
+) -> Ciphertext:
+    """1/v from -v and t (v mapped to [-1, 1]), as ``approx.softmax.inverse``: the Chebyshev
+    start on t, then Newton steps y (2 - v y), which also remove the error of any bootstrap on
+    the way. Only this one (packed) ciphertext is bootstrapped."""
+    y_bound = 1.01 / plan.low
+    y = he.chebyshev_series(backend, t, plan.coeffs, op)
+    for _ in range(plan.newton_steps):
+        neg_v = he.ensure_level(backend, neg_v, 1, op, plan.high)
+        y = he.ensure_level(backend, y, 2, op, y_bound)
+        y = backend.multiply(y, backend.add_plain(backend.multiply(neg_v, y), 2.0))
+    return y
+
+
+def softmax_squaring(
+    backend: CKKSBackend,
+    heads: list[Ciphertext],
+    tokens: int,
+    real: int,
+    config: approx.softmax.SquaringSoftmaxConfig,
+    bound: float,
+) -> list[Ciphertext]:
+    """Softmax of every head's scores (diagonal layout: slot d n + t holds S[t, (t + d) mod n])
+    over its first ``real`` keys, as ``approx.softmax.squaring`` (no maximum, no SGN).
+
+    ``bound``: |scores| (for the bootstrap that may bring them to level). The row sums of all
+    heads are packed into one ciphertext (head h in block h) so that each round's inverse, the
+    deep part, is computed and bootstrapped once for the layer, not once per head.
+    """
+    n, op = tokens, "softmax"
+    if n * n != backend.slots:
+        raise InputError(f"softmax: {n} tokens need {n * n} slots, the backend has {backend.slots}")
+    if not 1 <= len(heads) <= n:
+        raise InputError(f"softmax: {len(heads)} heads do not pack into {n} blocks")
+    keys = diagonal_key_mask(n, real)
+    queries = np.tile((np.arange(n) < real).astype(np.float64), n)  # slot d n + t: query t
+    mid, half = 0.5 * (config.low + config.high), 0.5 * (config.high - config.low)
+    exp_depth = approx.chebyshev.depth(len(config.exp_coeffs) - 1)
+    qs = []
+    for x in heads:
+        x = he.ensure_level(backend, x, 1 + exp_depth, op, bound)
+        # Padding queries' scores become 0 in the same products that scale and centre.
+        mean = he.quick_sum(
+            backend, backend.multiply_plain(x, keys * queries / (real * half)), n, n
+        )
+        scaled = backend.multiply_plain(x, queries / half)
+        u = backend.add_plain(backend.sub(scaled, mean), -mid / half)
+        qs.append(he.chebyshev_series(backend, u, config.exp_coeffs, op, weights=keys))
+    used = np.zeros(n * n)
+    used[: len(heads) * n] = 1.0
+    for i in range(config.rounds):
+        plan = approx.softmax.round_inverse_plan(config, i, n)
+        scale = 1.0 / real if i == 0 else 1.0
+        width = plan.high - plan.low
+        q2 = [backend.multiply(q, q) for q in (he.ensure_level(backend, q, 2, op) for q in qs)]
+        sums = [he.quick_sum(backend, s, n, n) for s in q2]  # every block: the row sums
+        # -v (v: the scaled row sums of head h in block h) and t, v mapped to [-1, 1] for the
+        # Chebyshev start; where no head sits, v is the middle of its range and t = 0.
+        neg_v = backend.multiply_plain_sum(
+            [(s, _block_selector(n, h, -scale)) for h, s in enumerate(sums)]
+        )
+        neg_v = backend.add_plain(neg_v, -(1.0 - used) * 0.5 * (plan.low + plan.high))
+        t = backend.multiply_plain_sum(
+            [(s, _block_selector(n, h, 2.0 * scale / width)) for h, s in enumerate(sums)]
+        )
+        t = backend.add_plain(t, -used * (plan.low + plan.high) / width)
+        inv = _inverse(backend, neg_v, t, plan, op)
+        inv = he.ensure_level(backend, inv, 2, op, 1.01 / plan.low)
+        qs = []
+        for h, s in enumerate(q2):
+            spread = he.quick_sum(
+                backend, backend.multiply_plain(inv, _block_selector(n, h, scale)), n, n
+            )
+            qs.append(backend.multiply(s, spread))
+    return qs
+
+
 def layernorm(
     backend: CKKSBackend,
     blocks: list[Ciphertext],
@@ -240,6 +337,72 @@ def layernorm(
         # z y (magnitude ~16 x the normalised value) before the small gamma / 16: the absolute
         # rescale noise then stays small against every factor.
         zb = he.ensure_level(backend, zb, 2, op, 2.0 * x_bound)
+        out.append(backend.add_plain(backend.multiply_plain(backend.multiply(zb, y), g), bt))
+    return out
+
+
+def layernorm_chebyshev(
+    backend: CKKSBackend,
+    blocks: list[Ciphertext],
+    layout: TokenInterleaved,
+    gamma: np.ndarray,
+    beta: np.ndarray,
+    eps: float,
+    config: approx.layernorm.LayerNormConfig,
+) -> list[Ciphertext]:
+    """LayerNorm as ``approx.layernorm.chebyshev``: mean and variance by QuickSum, 1/sqrt from
+    a Chebyshev start on the calibrated variance range and a few Newton steps.
+
+    Bootstraps: the input blocks (if they arrive without levels), then only one-per-token
+    ciphertexts: the mapped variance t before the start and y between Newton steps. u, which
+    Newton's steps read, is never bootstrapped (a bootstrap's error is relative to the largest
+    slot and would swamp small variances); Newton removes the error bootstraps put into y.
+    """
+    gamma, beta = np.asarray(gamma, np.float64), np.asarray(beta, np.float64)
+    hidden = gamma.shape[0]
+    if layout.slots != backend.slots or layout.blocks(hidden) != len(blocks):
+        raise InputError(
+            f"layernorm: {len(blocks)} blocks do not hold {hidden} features at "
+            f"{layout.features} features per block"
+        )
+    op, n, feats = "layernorm", layout.tokens, layout.features
+    coeffs, steps = approx.layernorm.chebyshev_start(config)
+    low = config.var_low / config.var_high
+    # z (1 level), z^2 (1), then u and t (1), and Newton's u y^2 one level below u: 5 levels.
+    blocks = [he.ensure_level(backend, b, 5, op, config.input_bound) for b in blocks]
+    total = blocks[0]
+    for b in blocks[1:]:
+        total = backend.add(total, b)
+    sums = he.quick_sum(backend, total, feats, n)  # every slot: the sum over its token
+    masks = layout.pack(np.ones((n, hidden)) / hidden)  # padding features stay 0 after centring
+    z = [
+        backend.sub(b, backend.multiply_plain(sums, m)) for b, m in zip(blocks, masks, strict=True)
+    ]
+    squares = backend.multiply(z[0], z[0])
+    for zb in z[1:]:
+        squares = backend.add(squares, backend.multiply(zb, zb))
+    total = backend.add_plain(he.quick_sum(backend, squares, feats, n), hidden * eps)  # n var
+    c = 1.0 / (hidden * config.var_high)  # total c = u = var / var_high, in [low, 1]
+    neg_half_u = backend.multiply_plain(total, -0.5 * c)
+    t = backend.add_plain(
+        backend.multiply_plain(total, 2.0 * c / (1.0 - low)), -(1.0 + low) / (1.0 - low)
+    )
+    y_bound = 1.01 / math.sqrt(low)
+    y = he.chebyshev_series(backend, t, coeffs, op)
+    for _ in range(steps):  # y <- 1.5 y - 0.5 y (u y^2)
+        y = he.ensure_level(backend, y, 3, op, y_bound)
+        correction = backend.multiply(y, backend.multiply(neg_half_u, backend.multiply(y, y)))
+        y = backend.add(backend.multiply_plain(y, 1.5), correction)
+    y = he.ensure_level(backend, y, 2, op, y_bound)
+    scale = 1.0 / math.sqrt(config.var_high)
+    out = []
+    for zb, g, bt in zip(
+        z,
+        layout.pack(np.tile(gamma * scale, (n, 1))),
+        layout.pack(np.tile(beta, (n, 1))),
+        strict=True,
+    ):
+        zb = he.ensure_level(backend, zb, 2, op, 2.0 * config.input_bound)
         out.append(backend.add_plain(backend.multiply_plain(backend.multiply(zb, y), g), bt))
     return out
 

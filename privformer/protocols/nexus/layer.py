@@ -5,7 +5,10 @@ residual, LayerNorm, FFN with GELU, residual, LayerNorm, all on token-interleave
 ``float_layer`` is the same layer in float64 with the nonlinearities of ``FloatOps``: exact
 (``plain``) or NEXUS's recipes (``simulate``, the encrypted layer's twin, ``simulate_layer``).
 
-Attention here has no padding mask: all ``tokens`` positions are real tokens.
+Padding: ``real`` (default: all) says how many leading positions hold real tokens; the others
+hold [PAD] embeddings and are computed too, but attention masks them as keys (as ``transformers``
+does), so the real tokens' outputs do not depend on them. Only the depth-aware softmax
+(``LayerConfig.softmax_squaring``) takes the mask; NEXUS's own softmax needs every position real.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import numpy as np
 from privformer import approx
 from privformer.crypto.ckks import circuits as he
 from privformer.crypto.ckks.backend import Ciphertext, CKKSBackend
-from privformer.errors import UnknownNameError
+from privformer.errors import InputError, UnknownNameError
 from privformer.models.encoder import read_layer
 from privformer.models.registry import HFModel
 from privformer.protocols.nexus import attention as at
@@ -35,6 +38,10 @@ class LayerConfig:
     gelu: approx.gelu.GeluConfig = approx.gelu.DEFAULT_GELU
     gelu_chebyshev: approx.gelu.ChebyshevGeluConfig | None = None
     softmax: approx.softmax.SoftmaxConfig = approx.softmax.DEFAULT_SOFTMAX
+    # Softmax with no maximum (normalize-and-square, one packed inverse per round), when set.
+    softmax_squaring: approx.softmax.SquaringSoftmaxConfig | None = None
+    # |attention scores|, for the bootstrap that refreshes them before the softmax.
+    score_bound: float = 64.0
     layernorm: approx.layernorm.LayerNormConfig = approx.layernorm.DEFAULT_LAYERNORM
     # |entries| of hidden states, Q, K, V and FFN outputs, for the bootstraps that may refresh
     # them (a real bootstrap needs them scaled into range; see CKKSBackend.bootstrap).
@@ -73,21 +80,56 @@ class EncoderLayerWeights:
         return self.weights["q"].shape[1] // self.heads
 
 
-class FloatOps:
-    """The layer's nonlinearities in float64: exact (``plain``) or NEXUS's (``simulate``)."""
+class RangeRecorder:
+    """The lowest and highest value each named operator input took (calibration data)."""
 
-    def __init__(self, mode: str, config: LayerConfig = DEFAULT_LAYER):
+    def __init__(self) -> None:
+        self.low: dict[str, float] = {}
+        self.high: dict[str, float] = {}
+
+    def see(self, name: str, values: np.ndarray) -> None:
+        low, high = float(np.min(values)), float(np.max(values))
+        self.low[name] = min(low, self.low.get(name, low))
+        self.high[name] = max(high, self.high.get(name, high))
+
+    def magnitude(self, name: str) -> float:
+        return max(abs(self.low[name]), abs(self.high[name]))
+
+
+class FloatOps:
+    """The layer's nonlinearities in float64: exact (``plain``) or NEXUS's (``simulate``).
+    ``recorder``, if given, sees every operator's input (to calibrate ranges)."""
+
+    def __init__(
+        self, mode: str, config: LayerConfig = DEFAULT_LAYER, recorder: RangeRecorder | None = None
+    ):
         if mode not in ("plain", "simulate"):
             raise UnknownNameError(f"unknown float mode {mode!r}; use 'plain' or 'simulate'")
-        self.mode, self.config = mode, config
+        self.mode, self.config, self.recorder = mode, config, recorder
 
-    def softmax(self, scores: np.ndarray) -> np.ndarray:
+    def observe(self, name: str, values: np.ndarray) -> None:
+        if self.recorder is not None:
+            self.recorder.see(name, values)
+
+    def softmax(self, scores: np.ndarray, real: int) -> np.ndarray:
+        """Softmax over the first ``real`` keys of each row (the rest get probability 0)."""
+        keys = np.arange(scores.shape[-1]) < real
+        self.observe("scores", scores)
+        # Padding queries' rows are zeroed before centring (see approx.softmax.squaring).
+        centred = scores[:real] - scores[:real, keys].mean(axis=-1, keepdims=True)
+        self.observe("scores_centred", centred)
         if self.mode == "plain":
-            z = np.exp(scores - scores.max(axis=-1, keepdims=True))
+            masked = np.where(keys, scores, -np.inf)
+            z = np.exp(masked - masked.max(axis=-1, keepdims=True))
             return z / z.sum(axis=-1, keepdims=True)
+        if self.config.softmax_squaring is not None:
+            return approx.softmax.squaring(scores, keys, self.config.softmax_squaring, rows=keys)
+        if real != scores.shape[-1]:
+            raise InputError("NEXUS's softmax has no padding mask: use softmax_squaring")
         return approx.softmax.nexus(scores, self.config.softmax)
 
     def gelu(self, x: np.ndarray) -> np.ndarray:
+        self.observe("gelu", x)
         if self.mode == "plain":
             return approx.gelu.gelu_exact(x)
         if self.config.gelu_chebyshev is not None:
@@ -95,33 +137,49 @@ class FloatOps:
         return approx.gelu.nexus(x, self.config.gelu)
 
     def layernorm(self, x: np.ndarray, norm: tuple[np.ndarray, np.ndarray], eps: float):
+        z = x - x.mean(axis=-1, keepdims=True)
+        self.observe("layernorm_input", x)
+        self.observe("layernorm_variance", (z * z).mean(axis=-1) + eps)
         if self.mode == "plain":
-            z = x - x.mean(axis=-1, keepdims=True)
             return norm[0] * z / np.sqrt((z * z).mean(axis=-1, keepdims=True) + eps) + norm[1]
+        if self.config.layernorm.start_degree is not None:
+            return approx.layernorm.chebyshev(x, *norm, eps=eps, config=self.config.layernorm)
         return approx.layernorm.nexus(x, *norm, eps=eps, config=self.config.layernorm)
 
 
-def float_layer(x: np.ndarray, w: EncoderLayerWeights, ops: FloatOps) -> np.ndarray:
-    """The layer in float64 on a (tokens x hidden) activation, nonlinearities from ``ops``."""
+def float_layer(
+    x: np.ndarray, w: EncoderLayerWeights, ops: FloatOps, real: int | None = None
+) -> np.ndarray:
+    """The layer in float64 on a (tokens x hidden) activation, nonlinearities from ``ops``;
+    keys at positions >= ``real`` (default: none) are masked."""
+    real = x.shape[0] if real is None else real
     lin = {key: x @ w.weights[key] + w.biases[key] for key in ("q", "k", "v")}  # (n, hidden)
+    for values in lin.values():
+        ops.observe("activation", values)
     dh = w.head_dim
     heads = []
     for h in range(w.heads):
         cols = slice(h * dh, (h + 1) * dh)
-        probs = ops.softmax(lin["q"][:, cols] @ lin["k"][:, cols].T)  # (n, n)
+        probs = ops.softmax(lin["q"][:, cols] @ lin["k"][:, cols].T, real)  # (n, n)
         heads.append(probs @ lin["v"][:, cols])  # (n, dh)
     attn = np.concatenate(heads, axis=1) @ w.weights["o"] + w.biases["o"]  # (n, hidden)
     h1 = ops.layernorm(attn + x, w.ln1, w.eps)
     ffn = ops.gelu(h1 @ w.weights["ffn1"] + w.biases["ffn1"])  # (n, intermediate)
-    out = ffn @ w.weights["ffn2"] + w.biases["ffn2"] + h1
+    ffn_out = ffn @ w.weights["ffn2"] + w.biases["ffn2"]
+    for values in (attn, h1, ffn, ffn_out):
+        ops.observe("activation", values)
+    out = ffn_out + h1
     return ops.layernorm(out, w.ln2, w.eps)
 
 
 def simulate_layer(
-    x: np.ndarray, w: EncoderLayerWeights, config: LayerConfig = DEFAULT_LAYER
+    x: np.ndarray,
+    w: EncoderLayerWeights,
+    config: LayerConfig = DEFAULT_LAYER,
+    real: int | None = None,
 ) -> np.ndarray:
     """The layer in float64 with the NEXUS approximations (the encrypted layer's twin)."""
-    return float_layer(x, w, FloatOps("simulate", config))
+    return float_layer(x, w, FloatOps("simulate", config), real)
 
 
 def rotation_steps(layout: mm.TokenInterleaved, head_dim: int) -> list[int]:
@@ -137,11 +195,13 @@ def _linear(
     key: str,
     layout: mm.TokenInterleaved,
     bound: float,
+    scale: float = 1.0,
 ) -> list[Ciphertext]:
-    """x W_key + b_key (the matmul needs one level; bootstrap first if there is none)."""
+    """scale (x W_key + b_key), the scale folded into the plaintext weights (the matmul needs
+    one level; bootstrap first if there is none)."""
     x = [he.ensure_level(backend, c, 1, "linear", bound) for c in x]
-    out = mm.matmul_plain(backend, x, w.weights[key], layout)
-    biases = layout.pack(np.tile(w.biases[key], (layout.tokens, 1)))
+    out = mm.matmul_plain(backend, x, scale * w.weights[key], layout)
+    biases = layout.pack(np.tile(scale * w.biases[key], (layout.tokens, 1)))
     return [backend.add_plain(c, b) for c, b in zip(out, biases, strict=True)]
 
 
@@ -156,6 +216,8 @@ def _add_and_norm(
 ) -> list[Ciphertext]:
     """LayerNorm(a + b): the residual connection and the norm after it."""
     residual = [backend.add(x, y) for x, y in zip(a, b, strict=True)]
+    if config.layernorm.start_degree is not None:
+        return hn.layernorm_chebyshev(backend, residual, layout, *norm, w.eps, config.layernorm)
     return hn.layernorm(backend, residual, layout, *norm, w.eps, config.layernorm)
 
 
@@ -166,20 +228,31 @@ def encrypted_layer(
     layout: mm.TokenInterleaved,
     config: LayerConfig = DEFAULT_LAYER,
     seconds: dict[str, float] | None = None,
+    real: int | None = None,
+    bootstraps: dict[str, int] | None = None,
 ) -> list[Ciphertext]:
-    """The layer on token-interleaved ciphertexts of a (tokens x hidden) activation.
+    """The layer on token-interleaved ciphertexts of a (tokens x hidden) activation whose first
+    ``real`` positions (default: all) are real tokens.
 
-    ``seconds``, if given, receives the wall time of each stage (for benchmarks).
+    ``seconds`` and ``bootstraps``, if given, receive each stage's wall time and bootstrap count.
     """
     att = at.AttentionLayout(layout, w.head_dim)
     n = layout.tokens
-    clock = _StageClock(seconds)
+    real = n if real is None else real
+    clock = _StageClock(backend, seconds, bootstraps)
     bound = config.activation_bound
     q, k, v = (_linear(backend, x, w, key, layout, bound) for key in "qkv")
     clock("Q, K, V projections")
     scores = at.scores(backend, q, k, att, bound)
     clock("Q K^T")
-    probs = [hn.softmax(backend, s, n, n, config.softmax) for s in scores]
+    if config.softmax_squaring is not None:
+        probs = hn.softmax_squaring(
+            backend, scores, n, real, config.softmax_squaring, config.score_bound
+        )
+    elif real != n:
+        raise InputError("NEXUS's softmax has no padding mask: set LayerConfig.softmax_squaring")
+    else:
+        probs = [hn.softmax(backend, s, n, n, config.softmax) for s in scores]
     clock("softmax")
     heads = at.weighted_values(backend, probs, v, att, bound)
     clock("P V")
@@ -187,10 +260,12 @@ def encrypted_layer(
     clock("output projection")
     h1 = _add_and_norm(backend, attn, x, w.ln1, w, layout, config)
     clock("LayerNorm 1")
-    ffn = _linear(backend, h1, w, "ffn1", layout, bound)
+    cheb = config.gelu_chebyshev
+    # Chebyshev GELU reads x / bound: that scale rides on W_ffn1 and saves a level.
+    ffn = _linear(backend, h1, w, "ffn1", layout, bound, 1.0 / cheb.bound if cheb else 1.0)
     clock("FFN in")
-    if config.gelu_chebyshev is not None:
-        ffn = [hn.gelu_chebyshev(backend, c, config.gelu_chebyshev) for c in ffn]
+    if cheb is not None:
+        ffn = [hn.gelu_chebyshev(backend, c, cheb, prescaled=True) for c in ffn]
     else:
         ffn = [hn.gelu(backend, c, config.gelu) for c in ffn]
     clock("GELU")
@@ -202,13 +277,21 @@ def encrypted_layer(
 
 
 class _StageClock:
-    """Records the time since the previous call under each stage name (if asked to)."""
+    """Records the time and the bootstraps since the previous call under each stage name."""
 
-    def __init__(self, into: dict[str, float] | None):
-        self.into, self.last = into, time.perf_counter()
+    def __init__(
+        self,
+        backend: CKKSBackend,
+        seconds: dict[str, float] | None,
+        bootstraps: dict[str, int] | None,
+    ):
+        self.backend, self.seconds, self.bootstraps = backend, seconds, bootstraps
+        self.last, self.last_count = time.perf_counter(), backend.bootstraps
 
     def __call__(self, stage: str) -> None:
-        now = time.perf_counter()
-        if self.into is not None:
-            self.into[stage] = now - self.last
-        self.last = now
+        now, count = time.perf_counter(), self.backend.bootstraps
+        if self.seconds is not None:
+            self.seconds[stage] = now - self.last
+        if self.bootstraps is not None:
+            self.bootstraps[stage] = count - self.last_count
+        self.last, self.last_count = now, count

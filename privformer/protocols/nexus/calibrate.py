@@ -1,0 +1,111 @@
+"""Per-layer ranges for the depth-aware NEXUS operators, from the plain model on real text.
+
+``record_ranges`` runs the plain float64 forward on token sequences padded as the encrypted run
+pads them, and records every operator input per layer (``layer.RangeRecorder``).
+``layer_configs`` turns those ranges, widened by ``margin``, into one ``LayerConfig`` per layer:
+the Chebyshev GELU interval and degree, the softmax's centred-score range and round count, the
+LayerNorm variance range and the bootstrap bounds. The simulate run checks every range again on
+each input and raises ``OutOfRangeError`` rather than let an encrypted run go wrong silently.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from privformer import approx
+from privformer.errors import InputError
+from privformer.models.encoder import EmbeddingTables
+from privformer.protocols.nexus.layer import (
+    EncoderLayerWeights,
+    FloatOps,
+    LayerConfig,
+    RangeRecorder,
+    float_layer,
+)
+
+#: Calibrated ranges are widened by this factor (variances: its square, on both sides).
+MARGIN = 1.25
+#: GELU intervals up to this bound use degree 63 (depth 6, max error 6e-5 at 16), wider ones
+#: degree 119 (depth 7; max error 1.6e-5 at 28, 1.5e-4 at 32). Wider than 32 is refused.
+GELU_DEGREE_63_BOUND = 16.0
+GELU_MAX_BOUND = 32.0
+#: 1/sqrt starts from a degree-63 interpolant (depth 6): 2-3 Newton steps on MiniLM's ranges.
+LAYERNORM_START_DEGREE = 63
+
+
+def padded(ids: Sequence[int], tokens: int, pad_id: int) -> np.ndarray:
+    """``ids`` followed by ``pad_id`` up to ``tokens`` positions."""
+    if len(ids) > tokens:
+        raise InputError(f"{len(ids)} tokens exceed the {tokens} positions of the layout")
+    return np.concatenate([np.asarray(ids, np.int64), np.full(tokens - len(ids), pad_id)])
+
+
+def record_ranges(
+    tables: EmbeddingTables,
+    layers: Sequence[EncoderLayerWeights],
+    sequences: Sequence[Sequence[int]],
+    tokens: int,
+    pad_id: int,
+) -> list[RangeRecorder]:
+    """Every operator input of every layer (plain mode) over ``sequences``, each padded."""
+    recorders = [RangeRecorder() for _ in layers]
+    for ids in sequences:
+        x = tables.embed(torch.as_tensor(padded(ids, tokens, pad_id))).numpy()
+        for layer, recorder in zip(layers, recorders, strict=True):
+            x = float_layer(x, layer, FloatOps("plain", recorder=recorder), len(ids))
+    return recorders
+
+
+def _round_up(x: float, step: float = 0.5) -> float:
+    return step * math.ceil(x / step)
+
+
+#: The first round's row sums may be as small as this (their inverse then takes a few more
+#: Goldschmidt steps, on the one packed ciphertext); a smaller floor would cost rounds, each
+#: two levels of every score ciphertext.
+FIRST_INVERSE_FLOOR = 1e-3
+
+
+def softmax_rounds(high: float) -> int:
+    """Fewest normalize-and-square rounds k with exp(-2 high / 2^k) >= FIRST_INVERSE_FLOOR."""
+    return max(1, math.ceil(math.log2(2.0 * high / -math.log(FIRST_INVERSE_FLOOR))))
+
+
+def layer_config(ranges: RangeRecorder, tokens: int, margin: float = MARGIN) -> LayerConfig:
+    """One layer's depth-aware configuration from its recorded ranges."""
+    gelu_bound = _round_up(margin * ranges.magnitude("gelu"), 4.0)
+    if gelu_bound > GELU_MAX_BOUND:
+        raise InputError(
+            f"GELU inputs reach {ranges.magnitude('gelu'):.1f}: beyond the {GELU_MAX_BOUND:g} "
+            "a one-window Chebyshev interpolant covers"
+        )
+    low = -_round_up(-margin * ranges.low["scores_centred"])
+    high = _round_up(margin * ranges.high["scores_centred"])
+    var_low = ranges.low["layernorm_variance"] / margin**2
+    var_high = ranges.high["layernorm_variance"] * margin**2
+    return LayerConfig(
+        gelu_chebyshev=approx.gelu.ChebyshevGeluConfig(
+            bound=gelu_bound, degree=63 if gelu_bound <= GELU_DEGREE_63_BOUND else 119
+        ),
+        softmax_squaring=approx.softmax.SquaringSoftmaxConfig(
+            low=low, high=high, rounds=softmax_rounds(high)
+        ),
+        score_bound=_round_up(margin * ranges.magnitude("scores"), 4.0),
+        layernorm=approx.layernorm.LayerNormConfig(
+            var_low=var_low,
+            var_high=var_high,
+            input_bound=_round_up(margin * ranges.magnitude("layernorm_input"), 4.0),
+            start_degree=LAYERNORM_START_DEGREE,
+        ),
+        activation_bound=_round_up(margin * ranges.magnitude("activation"), 4.0),
+    )
+
+
+def layer_configs(
+    recorders: Sequence[RangeRecorder], tokens: int, margin: float = MARGIN
+) -> list[LayerConfig]:
+    return [layer_config(r, tokens, margin) for r in recorders]
