@@ -22,6 +22,7 @@ name the model registry resolves (``minilm``, ``smollm2``, ``random:NAME``, a lo
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from abc import ABC, abstractmethod
@@ -309,19 +310,32 @@ class NexusModel(PrivateModel):
 
     protocol = "nexus"
 
-    def __init__(self, name: str, classifier: Any = None, tokenizer: Any = None):
-        from privformer.models.classifiers import PROBE, load_classifier
+    def __init__(
+        self,
+        name: str,
+        classifier: Any = None,
+        tokenizer: Any = None,
+        operators: str = "depth-aware",
+    ):
+        from privformer.models.classifiers import PROBE_LAYERS, load_classifier
         from privformer.protocols.nexus.model import NexusClassifier
 
         self.name = name
         if classifier is not None:
             self.classifier, self.tokenizer = classifier, tokenizer
-        elif name == PROBE:
+        elif name in PROBE_LAYERS:
             clf = load_classifier(name)
             self.classifier = NexusClassifier.from_hf(clf.encoder, clf.head)
             self.tokenizer = clf.tokenizer
+            self.classifier.pad_id = int(self.tokenizer.pad_token_id)
+            if operators == "depth-aware":
+                self.classifier.configs = _calibrated_configs(name, self.classifier, self.tokenizer)
         else:
-            raise UnknownNameError(f"no NEXUS model {name!r}: use {PROBE}")
+            raise UnknownNameError(f"no NEXUS model {name!r}: use {', '.join(PROBE_LAYERS)}")
+        if operators not in ("depth-aware", "paper"):
+            raise UnknownNameError(f"unknown operators {operators!r}: 'depth-aware' or 'paper'")
+        if operators == "paper":
+            self.classifier.configs = None
 
     def _predict(self, texts: list[str], mode: Mode) -> Result:
         if mode is Mode.PRIVATE:
@@ -331,8 +345,8 @@ class NexusModel(PrivateModel):
             )
         rows = []
         for text in texts:
-            ids = self.tokenizer(text, truncation=True, max_length=128)["input_ids"]
-            rows.append(torch.from_numpy(self.classifier.logits(ids, mode.value)))
+            ids = self.tokenizer(text, truncation=True, max_length=self.classifier.tokens)
+            rows.append(torch.from_numpy(self.classifier.logits(ids["input_ids"], mode.value)))
         return Result(self.protocol, mode, torch.stack(rows), 0.0)
 
     def save_pretrained(self, out: str | Path) -> Path:
@@ -342,6 +356,33 @@ class NexusModel(PrivateModel):
         self.tokenizer.save_pretrained(out / "client")
         self._write_root(out, server="server", client="client")
         return out
+
+
+#: Rotten Tomatoes training sentences the depth-aware NEXUS ranges are calibrated on.
+NEXUS_CALIBRATION_SENTENCES = 256
+
+
+def _calibrated_configs(name: str, classifier: Any, tokenizer: Any) -> list[Any]:
+    """Per-layer depth-aware configs of a built-in classifier, calibrated once and cached."""
+    import json
+
+    from privformer.data import rotten_tomatoes_split
+    from privformer.models.registry import cache_dir
+    from privformer.protocols.nexus.layer import config_from_dict, config_to_dict
+
+    path = cache_dir() / "nexus" / f"{name}-{classifier.tokens}-tokens-configs.json"
+    if path.is_file():
+        return [config_from_dict(c) for c in json.loads(path.read_text())]
+    train = rotten_tomatoes_split()[0][:NEXUS_CALIBRATION_SENTENCES]
+    ids = [
+        tokenizer(t, truncation=True, max_length=classifier.tokens)["input_ids"] for t, _ in train
+    ]
+    classifier.calibrate(ids)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps([config_to_dict(c) for c in classifier.configs], indent=1))
+    tmp.replace(path)  # atomic: a concurrent loader sees the whole file or none
+    return list(classifier.configs)
 
 
 # --- entry points ----------------------------------------------------------------------------

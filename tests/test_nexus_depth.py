@@ -240,3 +240,67 @@ def test_real_minilm_layer_circuit_equals_twin_and_counts_bootstraps(minilm_laye
     assert np.abs(twin - exact)[:real].max() <= 1e-3
     assert sum(stages.values()) == be.bootstraps <= 80, stages
     assert stages["softmax"] <= 2 * 12 + 3 * configs[1].softmax_squaring.rounds
+
+
+# --- the whole classifier: one forward, three executors -----------------------------------------
+@pytest.fixture(scope="module")
+def two_layer():
+    """The 2-layer MiniLM probe (real weights), calibrated on 24 training sentences."""
+    from privformer.data import rotten_tomatoes_split
+    from privformer.models.classifiers import PROBE_2_LAYERS, load_classifier
+    from privformer.protocols.nexus.model import NexusClassifier
+
+    clf = load_classifier(PROBE_2_LAYERS)
+    model = NexusClassifier.from_hf(clf.encoder, clf.head)
+    model.pad_id = clf.tokenizer.pad_token_id
+    train, test = rotten_tomatoes_split()
+    ids = [clf.tokenizer(t, truncation=True, max_length=N)["input_ids"] for t, _ in train[:24]]
+    model.calibrate(ids)
+    sentences = [clf.tokenizer(t)["input_ids"] for t, _ in test[:3]]
+    return clf, model, sentences
+
+
+def test_plain_forward_with_padding_matches_transformers(two_layer):
+    """Plain mode pads to 128 positions with [PAD] and masks them as keys, as ``transformers``
+    does with an attention mask: float64 against float32 torch, within 1e-5."""
+    import torch
+
+    clf, model, sentences = two_layer
+    for ids in sentences:
+        mask = torch.zeros(1, N, dtype=torch.long)
+        mask[0, : len(ids)] = 1
+        padded = torch.as_tensor(calibrate.padded(ids, N, model.pad_id))[None]
+        with torch.inference_mode():
+            cls = clf.encoder(input_ids=padded, attention_mask=mask).last_hidden_state[:, 0]
+            reference = clf.head(cls)[0].double().numpy()
+        assert np.abs(model.logits(ids, "plain") - reference).max() <= 1e-5
+
+
+def test_encrypted_forward_is_the_simulate_forward(two_layer, tmp_path):
+    """The server's circuit (both layers and the head) on FloatBackend gives simulate's logits
+    to float rounding, in the slots the client reads, and nothing in any other slot."""
+    from privformer.protocols.nexus.model import NexusClassifier
+
+    _, model, sentences = two_layer
+    stages: list[str] = []
+    for ids in sentences[:2]:
+        be = FloatBackend(N * N, top=7)
+        be.generate_rotation_keys(model.rotation_steps(be.slots))
+        x, real = model.embed(ids)
+        cts = [be.encrypt(v) for v in model.layout(be).pack(x)]
+        stats: list[dict] = []
+        out = model.forward_circuit(
+            be, cts, real, progress=lambda i, s: stages.append(f"{i}:{s}"), stats=stats
+        )
+        values = be.decrypt(out)
+        logits = model.read_logits(values)
+        assert np.abs(logits - model.logits(ids, "simulate")).max() <= 1e-9
+        assert np.count_nonzero(values) == len(logits)  # only [CLS]'s logits leave the server
+        assert [sum(s["bootstraps"].values()) for s in stats] and be.bootstraps <= 2 * 90
+    assert "1:LayerNorm 2" in stages
+    model.save(tmp_path / "server", tmp_path / "client")
+    again = NexusClassifier.load(tmp_path / "server", tmp_path / "client")
+    assert again.configs == model.configs and again.pad_id == model.pad_id
+    assert np.array_equal(
+        again.logits(sentences[0], "simulate"), model.logits(sentences[0], "simulate")
+    )

@@ -121,10 +121,12 @@ class SquaringSoftmaxConfig:
         average 0, so by Jensen the sum is >= exp(-2 high / 2^k). A later round sums the
         squares of a row normalised up to the previous inverse's error d: within
         [(1 - d)^2 / tokens, (1 + d)^2]."""
+        # 1% of slack on each side: exp's interpolant and CKKS noise move the sums a little
+        # (a row of equal scores, e.g. a padding query's, sits exactly on the Jensen bound).
         if round_index == 0:
-            return math.exp(-2.0 * self.high / 2.0**self.rounds), 1.0
+            return 0.99 * math.exp(-2.0 * self.high / 2.0**self.rounds), 1.01
         d = self.tolerance(round_index - 1)
-        return (1.0 - d) ** 2 / tokens, (1.0 + d) ** 2
+        return 0.99 * (1.0 - d) ** 2 / tokens, 1.01 * (1.0 + d) ** 2
 
 
 @functools.cache

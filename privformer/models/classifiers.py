@@ -2,6 +2,8 @@
 
 ``minilm-rt-probe``: the embedded all-MiniLM-L6-v2 encoder (real weights, frozen) with a linear
 probe on its [CLS] state fitted (L-BFGS, L2 1e-3) on 512 Rotten Tomatoes training sentences.
+``minilm2-rt-probe``: the same with only MiniLM's first two layers (real weights, frozen) and
+its own probe: small enough for encrypted end-to-end tests and many runs in the bench.
 Fitting takes seconds, so tests, the demo and the README's example use it; it is cached in
 privformer's cache. The fully fine-tuned classifier with learned pruning thresholds is
 CipherPrune's (``privformer cipherprune train``, ``minilm-rt``).
@@ -27,6 +29,9 @@ from privformer.models.registry import (
 )
 
 PROBE = "minilm-rt-probe"
+PROBE_2_LAYERS = "minilm2-rt-probe"
+#: Encoder layers each built-in classifier keeps (None: all).
+PROBE_LAYERS = {PROBE: None, PROBE_2_LAYERS: 2}
 PROBE_TRAIN_SENTENCES = 512
 PROBE_MAX_LENGTH = 64
 
@@ -50,8 +55,17 @@ class EncoderClassifier:
     tokenizer: Any
 
 
-def _fit_probe(out: Path) -> None:
-    bert, tok = load_model("minilm"), load_tokenizer("minilm")
+def _encoder(layers: int | None) -> HFModel:
+    """The embedded MiniLM, cut to its first ``layers`` layers (None: all six)."""
+    bert = load_model("minilm")
+    if layers is not None:
+        bert.encoder.layer = bert.encoder.layer[:layers]
+        bert.config.num_hidden_layers = layers
+    return bert
+
+
+def _fit_probe(out: Path, layers: int | None = None) -> None:
+    bert, tok = _encoder(layers), load_tokenizer("minilm")
     train = rotten_tomatoes_split()[0][:PROBE_TRAIN_SENTENCES]
     with torch.no_grad():
         feats = cls_states(bert, tok, [t for t, _ in train], PROBE_MAX_LENGTH)
@@ -76,18 +90,27 @@ def _fit_probe(out: Path) -> None:
         {k: v.detach().contiguous() for k, v in head.state_dict().items()},
         str(out / "head.safetensors"),
     )
-    meta = {"base": "minilm", "train_sentences": len(train), "train_accuracy": accuracy}
+    meta = {
+        "base": "minilm",
+        "layers": layers or len(bert.encoder.layer),
+        "train_sentences": len(train),
+        "train_accuracy": accuracy,
+    }
     (out / "config.json").write_text(json.dumps(meta, indent=1))
 
 
 def load_classifier(name: str = PROBE) -> EncoderClassifier:
     """An offline classifier by name (fitted into the cache on first use)."""
-    if name != PROBE:
-        raise ModelNotFoundError(f"unknown classifier {name!r}; built offline: {PROBE}")
+    if name not in PROBE_LAYERS:
+        known = ", ".join(PROBE_LAYERS)
+        raise ModelNotFoundError(f"unknown classifier {name!r}; built offline: {known}")
     from safetensors.torch import load_file
 
-    folder = atomic_materialize(cache_dir() / "models" / PROBE, _fit_probe)
+    layers = PROBE_LAYERS[name]
+    folder = atomic_materialize(
+        cache_dir() / "models" / name, lambda out: _fit_probe(out, layers)
+    )
     state = load_file(str(folder / "head.safetensors"))
     head = torch.nn.Linear(state["weight"].shape[1], state["weight"].shape[0])
     head.load_state_dict(state)
-    return EncoderClassifier(name, "minilm", load_model("minilm"), head, load_tokenizer("minilm"))
+    return EncoderClassifier(name, "minilm", _encoder(layers), head, load_tokenizer("minilm"))

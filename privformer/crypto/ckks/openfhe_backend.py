@@ -97,6 +97,9 @@ DEFAULT_CHAIN: dict[str, Any] = {
     "num_large_digits": 4,
     "bootstrap_iterations": 2,
     "secret": "SPARSE_ENCAPSULATED",
+    # Slots per ciphertext: None fills the ring (2^15); fewer (a power of two) is sparse
+    # packing, with its own bootstrapping keys, rotations cyclic over that many slots.
+    "slots": None,
 }
 
 
@@ -113,6 +116,9 @@ def chain_parameters(**overrides: Any) -> dict[str, Any]:
             f"secret {chain['secret']!r}: use UNIFORM_TERNARY or SPARSE_ENCAPSULATED (a plain "
             "sparse secret's 128-bit security is not covered by the HE Standard)"
         )
+    slots = chain["slots"]
+    if slots is not None and (slots < 2 or slots & (slots - 1)):
+        raise CryptoError(f"slots must be a power of two, got {slots}")
     chain["level_budget"] = list(chain["level_budget"])
     chain["iterations"] = chain.pop("bootstrap_iterations")
     return chain
@@ -130,11 +136,8 @@ class OpenFHEPreset:
     secret: str
     key_switch_digits: int
     bootstrap_iterations: int
+    slots: int
     bootstrapping: bool = True
-
-    @property
-    def slots(self) -> int:
-        return self.ring_dim // 2
 
 
 class _Handle:
@@ -180,6 +183,7 @@ class OpenFHEBackend(CKKSBackend):
             params["secret"],
             params["num_large_digits"],
             params["iterations"],
+            info["slots"],
         )
         self.context_id = secrets.token_hex(8)
         self.top = levels

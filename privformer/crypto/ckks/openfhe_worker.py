@@ -49,6 +49,8 @@ def _parameters(o: Any, chain: dict, depth: int) -> Any:
     params.SetNumLargeDigits(chain["num_large_digits"])
     if chain["ring_dim"]:
         params.SetRingDim(chain["ring_dim"])
+    if chain.get("slots"):
+        params.SetBatchSize(chain["slots"])  # sparse packing: rotations cyclic over these
     return params
 
 
@@ -74,12 +76,17 @@ class Worker:
         for feature in ("PKE", "KEYSWITCH", "LEVELEDSHE", "ADVANCEDSHE", "FHE"):
             cc.Enable(getattr(o.PKESchemeFeature, feature))
         self.cc = cc
-        self.slots = cc.GetRingDimension() // 2
-        cc.EvalBootstrapSetup(list(chain["level_budget"]))
+        self.slots = chain.get("slots") or cc.GetRingDimension() // 2
+        cc.EvalBootstrapSetup(list(chain["level_budget"]), [0, 0], self.slots)
         self.keys = cc.KeyGen()
         cc.EvalMultKeyGen(self.keys.secretKey)
         cc.EvalBootstrapKeyGen(self.keys.secretKey, self.slots)
-        return {"ring_dim": cc.GetRingDimension(), "depth": self.depth, "boot": self.boot_depth}
+        return {
+            "ring_dim": cc.GetRingDimension(),
+            "depth": self.depth,
+            "boot": self.boot_depth,
+            "slots": self.slots,
+        }
 
     def max_levels(self, chain: dict, upper: int = 40) -> int:
         """The most operator levels whose chain OpenFHE accepts at 128 bits (contexts only, no
@@ -121,7 +128,7 @@ class Worker:
         return self.depth - ct.GetLevel() - (ct.GetNoiseScaleDeg() - 1) - HIDDEN_LEVELS
 
     def _plain(self, data: bytes, consumed: int):
-        return self.cc.MakeCKKSPackedPlaintext(_floats(data), 1, consumed)
+        return self.cc.MakeCKKSPackedPlaintext(_floats(data), 1, consumed, None, self.slots)
 
     def _aligned(self, a: int, b: int):
         x, y = self.cts[a], self.cts[b]

@@ -83,7 +83,9 @@ def layer_config(ranges: RangeRecorder, tokens: int, margin: float = MARGIN) -> 
             f"GELU inputs reach {ranges.magnitude('gelu'):.1f}: beyond the {GELU_MAX_BOUND:g} "
             "a one-window Chebyshev interpolant covers"
         )
-    low = -_round_up(-margin * ranges.low["scores_centred"])
+    # Below a row's mean, a wider range costs nothing but a little of exp's accuracy (its
+    # values there are tiny): twice the margin. Above it, the range sets the rounds.
+    low = -_round_up(-2.0 * margin * ranges.low["scores_centred"])
     high = _round_up(margin * ranges.high["scores_centred"])
     var_low = ranges.low["layernorm_variance"] / margin**2
     var_high = ranges.high["layernorm_variance"] * margin**2

@@ -393,7 +393,9 @@ def layernorm_chebyshev(
         y = he.ensure_level(backend, y, 3, op, y_bound)
         correction = backend.multiply(y, backend.multiply(neg_half_u, backend.multiply(y, y)))
         y = backend.add(backend.multiply_plain(y, 1.5), correction)
-    y = he.ensure_level(backend, y, 2, op, y_bound)
+    # The output keeps one level (z y, then gamma: two below min(z, y)), so the next matmul
+    # (Q, K, V or FFN in) needs no bootstrap of the hidden state; z has 4 levels here.
+    y = he.ensure_level(backend, y, 3, op, y_bound)
     scale = 1.0 / math.sqrt(config.var_high)
     out = []
     for zb, g, bt in zip(
@@ -402,7 +404,7 @@ def layernorm_chebyshev(
         layout.pack(np.tile(beta, (n, 1))),
         strict=True,
     ):
-        zb = he.ensure_level(backend, zb, 2, op, 2.0 * config.input_bound)
+        zb = he.ensure_level(backend, zb, 3, op, 2.0 * config.input_bound)
         out.append(backend.add_plain(backend.multiply_plain(backend.multiply(zb, y), g), bt))
     return out
 

@@ -13,8 +13,11 @@ does), so the real tokens' outputs do not depend on them. Only the depth-aware s
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -34,7 +37,7 @@ class LayerConfig:
     """The approximations a layer uses (shared by the encrypted layer and its twin)."""
 
     # GELU: NEXUS's SGN-selected pieces (``gelu``), or, when ``gelu_chebyshev`` is set, one
-    # Chebyshev interpolant (depth 9 instead of 27); the twin and the encrypted layer both obey it.
+    # Chebyshev interpolant (depth 7 instead of 27); the twin and the encrypted layer both obey it.
     gelu: approx.gelu.GeluConfig = approx.gelu.DEFAULT_GELU
     gelu_chebyshev: approx.gelu.ChebyshevGeluConfig | None = None
     softmax: approx.softmax.SoftmaxConfig = approx.softmax.DEFAULT_SOFTMAX
@@ -49,6 +52,33 @@ class LayerConfig:
 
 
 DEFAULT_LAYER = LayerConfig()
+
+_PARTS = {
+    "gelu": approx.gelu.GeluConfig,
+    "gelu_chebyshev": approx.gelu.ChebyshevGeluConfig,
+    "softmax": approx.softmax.SoftmaxConfig,
+    "softmax_squaring": approx.softmax.SquaringSoftmaxConfig,
+    "layernorm": approx.layernorm.LayerNormConfig,
+}
+
+
+def config_to_dict(config: LayerConfig) -> dict[str, Any]:
+    """A JSON-ready form of ``config`` (``config_from_dict`` reads it back)."""
+    return dataclasses.asdict(config)
+
+
+def config_from_dict(data: dict[str, Any]) -> LayerConfig:
+    """The ``LayerConfig`` of ``config_to_dict``'s output; unknown fields raise ``InputError``."""
+    try:
+        fields: dict[str, Any] = {
+            key: (None if data.get(key) is None else kind(**data[key]))
+            for key, kind in _PARTS.items()
+            if key in data
+        }
+        fields |= {key: float(v) for key, v in data.items() if key not in _PARTS}
+        return LayerConfig(**fields)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"not a NEXUS layer configuration: {exc}") from exc
 
 
 @dataclass
@@ -230,17 +260,20 @@ def encrypted_layer(
     seconds: dict[str, float] | None = None,
     real: int | None = None,
     bootstraps: dict[str, int] | None = None,
+    on_stage: Callable[[str], None] | None = None,
 ) -> list[Ciphertext]:
     """The layer on token-interleaved ciphertexts of a (tokens x hidden) activation whose first
     ``real`` positions (default: all) are real tokens.
 
-    ``seconds`` and ``bootstraps``, if given, receive each stage's wall time and bootstrap count.
+    ``seconds`` and ``bootstraps``, if given, receive each stage's wall time and bootstrap count;
+    ``on_stage(stage)`` is called as each stage ends (progress bars).
     """
     att = at.AttentionLayout(layout, w.head_dim)
     n = layout.tokens
     real = n if real is None else real
-    clock = _StageClock(backend, seconds, bootstraps)
+    clock = _StageClock(backend, seconds, bootstraps, on_stage)
     bound = config.activation_bound
+    x = [he.ensure_level(backend, c, 1, "linear", bound) for c in x]  # once for Q, K and V
     q, k, v = (_linear(backend, x, w, key, layout, bound) for key in "qkv")
     clock("Q, K, V projections")
     scores = at.scores(backend, q, k, att, bound)
@@ -284,8 +317,10 @@ class _StageClock:
         backend: CKKSBackend,
         seconds: dict[str, float] | None,
         bootstraps: dict[str, int] | None,
+        on_stage: Callable[[str], None] | None = None,
     ):
         self.backend, self.seconds, self.bootstraps = backend, seconds, bootstraps
+        self.on_stage = on_stage
         self.last, self.last_count = time.perf_counter(), backend.bootstraps
 
     def __call__(self, stage: str) -> None:
@@ -295,3 +330,5 @@ class _StageClock:
         if self.bootstraps is not None:
             self.bootstraps[stage] = count - self.last_count
         self.last, self.last_count = now, count
+        if self.on_stage is not None:
+            self.on_stage(stage)

@@ -1,17 +1,29 @@
 """A BERT classifier as NEXUS runs it: the client embeds, the server runs the encoder and head.
 
 As in NEXUS and THOR, the client holds the embedding tables: it tokenises, looks up word,
-position and token-type embeddings and applies the embedding LayerNorm in plaintext, then
-encrypts the (tokens x hidden) activation. The server holds the encoder layers and the linear
-head on [CLS]. ``NexusClassifier.logits(ids, mode)`` runs the whole model in float64, ``plain``
-(exact functions) or ``simulate`` (NEXUS's approximations, the encrypted run's twin); the
-encrypted run through a client and a server is the next step of the NEXUS work.
+position and token-type embeddings and applies the embedding LayerNorm in plaintext, pads to the
+layout's ``tokens`` positions with [PAD] embeddings and encrypts the (tokens x hidden)
+activation. The server holds the encoder layers and the linear head on [CLS].
 
-The forward runs at the true sequence length (no padding): attention has no padding mask.
+One forward, three executors:
+- ``plain``: float64, exact functions (matches ``transformers`` to float rounding);
+- ``simulate``: float64 with the encrypted operators' approximations (the float twin);
+- ``forward_circuit(backend, ...)``: the encrypted circuit itself on any ``CKKSBackend``
+  (OpenFHE for real; ``FloatBackend`` runs the very same circuit in float64 with CKKS's levels,
+  which is how bootstrap counts and plans are measured and how twin and circuit are held equal).
+
+The server learns the number of real tokens (the key mask of attention depends on it; THOR's
+server does too); everything else it sees is encrypted.
+
+Without per-layer ``configs`` (``calibrate``) the layers use NEXUS's own operators, which need
+every position to be a real token (no padding) and no bootstrap window limit.
 """
 
 from __future__ import annotations
 
+import functools
+import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,14 +31,23 @@ import numpy as np
 import torch
 
 from privformer.artifacts import read_manifest, write_manifest
+from privformer.crypto.ckks import circuits as he
+from privformer.crypto.ckks.backend import Ciphertext, CKKSBackend
+from privformer.errors import InputError
 from privformer.models.encoder import EmbeddingTables, read_encoder
 from privformer.models.registry import HFModel
+from privformer.protocols.nexus import calibrate as cal
+from privformer.protocols.nexus import matmul as mm
 from privformer.protocols.nexus.layer import (
     DEFAULT_LAYER,
     EncoderLayerWeights,
     FloatOps,
     LayerConfig,
+    config_from_dict,
+    config_to_dict,
+    encrypted_layer,
     float_layer,
+    rotation_steps,
 )
 
 PROTOCOL = "nexus"
@@ -42,6 +63,10 @@ class NexusClassifier:
     head_w: np.ndarray  # (hidden, classes)
     head_b: np.ndarray  # (classes,)
     config: LayerConfig = DEFAULT_LAYER
+    # Depth-aware per-layer configurations (``calibrate``); None: ``config`` for every layer.
+    configs: list[LayerConfig] | None = None
+    tokens: int = 128  # positions of the encrypted layout (tokens^2 = slots)
+    pad_id: int = 0
 
     @classmethod
     def from_hf(cls, bert: HFModel, head: torch.nn.Linear) -> NexusClassifier:
@@ -62,13 +87,83 @@ class NexusClassifier:
         b = head.bias.detach().to(torch.float64).numpy()
         return cls(enc.embeddings, layers, w, b)
 
-    def logits(self, ids: np.ndarray, mode: str = "simulate") -> np.ndarray:
+    def layer_config(self, index: int) -> LayerConfig:
+        return self.configs[index] if self.configs is not None else self.config
+
+    def calibrate(self, sequences: Sequence[Sequence[int]], margin: float = cal.MARGIN) -> None:
+        """Set depth-aware per-layer configurations from the plain model on ``sequences``."""
+        ranges = cal.record_ranges(self.tables, self.layers, sequences, self.tokens, self.pad_id)
+        self.configs = cal.layer_configs(ranges, self.tokens, margin)
+
+    def embed(self, ids: Sequence[int]) -> tuple[np.ndarray, int]:
+        """The client's part: (tokens x hidden) embeddings of ``ids`` padded with [PAD] (when
+        per-layer configs are set; else unpadded), and the number of real tokens."""
+        if self.configs is None:
+            return self.tables.embed(torch.as_tensor(np.asarray(ids))).numpy(), len(ids)
+        padded = cal.padded(ids, self.tokens, self.pad_id)
+        return self.tables.embed(torch.as_tensor(padded)).numpy(), len(ids)
+
+    def logits(self, ids: Sequence[int], mode: str = "simulate") -> np.ndarray:
         """Class logits of one sequence (1-D ids, [CLS] first): ``plain`` or ``simulate``."""
-        ops = FloatOps(mode, self.config)
-        x = self.tables.embed(torch.as_tensor(ids)).numpy()  # the client's part, (n, hidden)
-        for layer in self.layers:  # the server's part
-            x = float_layer(x, layer, ops)
+        x, real = self.embed(ids)  # the client's part, (n, hidden)
+        for i, layer in enumerate(self.layers):  # the server's part
+            x = float_layer(x, layer, FloatOps(mode, self.layer_config(i)), real)
         return x[0] @ self.head_w + self.head_b  # (classes,)
+
+    # --- the encrypted circuit (server side) ----------------------------------------------------
+    def layout(self, backend: CKKSBackend) -> mm.TokenInterleaved:
+        return mm.TokenInterleaved(self.tokens, backend.slots)
+
+    def rotation_steps(self, slots: int) -> list[int]:
+        """Every rotation key ``forward_circuit`` needs."""
+        layout = mm.TokenInterleaved(self.tokens, slots)
+        return rotation_steps(layout, self.layers[0].head_dim)
+
+    def forward_circuit(
+        self,
+        backend: CKKSBackend,
+        x: list[Ciphertext],
+        real: int,
+        progress: Callable[[int, str], None] | None = None,
+        stats: list[dict[str, dict[str, float]]] | None = None,
+    ) -> Ciphertext:
+        """Every layer and the head on the encrypted, packed embeddings ``x``; returns one
+        ciphertext whose slot c * tokens holds logit c ([CLS]'s), every other slot 0.
+
+        ``progress(layer, stage)`` is called after each stage; ``stats``, if given, gets one
+        ``{"seconds": ..., "bootstraps": ...}`` per layer."""
+        if self.configs is None:
+            raise InputError("the encrypted forward needs per-layer configs: call calibrate()")
+        layout = self.layout(backend)
+        for i, layer in enumerate(self.layers):
+            seconds: dict[str, float] = {}
+            boots: dict[str, int] = {}
+            x = encrypted_layer(
+                backend,
+                x,
+                layer,
+                layout,
+                self.configs[i],
+                seconds,
+                real,
+                boots,
+                on_stage=None if progress is None else functools.partial(progress, i),
+            )
+            if stats is not None:
+                stats.append({"seconds": seconds, "bootstraps": dict(boots)})
+        # The head on every token at once, then only [CLS]'s logits are kept: the client must
+        # not get the head applied to the other tokens' states.
+        x = [he.ensure_level(backend, c, 2, "head", self.configs[-1].activation_bound) for c in x]
+        out = mm.matmul_plain(backend, x, self.head_w, layout)[0]
+        keep = np.zeros(backend.slots)
+        keep[:: self.tokens][: self.head_w.shape[1]] = 1.0
+        bias = np.zeros(backend.slots)
+        bias[:: self.tokens][: self.head_w.shape[1]] = self.head_b
+        return backend.add_plain(backend.multiply_plain(out, keep), bias)
+
+    def read_logits(self, values: np.ndarray) -> np.ndarray:
+        """The client's part: the logits from the decrypted reply's slots."""
+        return np.asarray(values)[:: self.tokens][: self.head_w.shape[1]]
 
     # --- artifacts ----------------------------------------------------------------------------
     def save(self, server_dir: str | Path, client_dir: str | Path) -> None:
@@ -93,13 +188,25 @@ class NexusClassifier:
             "layers": len(self.layers),
             "heads": self.layers[0].heads,
             "eps": self.layers[0].eps,
+            "tokens": self.tokens,
         }
+        if self.configs is not None:
+            configs = [config_to_dict(c) for c in self.configs]
+            (server_dir / "configs.json").write_text(json.dumps(configs, indent=1))
         write_manifest(server_dir, PROTOCOL, "server", FORMAT_VERSION, **dims)
         t = self.tables
         tables = {"word": t.word, "position": t.position, "type0": t.token_type0}
         tables |= {"ln.g": t.norm[0], "ln.b": t.norm[1]}
         save_file({k: v.numpy() for k, v in tables.items()}, str(client_dir / "tables.safetensors"))
-        write_manifest(client_dir, PROTOCOL, "client", FORMAT_VERSION, eps=t.eps)
+        write_manifest(
+            client_dir,
+            PROTOCOL,
+            "client",
+            FORMAT_VERSION,
+            eps=t.eps,
+            tokens=self.tokens,
+            pad_id=self.pad_id,
+        )
 
     @classmethod
     def load(cls, server_dir: str | Path, client_dir: str | Path) -> NexusClassifier:
@@ -130,7 +237,19 @@ class NexusClassifier:
             (c64["ln.g"], c64["ln.b"]),
             float(client["eps"]),
         )
-        return cls(tables, layers, t["head.w"], t["head.b"])
+        configs = None
+        if (Path(server_dir) / "configs.json").is_file():
+            raw = json.loads((Path(server_dir) / "configs.json").read_text())
+            configs = [config_from_dict(c) for c in raw]
+        return cls(
+            tables,
+            layers,
+            t["head.w"],
+            t["head.b"],
+            configs=configs,
+            tokens=int(dims.get("tokens", 128)),
+            pad_id=int(client.get("pad_id", 0)),
+        )
 
 
 __all__ = ["NexusClassifier"]

@@ -1,0 +1,169 @@
+"""NEXUS end to end, as far as it runs today: plans, bootstrap counts, accuracy, projections.
+
+For each classifier (the 2-layer and the 6-layer MiniLM probes), with the depth-aware operators
+and per-layer ranges calibrated on Rotten Tomatoes training sentences:
+- the encrypted circuit runs on ``FloatBackend`` (float64 with CKKS's levels, 7-level windows as
+  OpenFHE's default chain leaves, 128 tokens on 16,384 slots) for a few test sentences: per
+  layer and stage, the bootstraps a real backend would run, and the circuit's logits against
+  the float twin (``simulate``);
+- ``simulate`` against ``plain`` on the whole Rotten Tomatoes test split (1,066 sentences):
+  accuracy, agreement, out-of-range inputs (counted, never hidden);
+- the time the bootstraps alone would take at OpenFHE's measured speed
+  (bench/results/openfhe_bootstrap.json): a lower bound on an encrypted run, which also spends
+  time in matmuls and rotations (not measured end to end yet).
+
+    python bench/nexus_e2e.py [--models minilm2-rt-probe minilm-rt-probe] [--limit N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, machine, print_table, write_results  # noqa: E402
+
+import privformer as pf  # noqa: E402
+from privformer.crypto.ckks.float_backend import FloatBackend  # noqa: E402
+from privformer.data import rotten_tomatoes_split  # noqa: E402
+from privformer.errors import OutOfRangeError  # noqa: E402
+
+TOKENS = 128
+SLOTS = TOKENS * TOKENS
+WINDOW = 7  # OpenFHE's default chain: levels left after a bootstrap
+PLAN_SENTENCES = 4
+#: Today's NEXUS-paper operators on one MiniLM layer (bench/results/nexus_layer.json).
+PAPER_BOOTSTRAPS_PER_LAYER = 322
+TARGET_BOOTSTRAPS_PER_LAYER = 24
+
+
+def _openfhe_bootstrap_seconds() -> float:
+    rows = json.loads((RESULTS / "openfhe_bootstrap.json").read_text())["rows"]
+    return next(r["bootstrap_s"] for r in rows if "(default)" in r["set"])
+
+
+def _plan(model, texts: list[str]) -> dict:
+    """Bootstraps per layer and stage, and circuit vs twin, on ``texts``."""
+    clf, tok = model.classifier, model.tokenizer
+    per_layer: list[dict[str, int]] = []
+    diffs, seconds = [], []
+    for text in texts:
+        ids = tok(text, truncation=True, max_length=TOKENS)["input_ids"]
+        backend = FloatBackend(SLOTS, WINDOW)
+        backend.generate_rotation_keys(clf.rotation_steps(SLOTS))
+        x, real = clf.embed(ids)
+        layout = clf.layout(backend)
+        stats: list[dict] = []
+        start = time.perf_counter()
+        out = clf.forward_circuit(
+            backend, [backend.encrypt(v) for v in layout.pack(x)], real, stats=stats
+        )
+        seconds.append(time.perf_counter() - start)
+        diffs.append(
+            float(np.abs(clf.read_logits(backend.decrypt(out)) - clf.logits(ids, "simulate")).max())
+        )
+        per_layer = [s["bootstraps"] for s in stats]  # the same for every sentence
+    return {
+        "bootstraps_per_layer": [sum(s.values()) for s in per_layer],
+        "bootstraps_per_stage": per_layer,
+        "circuit_vs_simulate_max_logit_diff": max(diffs),
+        "float_circuit_seconds": float(np.median(seconds)),
+    }
+
+
+def _accuracy(model, test: list[tuple[str, int]]) -> dict:
+    labels = np.array([y for _, y in test])
+    texts = [t for t, _ in test]
+    start = time.perf_counter()
+    plain = model.predict(texts, mode="plain").outputs.numpy()
+    sim, failed = [], 0
+    for text in texts:
+        try:
+            sim.append(model.predict([text], mode="simulate").outputs.numpy()[0])
+        except OutOfRangeError:
+            sim.append(np.full(plain.shape[1], np.nan))
+            failed += 1
+    sim_arr = np.array(sim)
+    ok = ~np.isnan(sim_arr).any(axis=1)
+    return {
+        "sentences": len(texts),
+        "plain_accuracy": float((plain.argmax(-1) == labels).mean()),
+        "simulate_accuracy": float((sim_arr[ok].argmax(-1) == labels[ok]).mean()),
+        "agreement": float((sim_arr[ok].argmax(-1) == plain[ok].argmax(-1)).mean()),
+        "max_logit_diff": float(np.abs(sim_arr[ok] - plain[ok]).max()),
+        "out_of_range": failed,
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", nargs="+", default=["minilm2-rt-probe", "minilm-rt-probe"])
+    ap.add_argument("--limit", type=int, help="first N test sentences only (accuracy)")
+    args = ap.parse_args()
+    train, test = rotten_tomatoes_split()
+    boot_s = _openfhe_bootstrap_seconds()
+    rows = []
+    for name in args.models:
+        model = pf.load(name, protocol="nexus")
+        plan = _plan(model, [t for t, _ in test[:PLAN_SENTENCES]])
+        acc = _accuracy(model, test[: args.limit])
+        per_layer = plan["bootstraps_per_layer"]
+        rows.append(
+            {
+                "model": name,
+                "layers": len(per_layer),
+                "bootstraps": sum(per_layer),
+                "max_per_layer": max(per_layer),
+                "target_per_layer": TARGET_BOOTSTRAPS_PER_LAYER,
+                "paper_operators_per_layer": PAPER_BOOTSTRAPS_PER_LAYER,
+                "bootstrap_minutes_at_openfhe_speed": sum(per_layer) * boot_s / 60,
+                **{f"plan_{k}": v for k, v in plan.items()},
+                **{f"accuracy_{k}": v for k, v in acc.items()},
+            }
+        )
+    print_table(
+        f"NEXUS depth-aware operators: {TOKENS} tokens, {SLOTS} slots, {WINDOW}-level windows "
+        f"(OpenFHE bootstrap {boot_s:.1f} s)",
+        rows,
+        [
+            "model",
+            "layers",
+            "bootstraps",
+            "max_per_layer",
+            "target_per_layer",
+            "bootstrap_minutes_at_openfhe_speed",
+            "plan_circuit_vs_simulate_max_logit_diff",
+            "accuracy_plain_accuracy",
+            "accuracy_simulate_accuracy",
+            "accuracy_agreement",
+            "accuracy_out_of_range",
+        ],
+    )
+    for row in rows:
+        print(f"\n{row['model']}: bootstraps per layer and stage")
+        for i, stages in enumerate(row["plan_bootstraps_per_stage"]):
+            print(f"  layer {i}: " + ", ".join(f"{k} {v}" for k, v in stages.items() if v))
+    path = write_results(
+        "nexus_e2e",
+        {
+            "benchmark": "nexus_e2e",
+            "machine": machine(),
+            "tokens": TOKENS,
+            "slots": SLOTS,
+            "window_levels": WINDOW,
+            "openfhe_bootstrap_s": boot_s,
+            "not_measured": "an encrypted end-to-end run (client and server processes, OpenFHE)",
+            "rows": rows,
+        },
+    )
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
