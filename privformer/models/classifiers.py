@@ -107,9 +107,7 @@ def load_classifier(name: str = PROBE) -> EncoderClassifier:
     from safetensors.torch import load_file
 
     layers = PROBE_LAYERS[name]
-    folder = atomic_materialize(
-        cache_dir() / "models" / name, lambda out: _fit_probe(out, layers)
-    )
+    folder = atomic_materialize(cache_dir() / "models" / name, lambda out: _fit_probe(out, layers))
     state = load_file(str(folder / "head.safetensors"))
     head = torch.nn.Linear(state["weight"].shape[1], state["weight"].shape[0])
     head.load_state_dict(state)

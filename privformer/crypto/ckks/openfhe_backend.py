@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
+import json
 import math
 import os
 import pickle
-import secrets
 import shutil
 import struct
 import subprocess
@@ -174,6 +175,17 @@ class OpenFHEBackend(CKKSBackend):
         params = chain_parameters(**chain)  # checked before a worker starts
         self._start_worker(python)
         info = self._call("setup", levels, params, bootstrap_precision)
+        self._init_state(levels, bootstrap_precision, chain, params, info)
+
+    def _init_state(
+        self,
+        levels: int,
+        precision: int,
+        overrides: dict[str, Any],
+        params: dict[str, Any],
+        info: dict[str, Any],
+    ) -> None:
+        self._precision, self._chain_overrides = precision, dict(overrides)
         self.preset = OpenFHEPreset(
             f"openfhe-{params['secret'].lower()}-{levels}",
             info["ring_dim"],
@@ -185,10 +197,59 @@ class OpenFHEBackend(CKKSBackend):
             params["iterations"],
             info["slots"],
         )
-        self.context_id = secrets.token_hex(8)
+        # One id per key pair, the same in the client's and the server's process: ciphertexts
+        # travel between them, and the envelope refuses those of other keys.
+        self.context_id = hashlib.sha256(str(info["key_tag"]).encode()).digest()[:8].hex()
         self.top = levels
         self.bootstrapper: Bootstrapper | None = OpenFHEBootstrapper()
         self._rotation_keys: set[int] = set()
+
+    # --- keys across processes --------------------------------------------------------------
+    def export_keys(self, folder: str | Path, secret_path: str | Path) -> dict[str, int]:
+        """Write the evaluation keys (context, public, relinearisation, rotation and bootstrap
+        keys: what a server needs) into ``folder`` and the secret key to ``secret_path`` (the
+        client's alone); returns each key file's size in bytes."""
+        folder, secret_path = Path(folder), Path(secret_path)
+        sizes = self._call("export_keys", str(folder), str(secret_path))
+        manifest = {
+            "levels": self.top,
+            "bootstrap_precision": self._precision,
+            "chain": self._chain_overrides,
+            "rotation_keys": sorted(self._rotation_keys),
+            "key_bytes": sizes,
+        }
+        (folder / "keys.json").write_text(json.dumps(manifest, indent=1))
+        return sizes
+
+    @classmethod
+    def from_keys(
+        cls,
+        folder: str | Path,
+        secret_path: str | Path | None = None,
+        python: str | Path | None = None,
+    ) -> OpenFHEBackend:
+        """A backend from ``export_keys``' folder. Without ``secret_path``: the server's, which
+        evaluates and bootstraps but cannot decrypt. With it: the client's, which encrypts and
+        decrypts only (it loads no evaluation keys, so it stays small)."""
+        folder = Path(folder)
+        try:
+            manifest = json.loads((folder / "keys.json").read_text())
+            levels, precision = int(manifest["levels"]), int(manifest["bootstrap_precision"])
+            overrides = dict(manifest["chain"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CryptoError(f"{folder} holds no OpenFHE key set (keys.json): {exc}") from exc
+        params = chain_parameters(**overrides)
+        backend = cls.__new__(cls)
+        backend._start_worker(python)
+        info = backend._call(
+            "load_keys", str(folder), levels, params, precision, str(secret_path or "")
+        )
+        backend._init_state(levels, precision, overrides, params, info)
+        if secret_path is None:
+            backend._rotation_keys = {int(s) for s in manifest.get("rotation_keys", [])}
+        else:
+            backend.bootstrapper = None  # the client has no evaluation keys
+        return backend
 
     def _start_worker(self, python: str | Path | None) -> None:
         python = python or os.environ.get("PRIVFORMER_OPENFHE_PYTHON") or setup_openfhe_venv()

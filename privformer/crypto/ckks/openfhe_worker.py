@@ -54,6 +54,13 @@ def _parameters(o: Any, chain: dict, depth: int) -> Any:
     return params
 
 
+class _Keys:
+    """A public key and, on the client, the secret key (OpenFHE's KeyPair has no constructor)."""
+
+    def __init__(self, public: Any, secret: Any = None) -> None:
+        self.publicKey, self.secretKey = public, secret
+
+
 class Worker:
     def __init__(self) -> None:
         self.cts: dict[int, Any] = {}  # openfhe.Ciphertext (the binding has no stubs)
@@ -86,6 +93,77 @@ class Worker:
             "depth": self.depth,
             "boot": self.boot_depth,
             "slots": self.slots,
+            "key_tag": self.keys.publicKey.GetKeyTag(),
+        }
+
+    # --- keys across processes ------------------------------------------------------------
+    # The client generates every key (``setup``) and exports what the server evaluates with;
+    # the secret key goes to its own file and never into the server's folder.
+    KEY_FILES = ("context.bin", "public_key.bin", "mult_key.bin", "automorphism_keys.bin")
+
+    def export_keys(self, folder: str, secret_path: str) -> dict:
+        """Evaluation keys (context, public, relinearisation, rotation and bootstrapping keys)
+        into ``folder``, the secret key into ``secret_path``; returns each file's size."""
+        o, cc = self.o, self.cc
+        os.makedirs(folder, exist_ok=True)
+        writers = {
+            "context.bin": lambda p: o.SerializeToFile(p, cc, o.BINARY),
+            "public_key.bin": lambda p: o.SerializeToFile(p, self.keys.publicKey, o.BINARY),
+            "mult_key.bin": lambda p: cc.SerializeEvalMultKey(p, o.BINARY),
+            "automorphism_keys.bin": lambda p: cc.SerializeEvalAutomorphismKey(p, o.BINARY),
+        }
+        sizes = {}
+        for name, write in writers.items():
+            path = os.path.join(folder, name)
+            if not write(path):
+                raise ValueError(f"OpenFHE could not write {name}")
+            sizes[name] = os.path.getsize(path)
+        if not o.SerializeToFile(secret_path, self.keys.secretKey, o.BINARY):
+            raise ValueError("OpenFHE could not write the secret key")
+        return sizes
+
+    def load_keys(self, folder: str, levels: int, chain: dict, precision: int, secret: str):
+        """A context from ``export_keys``' folder: the server's (evaluation keys, no secret key,
+        ``secret`` empty) or the client's (``secret``: the secret key's path; no evaluation
+        keys, so it only encrypts and decrypts)."""
+        import openfhe as o
+
+        self.o = o
+        cc, ok = o.DeserializeCryptoContext(os.path.join(folder, "context.bin"), o.BINARY)
+        if not ok:
+            raise ValueError("not an OpenFHE context file")
+        public, ok = o.DeserializePublicKey(os.path.join(folder, "public_key.bin"), o.BINARY)
+        if not ok:
+            raise ValueError("not an OpenFHE public key file")
+        self.keys = _Keys(public)
+        if secret:
+            private, ok = o.DeserializePrivateKey(secret, o.BINARY)
+            if not ok:
+                raise ValueError("not an OpenFHE secret key file")
+            if private.GetKeyTag() != public.GetKeyTag():
+                raise ValueError("the secret key belongs to other evaluation keys")
+            self.keys.secretKey = private
+        else:
+            for name, load in (
+                ("mult_key.bin", cc.DeserializeEvalMultKey),
+                ("automorphism_keys.bin", cc.DeserializeEvalAutomorphismKey),
+            ):
+                if not load(os.path.join(folder, name), o.BINARY):
+                    raise ValueError(f"{name} is not an OpenFHE key file")
+        self.cc = cc
+        self.boot_depth = _bootstrap_depth(o, chain)
+        self.iterations, self.precision = chain["iterations"], precision
+        self.consumed_at_top = self.boot_depth + chain["iterations"] - 1
+        self.depth = levels + HIDDEN_LEVELS + self.consumed_at_top
+        self.slots = chain.get("slots") or cc.GetRingDimension() // 2
+        if not secret:  # the bootstrap's linear maps (public precomputation, no key)
+            cc.EvalBootstrapSetup(list(chain["level_budget"]), [0, 0], self.slots)
+        return {
+            "ring_dim": cc.GetRingDimension(),
+            "depth": self.depth,
+            "boot": self.boot_depth,
+            "slots": self.slots,
+            "key_tag": self.keys.publicKey.GetKeyTag(),
         }
 
     def max_levels(self, chain: dict, upper: int = 40) -> int:
@@ -145,6 +223,8 @@ class Worker:
         return self._new(self.cc.Encrypt(self.keys.publicKey, fresh))
 
     def decrypt(self, a: int, length: int) -> bytes:
+        if self.keys.secretKey is None:
+            raise ValueError("this side holds no secret key: only the client decrypts")
         plain = self.cc.Decrypt(self.cts[a], self.keys.secretKey)
         plain.SetLength(length)
         return array("d", plain.GetRealPackedValue()).tobytes()
