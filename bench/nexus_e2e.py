@@ -29,9 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, machine, print_table, write_results  # noqa: E402
 
 import privformer as pf  # noqa: E402
+from privformer.crypto.ckks import planner  # noqa: E402
 from privformer.crypto.ckks.float_backend import FloatBackend  # noqa: E402
 from privformer.data import rotten_tomatoes_split  # noqa: E402
 from privformer.errors import OutOfRangeError  # noqa: E402
+from privformer.protocols.nexus.layer import layer_steps  # noqa: E402
 
 TOKENS = 128
 SLOTS = TOKENS * TOKENS
@@ -68,7 +70,26 @@ def _plan(model, texts: list[str]) -> dict:
             float(np.abs(clf.read_logits(backend.decrypt(out)) - clf.logits(ids, "simulate")).max())
         )
         per_layer = [s["bootstraps"] for s in stats]  # the same for every sentence
+    # The planner's optimum for each layer's main chain (side chains excluded: a lower bound).
+    layout = clf.layout(FloatBackend(SLOTS, WINDOW))
+    plans = [
+        planner.plan(
+            layer_steps(
+                clf.layer_config(i),
+                layout,
+                w.weights["q"].shape[0],
+                w.weights["ffn1"].shape[1],
+                w.heads,
+            ),
+            WINDOW,
+            WINDOW,
+            1.0,
+        )
+        for i, w in enumerate(clf.layers)
+    ]
     return {
+        "planner_main_chain_per_layer": [p.bootstraps for p in plans],
+        "planner_table_layer_1": plans[min(1, len(plans) - 1)].table(),
         "bootstraps_per_layer": [sum(s.values()) for s in per_layer],
         "bootstraps_per_stage": per_layer,
         "circuit_vs_simulate_max_logit_diff": max(diffs),
@@ -82,7 +103,9 @@ def _accuracy(model, test: list[tuple[str, int]]) -> dict:
     start = time.perf_counter()
     plain = model.predict(texts, mode="plain").outputs.numpy()
     sim, failed = [], 0
-    for text in texts:
+    for i, text in enumerate(texts):
+        if i % 200 == 0:
+            print(f"  simulate {i}/{len(texts)}", flush=True)
         try:
             sim.append(model.predict([text], mode="simulate").outputs.numpy()[0])
         except OutOfRangeError:
@@ -137,6 +160,7 @@ def main() -> None:
             "bootstraps",
             "max_per_layer",
             "target_per_layer",
+            "plan_planner_main_chain_per_layer",
             "bootstrap_minutes_at_openfhe_speed",
             "plan_circuit_vs_simulate_max_logit_diff",
             "accuracy_plain_accuracy",
@@ -146,6 +170,8 @@ def main() -> None:
         ],
     )
     for row in rows:
+        print(f"\n{row['model']}: the planner's plan of layer 1's main chain")
+        print(row["plan_planner_table_layer_1"])
         print(f"\n{row['model']}: bootstraps per layer and stage")
         for i, stages in enumerate(row["plan_bootstraps_per_stage"]):
             print(f"  layer {i}: " + ", ".join(f"{k} {v}" for k, v in stages.items() if v))

@@ -304,3 +304,26 @@ def test_encrypted_forward_is_the_simulate_forward(two_layer, tmp_path):
     assert np.array_equal(
         again.logits(sentences[0], "simulate"), model.logits(sentences[0], "simulate")
     )
+
+
+def test_planner_places_the_layer_chain_close_to_the_circuit(minilm_layers):
+    """The planner's optimum for the layer's main chain (side chains on one ciphertext
+    excluded) bounds the circuit's count from below; the circuit's greedy placement, tuned by
+    hand (one bootstrap of Q, K and V's input, LayerNorm leaving a level), is within the side
+    chains' bootstraps of it."""
+    from privformer.crypto.ckks import planner
+
+    layers, configs, x, real = minilm_layers
+    layout = TokenInterleaved(N, N * N)
+    steps = nl.layer_steps(configs[1], layout, 384, 1536, layers[1].heads)
+    assert all(s.depth <= 7 for s in steps)  # every operator fits one window
+    plan = planner.plan(steps, 7, 7, 21.5)
+    assert "GELU" in plan.table() and plan.bootstraps >= 3 * 12  # scores twice, GELU once
+    be = FloatBackend(N * N, top=7)
+    be.generate_rotation_keys(nl.rotation_steps(layout, layers[1].head_dim))
+    x1 = nl.float_layer(x, layers[0], nl.FloatOps("plain"), real)
+    nl.encrypted_layer(
+        be, [be.encrypt(v) for v in layout.pack(x1)], layers[1], layout, configs[1], real=real
+    )
+    side = 3 * configs[1].softmax_squaring.rounds + 2 * 5  # packed inverses, LayerNorm y's
+    assert plan.bootstraps <= be.bootstraps <= plan.bootstraps + side

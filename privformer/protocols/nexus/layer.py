@@ -23,6 +23,7 @@ import numpy as np
 
 from privformer import approx
 from privformer.crypto.ckks import circuits as he
+from privformer.crypto.ckks import planner
 from privformer.crypto.ckks.backend import Ciphertext, CKKSBackend
 from privformer.errors import InputError, UnknownNameError
 from privformer.models.encoder import read_layer
@@ -216,6 +217,36 @@ def rotation_steps(layout: mm.TokenInterleaved, head_dim: int) -> list[int]:
     """Every rotation key ``encrypted_layer`` uses."""
     att = at.AttentionLayout(layout, head_dim)
     return sorted(set(mm.rotation_steps(layout)) | set(att.rotation_steps()))
+
+
+def layer_steps(
+    config: LayerConfig, layout: mm.TokenInterleaved, hidden: int, intermediate: int, heads: int
+) -> list[planner.Step]:
+    """The layer's main chain as planner steps (depth, live ciphertexts), for the depth-aware
+    operators: what ``planner.plan`` places bootstraps on. Side chains on one ciphertext (each
+    round's packed inverse, LayerNorm's per-token 1/sqrt) and the residual branches are not in
+    it, so a plan's count is a lower bound for the layer's main tensors."""
+    cheb, sq, ln = config.gelu_chebyshev, config.softmax_squaring, config.layernorm
+    if cheb is None or sq is None or ln.start_degree is None:
+        raise InputError("layer_steps describes the depth-aware operators only")
+    h, f = layout.blocks(hidden), layout.blocks(intermediate)
+    exp_depth = approx.chebyshev.depth(len(sq.exp_coeffs) - 1)
+    steps = [
+        planner.Step("Q, K, V projections", 1, h),
+        planner.Step("Q K^T", at.SCORE_LEVELS, 2 * h),
+        planner.Step("softmax: centre + exp", 1 + exp_depth, heads),
+        *(planner.Step(f"softmax round {i}", 2, heads) for i in range(sq.rounds)),
+        planner.Step("P V", at.VALUE_LEVELS, heads + h),
+        planner.Step("output projection", 1, h),
+        planner.Step("LayerNorm 1 (z, z^2, scale)", 3, h),
+        planner.Step("LayerNorm 1 (z y, gamma)", 2, h),
+        planner.Step("FFN in", 1, h),
+        planner.Step("GELU", approx.chebyshev.depth(cheb.degree), f),
+        planner.Step("FFN out", 1, f),
+        planner.Step("LayerNorm 2 (z, z^2, scale)", 3, h),
+        planner.Step("LayerNorm 2 (z y, gamma)", 2, h),
+    ]
+    return steps
 
 
 def _linear(
