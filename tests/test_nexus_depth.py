@@ -298,9 +298,20 @@ def test_encrypted_forward_is_the_simulate_forward(two_layer, tmp_path):
         assert np.count_nonzero(values) == len(logits)  # only [CLS]'s logits leave the server
         assert [sum(s["bootstraps"].values()) for s in stats] and be.bootstraps <= 2 * 90
     assert "1:LayerNorm 2" in stages
+    # NEXUS's reply: the encrypted one-hot argmax (the client learns the class, not the logits)
+    ids = sentences[0]
+    be = FloatBackend(N * N, top=7)
+    be.generate_rotation_keys(model.rotation_steps(be.slots))
+    x, real = model.embed(ids)
+    cts = [be.encrypt(v) for v in model.layout(be).pack(x)]
+    onehot = be.decrypt(model.forward_circuit(be, cts, real, output="argmax"))
+    simulated = model.logits(ids, "simulate")
+    assert np.abs(onehot - model.argmax_onehot(simulated)).max() <= 1e-9
+    assert int(np.argmax(onehot)) == int(np.argmax(simulated)) and onehot.max() > 0.99
     model.save(tmp_path / "server", tmp_path / "client")
     again = NexusClassifier.load(tmp_path / "server", tmp_path / "client")
     assert again.configs == model.configs and again.pad_id == model.pad_id
+    assert again.argmax == model.argmax
     assert np.array_equal(
         again.logits(sentences[0], "simulate"), model.logits(sentences[0], "simulate")
     )

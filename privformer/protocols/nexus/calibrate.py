@@ -50,14 +50,23 @@ def record_ranges(
     sequences: Sequence[Sequence[int]],
     tokens: int,
     pad_id: int,
+    cls_states: list[np.ndarray] | None = None,
 ) -> list[RangeRecorder]:
-    """Every operator input of every layer (plain mode) over ``sequences``, each padded."""
+    """Every operator input of every layer (plain mode) over ``sequences``, each padded;
+    ``cls_states``, if given, receives each sequence's final [CLS] state."""
     recorders = [RangeRecorder() for _ in layers]
     for ids in sequences:
         x = tables.embed(torch.as_tensor(padded(ids, tokens, pad_id))).numpy()
         for layer, recorder in zip(layers, recorders, strict=True):
             x = float_layer(x, layer, FloatOps("plain", recorder=recorder), len(ids))
+        if cls_states is not None:
+            cls_states.append(x[0])
     return recorders
+
+
+def logit_bound(logits: np.ndarray, margin: float = MARGIN) -> float:
+    """The argmax's input bound: the largest |logit| seen, widened by ``margin``."""
+    return _round_up(margin * float(np.abs(logits).max()), 1.0)
 
 
 def _round_up(x: float, step: float = 0.5) -> float:

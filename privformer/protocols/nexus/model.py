@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from privformer import approx
 from privformer.artifacts import read_manifest, write_manifest
 from privformer.crypto.ckks import circuits as he
 from privformer.crypto.ckks.backend import Ciphertext, CKKSBackend
@@ -37,6 +38,7 @@ from privformer.errors import InputError
 from privformer.models.encoder import EmbeddingTables, read_encoder
 from privformer.models.registry import HFModel
 from privformer.protocols.nexus import calibrate as cal
+from privformer.protocols.nexus import he_nonlinear as hn
 from privformer.protocols.nexus import matmul as mm
 from privformer.protocols.nexus.layer import (
     DEFAULT_LAYER,
@@ -67,6 +69,8 @@ class NexusClassifier:
     configs: list[LayerConfig] | None = None
     tokens: int = 128  # positions of the encrypted layout (tokens^2 = slots)
     pad_id: int = 0
+    # The encrypted one-hot argmax of the logits (NEXUS's reply), its bound calibrated.
+    argmax: approx.argmax.ArgmaxConfig = approx.argmax.DEFAULT_ARGMAX
 
     @classmethod
     def from_hf(cls, bert: HFModel, head: torch.nn.Linear) -> NexusClassifier:
@@ -92,8 +96,13 @@ class NexusClassifier:
 
     def calibrate(self, sequences: Sequence[Sequence[int]], margin: float = cal.MARGIN) -> None:
         """Set depth-aware per-layer configurations from the plain model on ``sequences``."""
-        ranges = cal.record_ranges(self.tables, self.layers, sequences, self.tokens, self.pad_id)
+        states: list[np.ndarray] = []
+        ranges = cal.record_ranges(
+            self.tables, self.layers, sequences, self.tokens, self.pad_id, states
+        )
         self.configs = cal.layer_configs(ranges, self.tokens, margin)
+        logits = np.stack(states) @ self.head_w + self.head_b
+        self.argmax = approx.argmax.ArgmaxConfig(bound=cal.logit_bound(logits, margin))
 
     def embed(self, ids: Sequence[int]) -> tuple[np.ndarray, int]:
         """The client's part: (tokens x hidden) embeddings of ``ids`` padded with [PAD] (when
@@ -117,7 +126,16 @@ class NexusClassifier:
     def rotation_steps(self, slots: int) -> list[int]:
         """Every rotation key ``forward_circuit`` needs."""
         layout = mm.TokenInterleaved(self.tokens, slots)
-        return rotation_steps(layout, self.layers[0].head_dim)
+        classes = self.head_w.shape[1]
+        gather = [c * (self.tokens - 1) for c in range(1, classes)]
+        argmax = hn.argmax_rotations(classes, slots)
+        return sorted(
+            set(rotation_steps(layout, self.layers[0].head_dim)) | set(gather) | set(argmax)
+        )
+
+    def argmax_onehot(self, logits: np.ndarray) -> np.ndarray:
+        """The simulate twin of the encrypted reply: NEXUS's one-hot argmax of the logits."""
+        return approx.argmax.argmax_onehot(logits, self.argmax)
 
     def forward_circuit(
         self,
@@ -126,9 +144,12 @@ class NexusClassifier:
         real: int,
         progress: Callable[[int, str], None] | None = None,
         stats: list[dict[str, dict[str, float]]] | None = None,
+        output: str = "logits",
     ) -> Ciphertext:
         """Every layer and the head on the encrypted, packed embeddings ``x``; returns one
-        ciphertext whose slot c * tokens holds logit c ([CLS]'s), every other slot 0.
+        ciphertext: with ``output="logits"`` slot c * tokens holds logit c ([CLS]'s), every other
+        slot 0; with ``output="argmax"`` slots 0 .. classes-1 hold NEXUS's one-hot argmax of
+        the logits (``argmax_onehot``'s twin), and the client learns only the class.
 
         ``progress(layer, stage)`` is called after each stage; ``stats``, if given, gets one
         ``{"seconds": ..., "bootstraps": ...}`` per layer."""
@@ -159,7 +180,22 @@ class NexusClassifier:
         keep[:: self.tokens][: self.head_w.shape[1]] = 1.0
         bias = np.zeros(backend.slots)
         bias[:: self.tokens][: self.head_w.shape[1]] = self.head_b
-        return backend.add_plain(backend.multiply_plain(out, keep), bias)
+        if output == "logits":
+            return backend.add_plain(backend.multiply_plain(out, keep), bias)
+        if output != "argmax":
+            raise InputError(f"unknown output {output!r}: 'logits' or 'argmax'")
+        # Logit c moves from slot c * tokens to slot c (its mask and the move share one level).
+        classes = self.head_w.shape[1]
+        out = he.ensure_level(backend, out, 2, "argmax", self.argmax.bound)
+        gathered = None
+        for c in range(classes):
+            select = np.zeros(backend.slots)
+            select[c * self.tokens] = 1.0
+            term = backend.rotate(backend.multiply_plain(out, select), c * (self.tokens - 1))
+            gathered = term if gathered is None else backend.add(gathered, term)
+        assert gathered is not None  # classes >= 1
+        gathered = backend.add_plain(gathered, np.pad(self.head_b, (0, backend.slots - classes)))
+        return hn.argmax_onehot(backend, [gathered.prefix(classes)], classes, self.argmax)[0]
 
     def read_logits(self, values: np.ndarray) -> np.ndarray:
         """The client's part: the logits from the decrypted reply's slots."""
@@ -189,6 +225,7 @@ class NexusClassifier:
             "heads": self.layers[0].heads,
             "eps": self.layers[0].eps,
             "tokens": self.tokens,
+            "argmax_bound": self.argmax.bound,
         }
         if self.configs is not None:
             configs = [config_to_dict(c) for c in self.configs]
@@ -249,6 +286,9 @@ class NexusClassifier:
             configs=configs,
             tokens=int(dims.get("tokens", 128)),
             pad_id=int(client.get("pad_id", 0)),
+            argmax=approx.argmax.ArgmaxConfig(
+                bound=float(dims.get("argmax_bound", approx.argmax.DEFAULT_ARGMAX.bound))
+            ),
         )
 
 
