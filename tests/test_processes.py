@@ -105,3 +105,17 @@ def test_cli_reports_an_unreachable_server_in_one_line(export_dir):
     assert gone.stderr.startswith("privformer: error:") and len(gone.stderr.splitlines()) == 1
     nexus = _run("nexus", "run", "a fine film", "--mode", "private")
     assert nexus.returncode == 2 and "NEXUS runs in plain and simulate modes" in nexus.stderr
+
+
+def test_nexus_plan_prints_bootstraps_per_layer_and_the_planner_table():
+    import json
+
+    plan = _run("nexus", "plan", "A gripping film.", "--model", "minilm2-rt-probe", "--json")
+    assert plan.returncode == 0, plan.stderr
+    got = json.loads(plan.stdout)
+    assert len(got["bootstraps"]) == 2 and got["total"] == sum(
+        sum(stages.values()) for stages in got["bootstraps"]
+    )
+    assert 0 < got["planner_bootstraps"] <= max(sum(s.values()) for s in got["bootstraps"])
+    table = _run("nexus", "plan", "A gripping film.", "--model", "minilm2-rt-probe")
+    assert "layer 1:" in table.stdout and "GELU" in table.stdout
