@@ -162,7 +162,7 @@ def test_chebyshev_layernorm_twin_on_real_minilm_inputs(activations):
     exact = gamma * (x - x.mean(1, keepdims=True)) / np.sqrt(x.var(1, keepdims=True) + 1e-12) + beta
     got = A.layernorm.chebyshev(x, gamma, beta, config=LN)
     rel = np.linalg.norm(got - exact, axis=1) / np.linalg.norm(exact, axis=1)
-    assert rel.max() <= 1e-3, rel.max()  # Newton to 1e-6 relative: measured ~1e-7
+    assert rel.max() <= 1e-3, rel.max()  # Newton to 1e-5 relative
     coeffs, steps = A.layernorm.chebyshev_start(LN)
     assert steps <= A.layernorm.newton_iterations(LN) / 2  # NEXUS's linear start: 4 vs 12
 
@@ -179,8 +179,9 @@ def test_chebyshev_layernorm_circuit_is_its_twin(activations):
     )
     got = layout.unpack([be.decrypt(c) for c in out], x.shape[1])
     assert np.abs(got - A.layernorm.chebyshev(x, gamma, beta, config=LN)).max() <= 1e-9
-    # only the per-token ciphertexts are refreshed: t before the start, y between steps
-    assert be.bootstraps <= 1 + A.layernorm.chebyshev_start(LN)[1]
+    # only the per-token ciphertexts are refreshed (the blocks arrive fresh): t before the
+    # start, y after it, between steps (a window holds two) and before the output's 3 levels
+    assert be.bootstraps <= 2 + A.layernorm.chebyshev_start(LN)[1]
 
 
 # --- a real MiniLM layer ------------------------------------------------------------------------
