@@ -73,6 +73,14 @@ def newton_iterations(config: LayerNormConfig, rel_tol: float = 1e-6) -> int:
 
 
 # --- NEXUS ------------------------------------------------------------------------------------
+def _centred(x: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """(x - mean, var + eps) over the last axis, sums by QuickSum as the encrypted side does."""
+    x = np.asarray(x, dtype=np.float64)
+    n = x.shape[-1]
+    z = x - quick_sum(x) / n
+    return z, quick_sum(z * z) / n + eps
+
+
 def inv_sqrt(v: np.ndarray, config: LayerNormConfig = DEFAULT_LAYERNORM) -> np.ndarray:
     """1/sqrt(v) by Newton, y <- y (3 - u y^2) / 2 on u = v / var_high (in (0, 1])."""
     check_range("layernorm.inv_sqrt", v, config.var_low, config.var_high)
@@ -88,10 +96,7 @@ def nexus(
     config: LayerNormConfig = DEFAULT_LAYERNORM,
 ) -> np.ndarray:
     """gamma * (x - mean) / sqrt(var + eps) + beta over the last axis, 1/sqrt by Newton."""
-    x = np.asarray(x, dtype=np.float64)
-    n = x.shape[-1]
-    z = x - quick_sum(x) / n
-    var = quick_sum(z * z) / n + eps
+    z, var = _centred(x, eps)
     return gamma * z * inv_sqrt(var, config) + beta
 
 
@@ -139,10 +144,7 @@ def chebyshev(
     """gamma * (x - mean) / sqrt(var + eps) + beta over the last axis; 1/sqrt on u = (var +
     eps) / var_high from a Chebyshev start and ``chebyshev_start``'s Newton steps (the encrypted
     ``he_nonlinear.layernorm_chebyshev`` does the same arithmetic)."""
-    x = np.asarray(x, dtype=np.float64)
-    n = x.shape[-1]
-    z = x - quick_sum(x) / n
-    var = quick_sum(z * z) / n + eps
+    z, var = _centred(x, eps)
     check_range("layernorm.variance", var, config.var_low, config.var_high)
     coeffs, steps = chebyshev_start(config)
     u = var / config.var_high

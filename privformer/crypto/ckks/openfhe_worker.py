@@ -67,18 +67,31 @@ class Worker:
         self.next_id = 0
 
     # --- context -------------------------------------------------------------------------
+    def _chain_state(self, levels: int, chain: dict, precision: int) -> None:
+        """The chain: the levels operators get, two hidden ones (one to scale a bootstrap's
+        input into range, one that EvalBootstrap's input needs), the bootstrap, and one per
+        extra iteration of Meta-BTS (iterative bootstrapping)."""
+        self.boot_depth = _bootstrap_depth(self.o, chain)
+        self.iterations, self.precision = chain["iterations"], precision
+        self.consumed_at_top = self.boot_depth + chain["iterations"] - 1
+        self.depth = levels + HIDDEN_LEVELS + self.consumed_at_top
+
+    def _info(self) -> dict:
+        """What the parent learns of a context: ring, depth, bootstrap depth, slots, key tag."""
+        return {
+            "ring_dim": self.cc.GetRingDimension(),
+            "depth": self.depth,
+            "boot": self.boot_depth,
+            "slots": self.slots,
+            "key_tag": self.keys.publicKey.GetKeyTag(),
+        }
+
     def setup(self, levels: int, chain: dict, precision: int):
         """Context, keys, bootstrapping keys for ``levels`` operator levels on ``chain``."""
         import openfhe as o
 
         self.o = o
-        self.boot_depth = _bootstrap_depth(o, chain)
-        self.iterations, self.precision = chain["iterations"], precision
-        # The chain: the levels operators get, two hidden ones (one to scale a bootstrap's
-        # input into range, one that EvalBootstrap's input needs), the bootstrap, and one per
-        # extra iteration of Meta-BTS (iterative bootstrapping).
-        self.consumed_at_top = self.boot_depth + chain["iterations"] - 1
-        self.depth = levels + HIDDEN_LEVELS + self.consumed_at_top
+        self._chain_state(levels, chain, precision)
         cc = o.GenCryptoContext(_parameters(o, chain, self.depth))
         for feature in ("PKE", "KEYSWITCH", "LEVELEDSHE", "ADVANCEDSHE", "FHE"):
             cc.Enable(getattr(o.PKESchemeFeature, feature))
@@ -88,13 +101,7 @@ class Worker:
         self.keys = cc.KeyGen()
         cc.EvalMultKeyGen(self.keys.secretKey)
         cc.EvalBootstrapKeyGen(self.keys.secretKey, self.slots)
-        return {
-            "ring_dim": cc.GetRingDimension(),
-            "depth": self.depth,
-            "boot": self.boot_depth,
-            "slots": self.slots,
-            "key_tag": self.keys.publicKey.GetKeyTag(),
-        }
+        return self._info()
 
     # --- keys across processes ------------------------------------------------------------
     # The client generates every key (``setup``) and exports what the server evaluates with;
@@ -151,20 +158,11 @@ class Worker:
                 if not load(os.path.join(folder, name), o.BINARY):
                     raise ValueError(f"{name} is not an OpenFHE key file")
         self.cc = cc
-        self.boot_depth = _bootstrap_depth(o, chain)
-        self.iterations, self.precision = chain["iterations"], precision
-        self.consumed_at_top = self.boot_depth + chain["iterations"] - 1
-        self.depth = levels + HIDDEN_LEVELS + self.consumed_at_top
+        self._chain_state(levels, chain, precision)
         self.slots = chain.get("slots") or cc.GetRingDimension() // 2
         if not secret:  # the bootstrap's linear maps (public precomputation, no key)
             cc.EvalBootstrapSetup(list(chain["level_budget"]), [0, 0], self.slots)
-        return {
-            "ring_dim": cc.GetRingDimension(),
-            "depth": self.depth,
-            "boot": self.boot_depth,
-            "slots": self.slots,
-            "key_tag": self.keys.publicKey.GetKeyTag(),
-        }
+        return self._info()
 
     def max_levels(self, chain: dict, upper: int = 40) -> int:
         """The most operator levels whose chain OpenFHE accepts at 128 bits (contexts only, no

@@ -283,30 +283,24 @@ def softmax_squaring(
     return qs
 
 
-def layernorm(
+def _centred_variance(
     backend: CKKSBackend,
     blocks: list[Ciphertext],
     layout: TokenInterleaved,
-    gamma: np.ndarray,
-    beta: np.ndarray,
-    eps: float = 1e-12,
-    config: approx.layernorm.LayerNormConfig = approx.layernorm.DEFAULT_LAYERNORM,
-) -> list[Ciphertext]:
-    """gamma (x - mean) / sqrt(var + eps) + beta over each token's features, on the
-    token-interleaved blocks of one activation (the hidden size is len(gamma))."""
-    gamma, beta = np.asarray(gamma, np.float64), np.asarray(beta, np.float64)
-    hidden = gamma.shape[0]
+    hidden: int,
+    eps: float,
+    levels: int,
+    bound: float,
+) -> tuple[list[Ciphertext], Ciphertext]:
+    """(z = x - mean per token, hidden x (var + eps) in every slot of its token), the blocks
+    first brought to ``levels`` levels (bootstrapped within ``bound`` if below)."""
     if layout.slots != backend.slots or layout.blocks(hidden) != len(blocks):
         raise InputError(
             f"layernorm: {len(blocks)} blocks do not hold {hidden} features at "
             f"{layout.features} features per block"
         )
-    op, n, feats = "layernorm", layout.tokens, layout.features
-    # 5 levels: z, z^2, then the variance sum with the 3 levels inv_sqrt's last step needs, so
-    # only x and y are bootstrapped (y's bootstrap error is Newton's to correct). On a chain
-    # shorter than 5 the variance sum is bootstrapped too, and small variances lose precision.
-    x_bound = config.input_bound
-    blocks = [he.ensure_level(backend, b, min(5, backend.top), op, x_bound) for b in blocks]
+    n, feats = layout.tokens, layout.features
+    blocks = [he.ensure_level(backend, b, levels, "layernorm", bound) for b in blocks]
     total = blocks[0]
     for b in blocks[1:]:
         total = backend.add(total, b)
@@ -319,14 +313,22 @@ def layernorm(
     squares = backend.multiply(z[0], z[0])
     for zb in z[1:]:
         squares = backend.add(squares, backend.multiply(zb, zb))
-    var = he.quick_sum(backend, squares, feats, n)  # hidden x the variance
-    total = backend.add_plain(var, hidden * eps)
-    c = 1.0 / (hidden * config.var_high)
-    # Newton from below rises monotonically to 1/sqrt(u) <= sqrt(var_high / var_low).
-    y_bound = 1.01 * math.sqrt(config.var_high / config.var_low)
-    y = inv_sqrt(backend, total, c, approx.layernorm.newton_iterations(config), y_bound, op)
-    y = he.ensure_level(backend, y, 2, op, y_bound)
-    scale = 1.0 / math.sqrt(config.var_high)
+    return z, backend.add_plain(he.quick_sum(backend, squares, feats, n), hidden * eps)
+
+
+def _normalised(
+    backend: CKKSBackend,
+    z: list[Ciphertext],
+    y: Ciphertext,
+    layout: TokenInterleaved,
+    gamma: np.ndarray,
+    beta: np.ndarray,
+    var_high: float,
+    levels: int,
+    bound: float,
+) -> list[Ciphertext]:
+    """gamma z y / sqrt(var_high) + beta per block, z at ``levels`` levels (y must have them)."""
+    n, scale = layout.tokens, 1.0 / math.sqrt(var_high)
     out = []
     for zb, g, bt in zip(
         z,
@@ -336,9 +338,34 @@ def layernorm(
     ):
         # z y (magnitude ~16 x the normalised value) before the small gamma / 16: the absolute
         # rescale noise then stays small against every factor.
-        zb = he.ensure_level(backend, zb, 2, op, 2.0 * x_bound)
+        zb = he.ensure_level(backend, zb, levels, "layernorm", bound)
         out.append(backend.add_plain(backend.multiply_plain(backend.multiply(zb, y), g), bt))
     return out
+
+
+def layernorm(
+    backend: CKKSBackend,
+    blocks: list[Ciphertext],
+    layout: TokenInterleaved,
+    gamma: np.ndarray,
+    beta: np.ndarray,
+    eps: float = 1e-12,
+    config: approx.layernorm.LayerNormConfig = approx.layernorm.DEFAULT_LAYERNORM,
+) -> list[Ciphertext]:
+    """gamma (x - mean) / sqrt(var + eps) + beta over each token's features, on the
+    token-interleaved blocks of one activation (the hidden size is len(gamma))."""
+    gamma, beta = np.asarray(gamma, np.float64), np.asarray(beta, np.float64)
+    hidden, op, x_bound = gamma.shape[0], "layernorm", config.input_bound
+    # 5 levels: z, z^2, then the variance sum with the 3 levels inv_sqrt's last step needs, so
+    # only x and y are bootstrapped (y's bootstrap error is Newton's to correct). On a chain
+    # shorter than 5 the variance sum is bootstrapped too, and small variances lose precision.
+    z, total = _centred_variance(backend, blocks, layout, hidden, eps, min(5, backend.top), x_bound)
+    c = 1.0 / (hidden * config.var_high)
+    # Newton from below rises monotonically to 1/sqrt(u) <= sqrt(var_high / var_low).
+    y_bound = 1.01 * math.sqrt(config.var_high / config.var_low)
+    y = inv_sqrt(backend, total, c, approx.layernorm.newton_iterations(config), y_bound, op)
+    y = he.ensure_level(backend, y, 2, op, y_bound)
+    return _normalised(backend, z, y, layout, gamma, beta, config.var_high, 2, 2.0 * x_bound)
 
 
 def layernorm_chebyshev(
@@ -359,29 +386,11 @@ def layernorm_chebyshev(
     slot and would swamp small variances); Newton removes the error bootstraps put into y.
     """
     gamma, beta = np.asarray(gamma, np.float64), np.asarray(beta, np.float64)
-    hidden = gamma.shape[0]
-    if layout.slots != backend.slots or layout.blocks(hidden) != len(blocks):
-        raise InputError(
-            f"layernorm: {len(blocks)} blocks do not hold {hidden} features at "
-            f"{layout.features} features per block"
-        )
-    op, n, feats = "layernorm", layout.tokens, layout.features
+    hidden, op = gamma.shape[0], "layernorm"
     coeffs, steps = approx.layernorm.chebyshev_start(config)
     low = config.var_low / config.var_high
     # z (1 level), z^2 (1), then u and t (1), and Newton's u y^2 one level below u: 5 levels.
-    blocks = [he.ensure_level(backend, b, 5, op, config.input_bound) for b in blocks]
-    total = blocks[0]
-    for b in blocks[1:]:
-        total = backend.add(total, b)
-    sums = he.quick_sum(backend, total, feats, n)  # every slot: the sum over its token
-    masks = layout.pack(np.ones((n, hidden)) / hidden)  # padding features stay 0 after centring
-    z = [
-        backend.sub(b, backend.multiply_plain(sums, m)) for b, m in zip(blocks, masks, strict=True)
-    ]
-    squares = backend.multiply(z[0], z[0])
-    for zb in z[1:]:
-        squares = backend.add(squares, backend.multiply(zb, zb))
-    total = backend.add_plain(he.quick_sum(backend, squares, feats, n), hidden * eps)  # n var
+    z, total = _centred_variance(backend, blocks, layout, hidden, eps, 5, config.input_bound)
     c = 1.0 / (hidden * config.var_high)  # total c = u = var / var_high, in [low, 1]
     neg_half_u = backend.multiply_plain(total, -0.5 * c)
     t = backend.add_plain(
@@ -396,17 +405,9 @@ def layernorm_chebyshev(
     # The output keeps one level (z y, then gamma: two below min(z, y)), so the next matmul
     # (Q, K, V or FFN in) needs no bootstrap of the hidden state; z has 4 levels here.
     y = he.ensure_level(backend, y, 3, op, y_bound)
-    scale = 1.0 / math.sqrt(config.var_high)
-    out = []
-    for zb, g, bt in zip(
-        z,
-        layout.pack(np.tile(gamma * scale, (n, 1))),
-        layout.pack(np.tile(beta, (n, 1))),
-        strict=True,
-    ):
-        zb = he.ensure_level(backend, zb, 3, op, 2.0 * config.input_bound)
-        out.append(backend.add_plain(backend.multiply_plain(backend.multiply(zb, y), g), bt))
-    return out
+    return _normalised(
+        backend, z, y, layout, gamma, beta, config.var_high, 3, 2.0 * config.input_bound
+    )
 
 
 def _replication_steps(width: int, slots: int) -> list[int]:
