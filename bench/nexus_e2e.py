@@ -3,9 +3,10 @@
 For each classifier (the 2-layer and the 6-layer MiniLM probes), with the depth-aware operators
 and per-layer ranges calibrated on Rotten Tomatoes training sentences:
 - the encrypted circuit runs on ``FloatBackend`` (float64 with CKKS's levels, 7-level windows as
-  OpenFHE's default chain leaves, 128 tokens on 16,384 slots) for a few test sentences: per
-  layer and stage, the bootstraps a real backend would run, and the circuit's logits against
-  the float twin (``simulate``);
+  OpenFHE's default chain leaves, 128 tokens) for a few test sentences, on 32,768 slots (all of
+  ring 2^16: two heads per score ciphertext) and on 16,384 (one head, the SEAL ring 2^15
+  layout): per layer and stage, the bootstraps a real backend would run, the planner's optimum
+  for the layer's main chain, and the circuit's logits against the float twin (``simulate``);
 - ``simulate`` against ``plain`` on the whole Rotten Tomatoes test split (1,066 sentences):
   accuracy, agreement, out-of-range inputs (counted, never hidden);
 - the time the bootstraps alone would take at OpenFHE's measured speed
@@ -36,7 +37,8 @@ from privformer.errors import OutOfRangeError  # noqa: E402
 from privformer.protocols.nexus.layer import layer_steps  # noqa: E402
 
 TOKENS = 128
-SLOTS = TOKENS * TOKENS
+SLOTS = 2 * TOKENS * TOKENS  # ring 2^16, all slots: two heads per score ciphertext
+SLOTS_ONE_HEAD = TOKENS * TOKENS
 WINDOW = 7  # OpenFHE's default chain: levels left after a bootstrap
 PLAN_SENTENCES = 4
 #: Today's NEXUS-paper operators on one MiniLM layer (bench/results/nexus_layer.json).
@@ -49,15 +51,15 @@ def _openfhe_bootstrap_seconds() -> float:
     return next(r["bootstrap_s"] for r in rows if "(default)" in r["set"])
 
 
-def _plan(model, texts: list[str]) -> dict:
+def _plan(model, texts: list[str], slots: int = SLOTS) -> dict:
     """Bootstraps per layer and stage, and circuit vs twin, on ``texts``."""
     clf, tok = model.classifier, model.tokenizer
     per_layer: list[dict[str, int]] = []
     diffs, seconds = [], []
     for text in texts:
         ids = tok(text, truncation=True, max_length=TOKENS)["input_ids"]
-        backend = FloatBackend(SLOTS, WINDOW)
-        backend.generate_rotation_keys(clf.rotation_steps(SLOTS))
+        backend = FloatBackend(slots, WINDOW)
+        backend.generate_rotation_keys(clf.rotation_steps(slots))
         x, real = clf.embed(ids)
         layout = clf.layout(backend)
         stats: list[dict] = []
@@ -71,7 +73,7 @@ def _plan(model, texts: list[str]) -> dict:
         )
         per_layer = [s["bootstraps"] for s in stats]  # the same for every sentence
     # The planner's optimum for each layer's main chain (side chains excluded: a lower bound).
-    layout = clf.layout(FloatBackend(SLOTS, WINDOW))
+    layout = clf.layout(FloatBackend(slots, WINDOW))
     plans = [
         planner.plan(
             layer_steps(
@@ -135,6 +137,7 @@ def main() -> None:
     for name in args.models:
         model = pf.load(name, protocol="nexus")
         plan = _plan(model, [t for t, _ in test[:PLAN_SENTENCES]])
+        one_head = _plan(model, [t for t, _ in test[:1]], SLOTS_ONE_HEAD)
         acc = _accuracy(model, test[: args.limit])
         per_layer = plan["bootstraps_per_layer"]
         rows.append(
@@ -146,6 +149,7 @@ def main() -> None:
                 "target_per_layer": TARGET_BOOTSTRAPS_PER_LAYER,
                 "paper_operators_per_layer": PAPER_BOOTSTRAPS_PER_LAYER,
                 "bootstrap_minutes_at_openfhe_speed": sum(per_layer) * boot_s / 60,
+                "bootstraps_one_head_per_ciphertext": one_head["bootstraps_per_layer"],
                 **{f"plan_{k}": v for k, v in plan.items()},
                 **{f"accuracy_{k}": v for k, v in acc.items()},
             }
@@ -161,6 +165,7 @@ def main() -> None:
             "max_per_layer",
             "target_per_layer",
             "plan_planner_main_chain_per_layer",
+            "bootstraps_one_head_per_ciphertext",
             "bootstrap_minutes_at_openfhe_speed",
             "plan_circuit_vs_simulate_max_logit_diff",
             "accuracy_plain_accuracy",

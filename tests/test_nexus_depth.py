@@ -339,3 +339,72 @@ def test_planner_places_the_layer_chain_close_to_the_circuit(minilm_layers):
     )
     side = 3 * configs[1].softmax_squaring.rounds + 2 * 5  # packed inverses, LayerNorm y's
     assert plan.bootstraps <= be.bootstraps <= plan.bootstraps + side
+
+
+# --- two heads per score ciphertext (all 32,768 slots of ring 2^16) ------------------------------
+def test_attention_with_two_heads_per_score_ciphertext():
+    """slots = 2 n^2: scores come out two heads per ciphertext, interleaved by key offset, and
+    P V reads them back; against numpy on random Q, K, V and probabilities (float rounding)."""
+    from privformer.protocols.nexus import attention as at
+
+    n, dh, heads = 16, 4, 6  # 2 n^2 = 512 slots: 32 features a block, 8 heads, 6 used
+    layout = TokenInterleaved(n, 2 * n * n)
+    att = AttentionLayout(layout, dh)
+    assert att.groups == 2
+    rng = np.random.default_rng(5)
+    q, k, v = (rng.normal(0, 1, (n, heads * dh)) for _ in range(3))
+    be = FloatBackend(layout.slots, top=7)
+    be.generate_rotation_keys(att.rotation_steps())
+
+    def enc(x):
+        return [be.encrypt(b) for b in layout.pack(x)]
+
+    scores = at.scores(be, enc(q), enc(k), att, heads=heads)
+    assert len(scores) == heads // 2
+    for c, ct in enumerate(scores):
+        pair = att.unpack_scores(be.decrypt(ct))  # (2, n, n)
+        for g in range(2):
+            cols = slice((2 * c + g) * dh, (2 * c + g + 1) * dh)
+            assert np.abs(pair[g] - q[:, cols] @ k[:, cols].T).max() <= 1e-12
+    probs = [rng.dirichlet(np.ones(n), n) for _ in range(heads)]
+    packed = [be.encrypt(att.pack_scores(np.stack(probs[c : c + 2]))) for c in (0, 2, 4)]
+    out = at.weighted_values(be, packed, enc(v), att, heads=heads)
+    got = layout.unpack([be.decrypt(c) for c in out], heads * dh)
+    want = np.concatenate([probs[h] @ v[:, h * dh : (h + 1) * dh] for h in range(heads)], axis=1)
+    assert np.abs(got - want).max() <= 1e-12
+
+
+def test_squaring_softmax_with_two_heads_per_ciphertext_is_its_twin():
+    real, heads = 40, 6
+    config = A.softmax.SquaringSoftmaxConfig(low=-20.0, high=20.0, rounds=3)
+    rng = np.random.default_rng(6)
+    scores = [rng.normal(0, 4, (N, N)) for _ in range(heads)]
+    keys = np.arange(N) < real
+    be = FloatBackend(2 * N * N, top=7)
+    be.generate_rotation_keys(he.quick_sum_steps(N, 2 * N))
+    att = AttentionLayout(TokenInterleaved(N, 2 * N * N), 32)
+    cts = [be.encrypt(att.pack_scores(np.stack(scores[c : c + 2]))) for c in (0, 2, 4)]
+    out = H.softmax_squaring(be, cts, N, real, config, bound=32.0)
+    for c, ct in enumerate(out):
+        pair = att.unpack_scores(be.decrypt(ct))
+        for g in range(2):
+            twin = A.softmax.squaring(scores[2 * c + g], keys, config, rows=keys)
+            assert np.abs(pair[g] - twin).max() <= 1e-9
+
+
+def test_real_minilm_layer_on_all_ring_2_16_slots_halves_the_bootstraps(minilm_layers):
+    layers, configs, x, real = minilm_layers
+    x1 = nl.float_layer(x, layers[0], nl.FloatOps("plain"), real)
+    counts = {}
+    for slots in (N * N, 2 * N * N):
+        layout = TokenInterleaved(N, slots)
+        be = FloatBackend(slots, top=7)
+        be.generate_rotation_keys(nl.rotation_steps(layout, layers[1].head_dim))
+        out = nl.encrypted_layer(
+            be, [be.encrypt(v) for v in layout.pack(x1)], layers[1], layout, configs[1], real=real
+        )
+        got = layout.unpack([be.decrypt(c) for c in out], x1.shape[1])
+        assert np.abs(got - nl.simulate_layer(x1, layers[1], configs[1], real)).max() <= 1e-9
+        counts[slots] = be.bootstraps
+    # measured 68 -> 41: score and FFN ciphertexts halve, per-token side chains do not
+    assert counts[2 * N * N] <= 0.65 * counts[N * N], counts

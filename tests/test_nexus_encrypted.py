@@ -180,8 +180,8 @@ def test_attention_scores_and_weighted_values(small):
 
 
 def test_attention_layout_errors(small):
-    with pytest.raises(InputError, match="tokens\\^2 = slots"):
-        at.AttentionLayout(TokenInterleaved(32, 4096), 16)
+    with pytest.raises(InputError, match="slots = G tokens\\^2"):
+        at.AttentionLayout(TokenInterleaved(64, 2048), 16)  # fewer slots than one 64 x 64 head
     with pytest.raises(InputError, match="head_dim"):
         at.AttentionLayout(TokenInterleaved(64, 4096), 24)
     att = at.AttentionLayout(TokenInterleaved(64, small.slots), 16)

@@ -186,18 +186,21 @@ def inv_sqrt(
     return backend.multiply(y, backend.add_plain(backend.multiply_plain(t, -0.5 * c), 1.5))
 
 
-def diagonal_key_mask(tokens: int, real: int) -> np.ndarray:
-    """The real-key mask in the diagonal layout of attention scores: slot d n + t holds
-    1 if key (t + d) mod n is one of the first ``real`` tokens, else 0."""
+def diagonal_key_mask(tokens: int, real: int, groups: int = 1) -> np.ndarray:
+    """The real-key mask in the interleaved diagonal layout of attention scores (G =
+    ``groups`` heads per ciphertext): slot (G d + g) n + t holds 1 if key (t + d) mod n is one
+    of the first ``real`` tokens, else 0."""
     if not 1 <= real <= tokens:
         raise InputError(f"{real} real tokens do not fit {tokens} positions")
     t = np.arange(tokens)
-    return np.concatenate([((t + d) % tokens < real).astype(np.float64) for d in range(tokens)])
+    rows = [((t + d) % tokens < real).astype(np.float64) for d in range(tokens)]
+    return np.concatenate([row for row in rows for _ in range(groups)])
 
 
-def _block_selector(tokens: int, block: int, value: float = 1.0) -> np.ndarray:
-    vec = np.zeros(tokens * tokens)
-    vec[block * tokens : (block + 1) * tokens] = value
+def _block_selector(slots: int, tokens: int, blocks: range, value: float = 1.0) -> np.ndarray:
+    vec = np.zeros(slots)
+    for block in blocks:
+        vec[block * tokens : (block + 1) * tokens] = value
     return vec
 
 
@@ -228,20 +231,24 @@ def softmax_squaring(
     config: approx.softmax.SquaringSoftmaxConfig,
     bound: float,
 ) -> list[Ciphertext]:
-    """Softmax of every head's scores (diagonal layout: slot d n + t holds S[t, (t + d) mod n])
-    over its first ``real`` keys, as ``approx.softmax.squaring`` (no maximum, no SGN).
+    """Softmax of every head's scores over its first ``real`` keys, as
+    ``approx.softmax.squaring`` (no maximum, no SGN). ``heads``: score ciphertexts in the
+    interleaved diagonal layout of ``attention`` (G = slots / tokens^2 heads each: slot
+    (G d + g) n + t holds S_g[t, (t + d) mod n]).
 
     ``bound``: |scores| (for the bootstrap that may bring them to level). The row sums of all
     heads are packed into one ciphertext (head h in block h) so that each round's inverse, the
     deep part, is computed and bootstrapped once for the layer, not once per head.
     """
-    n, op = tokens, "softmax"
-    if n * n != backend.slots:
-        raise InputError(f"softmax: {n} tokens need {n * n} slots, the backend has {backend.slots}")
-    if not 1 <= len(heads) <= n:
-        raise InputError(f"softmax: {len(heads)} heads do not pack into {n} blocks")
-    keys = diagonal_key_mask(n, real)
-    queries = np.tile((np.arange(n) < real).astype(np.float64), n)  # slot d n + t: query t
+    n, op, slots = tokens, "softmax", backend.slots
+    groups = slots // (n * n)
+    if slots % (n * n) or not 1 <= len(heads) * groups <= groups * n:
+        raise InputError(
+            f"softmax: {len(heads)} score ciphertexts of {n} tokens do not fit {slots} slots"
+        )
+    stride = groups * n  # the next key offset of the same head and query
+    keys = diagonal_key_mask(n, real, groups)
+    queries = np.tile((np.arange(n) < real).astype(np.float64), stride)  # query t, any block
     mid, half = 0.5 * (config.low + config.high), 0.5 * (config.high - config.low)
     exp_depth = approx.chebyshev.depth(len(config.exp_coeffs) - 1)
     qs = []
@@ -249,37 +256,41 @@ def softmax_squaring(
         x = he.ensure_level(backend, x, 1 + exp_depth, op, bound)
         # Padding queries' scores become 0 in the same products that scale and centre.
         mean = he.quick_sum(
-            backend, backend.multiply_plain(x, keys * queries / (real * half)), n, n
+            backend, backend.multiply_plain(x, keys * queries / (real * half)), n, stride
         )
         scaled = backend.multiply_plain(x, queries / half)
         u = backend.add_plain(backend.sub(scaled, mean), -mid / half)
         qs.append(he.chebyshev_series(backend, u, config.exp_coeffs, op, weights=keys))
-    used = np.zeros(n * n)
-    used[: len(heads) * n] = 1.0
+    # Ciphertext c's head g has its row sums in every block = g (mod G): block c G + g
+    # selects them, so the packed ciphertext holds head h's sums in block h.
+    mine = [range(c * groups, (c + 1) * groups) for c in range(len(heads))]
+    used = _block_selector(slots, n, range(len(heads) * groups))
     for i in range(config.rounds):
         plan = approx.softmax.round_inverse_plan(config, i, n)
         scale = 1.0 / real if i == 0 else 1.0
         width = plan.high - plan.low
         q2 = [backend.multiply(q, q) for q in (he.ensure_level(backend, q, 2, op) for q in qs)]
-        sums = [he.quick_sum(backend, s, n, n) for s in q2]  # every block: the row sums
-        # -v (v: the scaled row sums of head h in block h) and t, v mapped to [-1, 1] for the
+        sums = [he.quick_sum(backend, s, n, stride) for s in q2]  # every block: its row sums
+        # -v (v: the scaled row sums, head h in block h) and t, v mapped to [-1, 1] for the
         # Chebyshev start; where no head sits, v is the middle of its range and t = 0.
         neg_v = backend.multiply_plain_sum(
-            [(s, _block_selector(n, h, -scale)) for h, s in enumerate(sums)]
+            [(s, _block_selector(slots, n, b, -scale)) for s, b in zip(sums, mine, strict=True)]
         )
         neg_v = backend.add_plain(neg_v, -(1.0 - used) * 0.5 * (plan.low + plan.high))
         t = backend.multiply_plain_sum(
-            [(s, _block_selector(n, h, 2.0 * scale / width)) for h, s in enumerate(sums)]
+            [
+                (s, _block_selector(slots, n, b, 2.0 * scale / width))
+                for s, b in zip(sums, mine, strict=True)
+            ]
         )
         t = backend.add_plain(t, -used * (plan.low + plan.high) / width)
         inv = _inverse(backend, neg_v, t, plan, op)
         inv = he.ensure_level(backend, inv, 2, op, 1.01 / plan.low)
         qs = []
-        for h, s in enumerate(q2):
-            spread = he.quick_sum(
-                backend, backend.multiply_plain(inv, _block_selector(n, h, scale)), n, n
-            )
-            qs.append(backend.multiply(s, spread))
+        for s, b in zip(q2, mine, strict=True):
+            # head h's inverses, from block h to every block of its group
+            selected = backend.multiply_plain(inv, _block_selector(slots, n, b, scale))
+            qs.append(backend.multiply(s, he.quick_sum(backend, selected, n, stride)))
     return qs
 
 

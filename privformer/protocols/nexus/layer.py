@@ -230,6 +230,8 @@ def layer_steps(
     if cheb is None or sq is None or ln.start_degree is None:
         raise InputError("layer_steps describes the depth-aware operators only")
     h, f = layout.blocks(hidden), layout.blocks(intermediate)
+    groups = layout.slots // (layout.tokens * layout.tokens)  # heads per score ciphertext
+    heads = -(-heads // groups)  # score ciphertexts
     exp_depth = approx.chebyshev.depth(len(sq.exp_coeffs) - 1)
     steps = [
         planner.Step("Q, K, V projections", 1, h),
@@ -307,7 +309,7 @@ def encrypted_layer(
     x = [he.ensure_level(backend, c, 1, "linear", bound) for c in x]  # once for Q, K and V
     q, k, v = (_linear(backend, x, w, key, layout, bound) for key in "qkv")
     clock("Q, K, V projections")
-    scores = at.scores(backend, q, k, att, bound)
+    scores = at.scores(backend, q, k, att, bound, w.heads)
     clock("Q K^T")
     if config.softmax_squaring is not None:
         probs = hn.softmax_squaring(
@@ -318,7 +320,7 @@ def encrypted_layer(
     else:
         probs = [hn.softmax(backend, s, n, n, config.softmax) for s in scores]
     clock("softmax")
-    heads = at.weighted_values(backend, probs, v, att, bound)
+    heads = at.weighted_values(backend, probs, v, att, bound, w.heads)
     clock("P V")
     attn = _linear(backend, heads, w, "o", layout, bound)
     clock("output projection")
