@@ -131,24 +131,28 @@ def test_squaring_softmax_circuit_is_its_twin_with_one_packed_inverse_per_round(
 
 
 def test_squaring_softmax_on_seal_with_refresh_matches_its_twin():
-    """Real CKKS (ring 2^15, 2^40 scale) in OpenFHE's 7-level windows, refresh noise 2^-20 of
-    the largest slot. Measured 4e-5 on probabilities up to 0.6, the same with the refresh noise
-    off: it is the 2^40 scale's rounding in exp, doubled by each of the 3 squarings (the
-    inverses' errors are per row and cancel, and Newton removes their bootstrap error). 2e-4
-    still rejects any wrong mask, rotation or coefficient (>= 1e-2)."""
-    real, heads = 50, 2
+    """Real CKKS (SEAL test-medium: ring 2^14, 2^40 scale, 7 levels: OpenFHE's window), two
+    heads per score ciphertext (64 tokens on 8,192 slots), refresh noise 2^-20 of the largest
+    slot. Measured 1.4e-5 here (4e-5 with 128 tokens, one head a ciphertext, on ring 2^15, the
+    same with the refresh noise off): the 2^40 scale's rounding in exp, doubled by each of the 3
+    squarings (the inverses' errors are per row and cancel, Newton removes their bootstrap
+    error). 2e-4 still rejects any wrong mask, rotation or coefficient (>= 1e-2)."""
+    n, real, heads = 64, 30, 4
     config = A.softmax.SquaringSoftmaxConfig(low=-20.0, high=20.0, rounds=3)
     rng = np.random.default_rng(2)
-    scores = [rng.normal(0, 3, (N, N)) for _ in range(heads)]
-    be = SealBackend("depth19", bootstrapper=SecretKeyRefresh(window=7))
-    be.generate_rotation_keys(he.quick_sum_steps(N, N))
-    att, cts = _pack_heads(be, scores)
-    out = H.softmax_squaring(be, [be.drop_to(c, 7) for c in cts], N, real, config, bound=32.0)
-    keys = np.arange(N) < real
-    for s, c in zip(scores, out, strict=True):
-        twin = A.softmax.squaring(s, keys, config, rows=keys)
-        got = att.unpack_scores(be.decrypt(c))
-        assert np.abs(got[:real] - twin[:real]).max() <= 2e-4
+    scores = [rng.normal(0, 3, (n, n)) for _ in range(heads)]
+    be = SealBackend("test-medium", bootstrapper=SecretKeyRefresh())
+    att = AttentionLayout(TokenInterleaved(n, be.slots), 16)
+    assert att.groups == 2
+    be.generate_rotation_keys(he.quick_sum_steps(n, 2 * n))
+    cts = [be.encrypt(att.pack_scores(np.stack(scores[c : c + 2]))) for c in (0, 2)]
+    out = H.softmax_squaring(be, cts, n, real, config, bound=32.0)
+    keys = np.arange(n) < real
+    for c, ct in enumerate(out):
+        pair = att.unpack_scores(be.decrypt(ct))
+        for g in range(2):
+            twin = A.softmax.squaring(scores[2 * c + g], keys, config, rows=keys)
+            assert np.abs(pair[g][:real] - twin[:real]).max() <= 2e-4
 
 
 # --- LayerNorm ---------------------------------------------------------------------------------
