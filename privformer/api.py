@@ -340,8 +340,9 @@ class NexusModel(PrivateModel):
     def _predict(self, texts: list[str], mode: Mode) -> Result:
         if mode is Mode.PRIVATE:
             raise UnsupportedModeError(
-                "NEXUS runs in plain and simulate modes so far; the encrypted end-to-end model "
-                "(client and server processes) is the next step of the NEXUS work"
+                "NEXUS runs in plain and simulate modes so far; the encrypted circuit exists "
+                "(NexusClassifier.forward_circuit, `privformer nexus plan`), its client and server "
+                "processes are the next step of the NEXUS work"
             )
         rows = []
         for text in texts:
