@@ -126,34 +126,9 @@ def _accuracy(model, test: list[tuple[str, int]]) -> dict:
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--models", nargs="+", default=["minilm2-rt-probe", "minilm-rt-probe"])
-    ap.add_argument("--limit", type=int, help="first N test sentences only (accuracy)")
-    args = ap.parse_args()
-    train, test = rotten_tomatoes_split()
-    boot_s = _openfhe_bootstrap_seconds()
-    rows = []
-    for name in args.models:
-        model = pf.load(name, protocol="nexus")
-        plan = _plan(model, [t for t, _ in test[:PLAN_SENTENCES]])
-        one_head = _plan(model, [t for t, _ in test[:1]], SLOTS_ONE_HEAD)
-        acc = _accuracy(model, test[: args.limit])
-        per_layer = plan["bootstraps_per_layer"]
-        rows.append(
-            {
-                "model": name,
-                "layers": len(per_layer),
-                "bootstraps": sum(per_layer),
-                "max_per_layer": max(per_layer),
-                "target_per_layer": TARGET_BOOTSTRAPS_PER_LAYER,
-                "paper_operators_per_layer": PAPER_BOOTSTRAPS_PER_LAYER,
-                "bootstrap_minutes_at_openfhe_speed": sum(per_layer) * boot_s / 60,
-                "bootstraps_one_head_per_ciphertext": one_head["bootstraps_per_layer"],
-                **{f"plan_{k}": v for k, v in plan.items()},
-                **{f"accuracy_{k}": v for k, v in acc.items()},
-            }
-        )
+def _report(rows: list[dict], boot_s: float) -> None:
+    """Print the table and (re)write the JSON: called after each model, so a long run that is
+    stopped keeps the models it finished."""
     print_table(
         f"NEXUS depth-aware operators: {TOKENS} tokens, {SLOTS} slots, {WINDOW}-level windows "
         f"(OpenFHE bootstrap {boot_s:.1f} s)",
@@ -194,6 +169,38 @@ def main() -> None:
         },
     )
     print(f"\nwrote {path}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", nargs="+", default=["minilm2-rt-probe", "minilm-rt-probe"])
+    ap.add_argument("--limit", type=int, help="first N test sentences only (accuracy)")
+    args = ap.parse_args()
+    train, test = rotten_tomatoes_split()
+    boot_s = _openfhe_bootstrap_seconds()
+    rows = []
+    for name in args.models:
+        model = pf.load(name, protocol="nexus")
+        plan = _plan(model, [t for t, _ in test[:PLAN_SENTENCES]])
+        one_head = _plan(model, [t for t, _ in test[:1]], SLOTS_ONE_HEAD)
+        acc = _accuracy(model, test[: args.limit])
+        per_layer = plan["bootstraps_per_layer"]
+        rows.append(
+            {
+                "model": name,
+                "layers": len(per_layer),
+                "bootstraps": sum(per_layer),
+                "max_per_layer": max(per_layer),
+                "target_per_layer": TARGET_BOOTSTRAPS_PER_LAYER,
+                "paper_operators_per_layer": PAPER_BOOTSTRAPS_PER_LAYER,
+                "bootstrap_minutes_at_openfhe_speed": sum(per_layer) * boot_s / 60,
+                "bootstraps_one_head_per_ciphertext": one_head["bootstraps_per_layer"],
+                **{f"plan_{k}": v for k, v in plan.items()},
+                **{f"accuracy_{k}": v for k, v in acc.items()},
+            }
+        )
+        _report(rows, boot_s)
+    _report(rows, boot_s)
 
 
 if __name__ == "__main__":

@@ -108,14 +108,13 @@ def test_cli_reports_an_unreachable_server_in_one_line(export_dir):
 
 
 def test_nexus_plan_prints_bootstraps_per_layer_and_the_planner_table():
-    import json
+    import re
 
-    plan = _run("nexus", "plan", "A gripping film.", "--model", "minilm2-rt-probe", "--json")
+    plan = _run("nexus", "plan", "A gripping film.", "--model", "minilm2-rt-probe")
     assert plan.returncode == 0, plan.stderr
-    got = json.loads(plan.stdout)
-    assert len(got["bootstraps"]) == 2 and got["total"] == sum(
-        sum(stages.values()) for stages in got["bootstraps"]
-    )
-    assert 0 < got["planner_bootstraps"] <= max(sum(s.values()) for s in got["bootstraps"])
-    table = _run("nexus", "plan", "A gripping film.", "--model", "minilm2-rt-probe")
-    assert "layer 1:" in table.stdout and "GELU" in table.stdout
+    per_layer = [int(m) for m in re.findall(r"^layer \d: (\d+) bootstraps", plan.stdout, re.M)]
+    total = int(re.search(r"^total: (\d+) bootstraps", plan.stdout, re.M).group(1))
+    assert len(per_layer) == 2 and total == sum(per_layer) > 0
+    planned = int(re.search(r"^total\s+(\d+)", plan.stdout, re.M).group(1))
+    assert 0 < planned <= max(per_layer)  # the main chain's optimum, side chains excluded
+    assert "GELU" in plan.stdout and "softmax round 0" in plan.stdout
