@@ -124,12 +124,6 @@ def _token_rotated(
 ACTIVATION_BOUND = 64.0
 
 
-def _block_mask(layout: TokenInterleaved, blocks: list[int]) -> np.ndarray:
-    mask = np.zeros((layout.features, layout.tokens))
-    mask[blocks] = 1.0
-    return mask.reshape(-1)
-
-
 def _at_level(backend: CKKSBackend, x: Ciphertext, level: int, bound: float) -> Ciphertext:
     """x at exactly ``level``: bootstrapped first if below (slots within ``bound``), dropped
     if above."""
@@ -181,7 +175,7 @@ def scores(
             prod = backend.multiply(qb, _token_rotated(backend, rotated, d, layout))
             summed = he.quick_sum(backend, prod, dh, n)
             for h in range(local):
-                term = backend.multiply_plain(summed, _block_mask(layout, [h * dh]))
+                term = backend.multiply_plain(summed, layout.block_mask([h * dh]))
                 prev = acc[h]
                 acc[h] = (
                     term if prev is None else backend.add(term, backend.rotate(prev, -groups * n))
@@ -242,7 +236,7 @@ def weighted_values(
                 chains = [backend.rotate(c, groups * n) for c in chains]
                 rotated = backend.rotate(rotated, 1)
             row = backend.multiply_plain_sum(
-                [(c, _block_mask(layout, [h * dh])) for h, c in enumerate(chains)]
+                [(c, layout.block_mask([h * dh])) for h, c in enumerate(chains)]
             )
             for j in range(dh.bit_length() - 1):  # replicate over the head's features
                 row = backend.add(row, backend.rotate(row, -n * (1 << j)))

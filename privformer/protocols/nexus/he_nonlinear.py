@@ -197,13 +197,6 @@ def diagonal_key_mask(tokens: int, real: int, groups: int = 1) -> np.ndarray:
     return np.concatenate([row for row in rows for _ in range(groups)])
 
 
-def _block_selector(slots: int, tokens: int, blocks: range, value: float = 1.0) -> np.ndarray:
-    vec = np.zeros(slots)
-    for block in blocks:
-        vec[block * tokens : (block + 1) * tokens] = value
-    return vec
-
-
 def _inverse(
     backend: CKKSBackend,
     neg_v: Ciphertext,
@@ -264,7 +257,8 @@ def softmax_squaring(
     # Ciphertext c's head g has its row sums in every block = g (mod G): block c G + g
     # selects them, so the packed ciphertext holds head h's sums in block h.
     mine = [range(c * groups, (c + 1) * groups) for c in range(len(heads))]
-    used = _block_selector(slots, n, range(len(heads) * groups))
+    grid = TokenInterleaved(n, slots)  # blocks of n slots, as in the score layout
+    used = grid.block_mask(range(len(heads) * groups))
     for i in range(config.rounds):
         plan = approx.softmax.round_inverse_plan(config, i, n)
         scale = 1.0 / real if i == 0 else 1.0
@@ -274,14 +268,11 @@ def softmax_squaring(
         # -v (v: the scaled row sums, head h in block h) and t, v mapped to [-1, 1] for the
         # Chebyshev start; where no head sits, v is the middle of its range and t = 0.
         neg_v = backend.multiply_plain_sum(
-            [(s, _block_selector(slots, n, b, -scale)) for s, b in zip(sums, mine, strict=True)]
+            [(s, grid.block_mask(b, -scale)) for s, b in zip(sums, mine, strict=True)]
         )
         neg_v = backend.add_plain(neg_v, -(1.0 - used) * 0.5 * (plan.low + plan.high))
         t = backend.multiply_plain_sum(
-            [
-                (s, _block_selector(slots, n, b, 2.0 * scale / width))
-                for s, b in zip(sums, mine, strict=True)
-            ]
+            [(s, grid.block_mask(b, 2.0 * scale / width)) for s, b in zip(sums, mine, strict=True)]
         )
         t = backend.add_plain(t, -used * (plan.low + plan.high) / width)
         inv = _inverse(backend, neg_v, t, plan, op)
@@ -289,7 +280,7 @@ def softmax_squaring(
         qs = []
         for s, b in zip(q2, mine, strict=True):
             # head h's inverses, from block h to every block of its group
-            selected = backend.multiply_plain(inv, _block_selector(slots, n, b, scale))
+            selected = backend.multiply_plain(inv, grid.block_mask(b, scale))
             qs.append(backend.multiply(s, he.quick_sum(backend, selected, n, stride)))
     return qs
 

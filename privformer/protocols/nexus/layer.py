@@ -145,10 +145,11 @@ class FloatOps:
     def softmax(self, scores: np.ndarray, real: int) -> np.ndarray:
         """Softmax over the first ``real`` keys of each row (the rest get probability 0)."""
         keys = np.arange(scores.shape[-1]) < real
-        self.observe("scores", scores)
-        # Padding queries' rows are zeroed before centring (see approx.softmax.squaring).
-        centred = scores[:real] - scores[:real, keys].mean(axis=-1, keepdims=True)
-        self.observe("scores_centred", centred)
+        if self.recorder is not None:
+            self.recorder.see("scores", scores)
+            # Padding queries' rows are zeroed before centring (see approx.softmax.squaring).
+            centred = scores[:real] - scores[:real, keys].mean(axis=-1, keepdims=True)
+            self.recorder.see("scores_centred", centred)
         if self.mode == "plain":
             masked = np.where(keys, scores, -np.inf)
             z = np.exp(masked - masked.max(axis=-1, keepdims=True))
@@ -168,11 +169,13 @@ class FloatOps:
         return approx.gelu.nexus(x, self.config.gelu)
 
     def layernorm(self, x: np.ndarray, norm: tuple[np.ndarray, np.ndarray], eps: float):
-        z = x - x.mean(axis=-1, keepdims=True)
-        self.observe("layernorm_input", x)
-        self.observe("layernorm_variance", (z * z).mean(axis=-1) + eps)
+        if self.mode == "plain" or self.recorder is not None:
+            z = x - x.mean(axis=-1, keepdims=True)
+            var = (z * z).mean(axis=-1, keepdims=True) + eps
+            self.observe("layernorm_input", x)
+            self.observe("layernorm_variance", var)
         if self.mode == "plain":
-            return norm[0] * z / np.sqrt((z * z).mean(axis=-1, keepdims=True) + eps) + norm[1]
+            return norm[0] * z / np.sqrt(var) + norm[1]
         if self.config.layernorm.start_degree is not None:
             return approx.layernorm.chebyshev(x, *norm, eps=eps, config=self.config.layernorm)
         return approx.layernorm.nexus(x, *norm, eps=eps, config=self.config.layernorm)

@@ -23,6 +23,7 @@ blocks. Cost: blocks_in x blocks_out x F plaintext products, one level.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,6 +63,13 @@ class TokenInterleaved:
         padded[:, : x.shape[1]] = x
         # block b: its (n, F) columns transposed to (F, n), flattened: slot f n + t = x[t, bF + f]
         return [padded[:, b * f : (b + 1) * f].T.reshape(-1) for b in range(padded.shape[1] // f)]
+
+    def block_mask(self, blocks: Iterable[int], value: float = 1.0) -> np.ndarray:
+        """A slot vector holding ``value`` in the given blocks of ``tokens`` slots (feature f of
+        every token: block f), 0 elsewhere."""
+        mask = np.zeros((self.features, self.tokens))
+        mask[list(blocks)] = value
+        return mask.reshape(-1)
 
     def unpack(self, vectors: list[np.ndarray], width: int) -> np.ndarray:
         """Slot vectors (one per feature block) back to the (tokens x width) matrix."""

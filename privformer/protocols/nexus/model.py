@@ -176,16 +176,15 @@ class NexusClassifier:
         # not get the head applied to the other tokens' states.
         x = [he.ensure_level(backend, c, 2, "head", self.configs[-1].activation_bound) for c in x]
         out = mm.matmul_plain(backend, x, self.head_w, layout)[0]
-        keep = np.zeros(backend.slots)
-        keep[:: self.tokens][: self.head_w.shape[1]] = 1.0
-        bias = np.zeros(backend.slots)
-        bias[:: self.tokens][: self.head_w.shape[1]] = self.head_b
+        classes = self.head_w.shape[1]
         if output == "logits":
+            keep, bias = np.zeros(backend.slots), np.zeros(backend.slots)
+            keep[:: self.tokens][:classes] = 1.0
+            bias[:: self.tokens][:classes] = self.head_b
             return backend.add_plain(backend.multiply_plain(out, keep), bias)
         if output != "argmax":
             raise InputError(f"unknown output {output!r}: 'logits' or 'argmax'")
         # Logit c moves from slot c * tokens to slot c (its mask and the move share one level).
-        classes = self.head_w.shape[1]
         out = he.ensure_level(backend, out, 2, "argmax", self.argmax.bound)
         gathered = None
         for c in range(classes):
