@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -78,6 +79,24 @@ def _fmt(value) -> str:
             return f"{value:.2e}"
         return f"{value:,.3f}" if abs(value) < 100 else f"{value:,.0f}"
     return "" if value is None else str(value)
+
+
+def simulate_outputs(model, texts: list[str], classes: int) -> tuple[np.ndarray, int]:
+    """(texts x classes) simulate-mode outputs of a ``pf.load``-ed model, one text at a time;
+    a text whose input leaves an approximation's range (``OutOfRangeError``) gets a row of NaN
+    and is counted, never hidden. Returns the outputs and that count."""
+    from privformer.errors import OutOfRangeError
+
+    outputs, failed = [], 0
+    for i, text in enumerate(texts):
+        if i and i % 200 == 0:
+            print(f"  simulate {i}/{len(texts)}", flush=True)
+        try:
+            outputs.append(model.predict([text], mode="simulate").outputs.numpy()[0])
+        except OutOfRangeError:
+            outputs.append(np.full(classes, np.nan))
+            failed += 1
+    return np.array(outputs), failed
 
 
 def write_results(name: str, payload: dict) -> Path:

@@ -21,12 +21,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, print_table, write_results  # noqa: E402
+from common import machine, print_table, simulate_outputs, write_results  # noqa: E402
 
 import privformer as pf  # noqa: E402
 from privformer import approx  # noqa: E402
 from privformer.data import rotten_tomatoes_split  # noqa: E402
-from privformer.errors import OutOfRangeError  # noqa: E402
 from privformer.protocols.nexus.layer import DEFAULT_LAYER  # noqa: E402
 
 RECIPES = {
@@ -42,7 +41,9 @@ def main() -> None:
     ap.add_argument("--model", default="minilm-rt-probe")
     ap.add_argument("--limit", type=int, help="first N test sentences only")
     args = ap.parse_args()
-    model = pf.load(args.model, protocol="nexus")
+    # The paper's operators (one LayerConfig for every layer); bench/nexus_e2e.py measures the
+    # depth-aware default.
+    model = pf.load(args.model, protocol="nexus", operators="paper")
     test = rotten_tomatoes_split()[1][: args.limit]
     labels = np.array([y for _, y in test])
     texts = [t for t, _ in test]
@@ -58,14 +59,7 @@ def main() -> None:
     for name, config in RECIPES.items():
         model.classifier.config = config
         start = time.perf_counter()
-        outputs, failed = [], 0
-        for text in texts:
-            try:
-                outputs.append(model.predict([text], mode="simulate").outputs.numpy()[0])
-            except OutOfRangeError:
-                outputs.append(np.full(plain.shape[1], np.nan))
-                failed += 1
-        sim = np.array(outputs)
+        sim, failed = simulate_outputs(model, texts, plain.shape[1])
         ok = ~np.isnan(sim).any(axis=1)
         rows.append(
             {

@@ -30,13 +30,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine, print_table, write_results  # noqa: E402
+from common import RESULTS, machine, print_table, simulate_outputs, write_results  # noqa: E402
 
 import privformer as pf  # noqa: E402
 from privformer.crypto.ckks import planner  # noqa: E402
 from privformer.crypto.ckks.float_backend import FloatBackend  # noqa: E402
 from privformer.data import rotten_tomatoes_split  # noqa: E402
-from privformer.errors import OutOfRangeError  # noqa: E402
 from privformer.protocols.nexus.layer import layer_steps  # noqa: E402
 
 TOKENS = 128
@@ -107,16 +106,7 @@ def _accuracy(model, test: list[tuple[str, int]]) -> dict:
     texts = [t for t, _ in test]
     start = time.perf_counter()
     plain = model.predict(texts, mode="plain").outputs.numpy()
-    sim, failed = [], 0
-    for i, text in enumerate(texts):
-        if i % 200 == 0:
-            print(f"  simulate {i}/{len(texts)}", flush=True)
-        try:
-            sim.append(model.predict([text], mode="simulate").outputs.numpy()[0])
-        except OutOfRangeError:
-            sim.append(np.full(plain.shape[1], np.nan))
-            failed += 1
-    sim_arr = np.array(sim)
+    sim_arr, failed = simulate_outputs(model, texts, plain.shape[1])
     ok = ~np.isnan(sim_arr).any(axis=1)
     return {
         "sentences": len(texts),
