@@ -58,6 +58,14 @@ class ServerError(PrivformerError):
         self.message = message
 
 
+class PeerError(PrivformerError):
+    """The other party of a two-party session ended it with an error; the message is its."""
+
+
+class ServerBusyError(PrivformerError):
+    """A server or dealer refused new work because a limit was reached; retry later."""
+
+
 class OutOfRangeError(InputError):
     """An approximated operator got an input outside the range its approximation is valid on."""
 

@@ -60,7 +60,14 @@ def _cmd_train(args) -> int:
 def _cmd_dealer(args) -> int:
     from privformer.transport.cipherprune import run_dealer
 
-    run_dealer(args.host, args.port, args.ready_file)
+    run_dealer(
+        args.host,
+        args.port,
+        args.ready_file,
+        model_dir=_model_dir(args.model) if args.model else None,
+        max_connections=args.max_connections,
+        pair_timeout_s=args.pair_timeout,
+    )
     return 0
 
 
@@ -75,6 +82,7 @@ def _cmd_serve(args) -> int:
         args.ready_file,
         args.max_sessions,
         _network(args.network),
+        max_concurrent=args.max_concurrent,
     )
     return 0
 
@@ -149,6 +157,19 @@ def add_parser(sub) -> None:
     dealer.add_argument("--host", default="127.0.0.1")
     dealer.add_argument("--port", type=int, default=7100, help="0 picks a free port")
     dealer.add_argument("--ready-file", help="write the bound port here once listening")
+    dealer.add_argument(
+        "--model",
+        help="classifier folder whose shapes cap each request (default cap: BERT-base at 512)",
+    )
+    dealer.add_argument(
+        "--max-connections", type=int, default=256, help="open connections at once (default 256)"
+    )
+    dealer.add_argument(
+        "--pair-timeout",
+        type=float,
+        default=30.0,
+        help="seconds a party waits for the other party of its session (default 30)",
+    )
     dealer.set_defaults(func=_cmd_dealer)
 
     serve = cmds.add_parser("serve", help="server: hold the model and answer sessions")
@@ -158,6 +179,12 @@ def add_parser(sub) -> None:
     serve.add_argument("--port", type=int, default=7200, help="0 picks a free port")
     serve.add_argument("--ready-file", help="write the bound port here once listening")
     serve.add_argument("--max-sessions", type=int, help="exit after this many sessions")
+    serve.add_argument(
+        "--max-concurrent",
+        type=int,
+        default=2,
+        help="sessions run at once; more get a 'busy' error (default 2)",
+    )
     serve.add_argument("--network", choices=["lan", "wan"], help="simulate a link (sleeps)")
     serve.set_defaults(func=_cmd_serve)
 

@@ -8,6 +8,11 @@ Every size is checked before anything is allocated, so a truncated or malicious 
 Every protocol step is an ``exchange``: both parties send one frame (possibly empty) and receive
 one; that is one round. ``Stats`` counts bytes and rounds per operator; ``NetworkModel`` turns the
 counts into a time for a given latency and bandwidth, and can also enforce it with sleeps.
+
+A party that must abandon a session sends an ``error`` frame (``send_error``) before closing;
+the other side's next read raises ``PeerError`` with that message instead of a bare "connection
+closed". Waits are bounded: ``HANDSHAKE_TIMEOUT_S`` for a connection's first frame,
+``IDLE_TIMEOUT_S`` between protocol steps.
 """
 
 from __future__ import annotations
@@ -19,12 +24,13 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
-from privformer.errors import WireFormatError
+from privformer.errors import PeerError, WireFormatError
 
 MAGIC = b"PFMP"
 VERSION = 1
@@ -119,9 +125,12 @@ LAN = NetworkModel(0.8e-3, 3e9, "LAN")
 WAN = NetworkModel(40e-3, 200e6, "WAN")
 
 
+#: Seconds to wait for a new connection's first frame (a silent connection is dropped).
+HANDSHAKE_TIMEOUT_S = 10.0
 #: Seconds to wait for the other side of a protocol step before giving up (a peer that is gone or
-#: runs a different program otherwise hangs the party forever).
-TIMEOUT_S = 900.0
+#: runs a different program otherwise hangs the party). One step's compute on the slower side
+#: must fit: BERT-base's largest step at 512 tokens takes a few seconds on 2 cores.
+IDLE_TIMEOUT_S = 120.0
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
@@ -158,8 +167,18 @@ def encode_frame(
     return _PREFIX.pack(MAGIC, VERSION, len(header), len(payload)) + header + payload
 
 
+def send_error(sock: socket.socket, detail: str) -> None:
+    """Tell the other side why this side abandons the session (best effort, then close)."""
+    with contextlib.suppress(OSError):
+        sock.settimeout(2.0)
+        sock.sendall(encode_frame("error", meta={"detail": detail[:2000]}))
+    with contextlib.suppress(OSError):
+        sock.close()
+
+
 def read_frame(sock: socket.socket) -> tuple[str, list[torch.Tensor], dict, int]:
-    """One frame from the socket: (kind, tensors, meta, bytes read)."""
+    """One frame from the socket: (kind, tensors, meta, bytes read). An ``error`` frame from
+    the other side raises ``PeerError`` with its message."""
     magic, version, hlen, plen = _PREFIX.unpack(_recv_exact(sock, _PREFIX.size))
     if magic != MAGIC:
         raise WireFormatError(f"bad frame magic {magic!r}")
@@ -170,6 +189,8 @@ def read_frame(sock: socket.socket) -> tuple[str, list[torch.Tensor], dict, int]
     try:
         header = json.loads(_recv_exact(sock, hlen))
         kind, specs, meta = header["kind"], header["tensors"], header["meta"]
+        if not isinstance(kind, str) or not isinstance(meta, dict) or not isinstance(specs, list):
+            raise ValueError("kind, tensors and meta must be a string, a list and an object")
         sizes = []
         for dtype, shape in specs:
             if dtype not in _DTYPES or any((not isinstance(s, int)) or s < 0 for s in shape):
@@ -177,6 +198,8 @@ def read_frame(sock: socket.socket) -> tuple[str, list[torch.Tensor], dict, int]
             sizes.append(math.prod(shape) * torch.empty((), dtype=_DTYPES[dtype]).element_size())
     except (ValueError, KeyError, TypeError) as exc:
         raise WireFormatError(f"malformed frame header: {exc}") from exc
+    if kind == "error":
+        raise PeerError(f"the other party ended the session: {meta.get('detail', '?')}")
     if sum(sizes) != plen:
         raise WireFormatError(f"frame payload is {plen} B but its header describes {sum(sizes)} B")
     payload = _recv_exact(sock, plen)
@@ -194,7 +217,7 @@ def read_frame(sock: socket.socket) -> tuple[str, list[torch.Tensor], dict, int]
     return kind, tensors, meta, _PREFIX.size + hlen + plen
 
 
-def tune_socket(sock: socket.socket, timeout_s: float = TIMEOUT_S) -> None:
+def tune_socket(sock: socket.socket, timeout_s: float = IDLE_TIMEOUT_S) -> None:
     sock.settimeout(timeout_s)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     with contextlib.suppress(OSError):
@@ -202,11 +225,36 @@ def tune_socket(sock: socket.socket, timeout_s: float = TIMEOUT_S) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
 
 
+def accept(
+    listener: socket.socket, warn: Callable[[str], None]
+) -> tuple[socket.socket, Any] | None:
+    """The next connection on ``listener``, or None once it is closed. A failing ``accept``
+    (EMFILE: out of descriptors, ENOBUFS) is warned about at most every 10 s and retried:
+    a server under descriptor pressure slows down instead of exiting."""
+    last_warning = -math.inf
+    while True:
+        try:
+            return listener.accept()
+        except OSError as exc:
+            if listener.fileno() < 0:
+                return None
+            if time.monotonic() - last_warning > 10:
+                warn(f"cannot accept a connection (will retry): {exc}")
+                last_warning = time.monotonic()
+            time.sleep(0.1)
+
+
 class Channel:
     """A TCP connection to the other party: exchanges of frames, counted in ``stats``."""
 
-    def __init__(self, sock: socket.socket, stats: Stats, network: NetworkModel | None = None):
-        tune_socket(sock)
+    def __init__(
+        self,
+        sock: socket.socket,
+        stats: Stats,
+        network: NetworkModel | None = None,
+        timeout_s: float = IDLE_TIMEOUT_S,
+    ):
+        tune_socket(sock, timeout_s)
         self.sock = sock
         self.stats = stats
         #: When set, every round is stretched to the model's time by sleeping.

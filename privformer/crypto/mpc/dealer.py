@@ -23,18 +23,36 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import socket
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 
 from privformer.crypto.mpc import fixed
-from privformer.crypto.mpc.channel import Stats, encode_frame, read_frame, tune_socket
+from privformer.crypto.mpc.channel import (
+    HANDSHAKE_TIMEOUT_S,
+    IDLE_TIMEOUT_S,
+    Stats,
+    accept,
+    encode_frame,
+    read_frame,
+    send_error,
+    tune_socket,
+)
 from privformer.crypto.mpc.prg import Stream, new_key
 from privformer.errors import WireFormatError
 
 log = logging.getLogger(__name__)
+
+#: Seconds a party waits at the dealer for the other party of its session.
+PAIR_TIMEOUT_S = 30.0
+#: Per-tensor cap when no model is given: ``request_cap`` of BERT-base (vocabulary 30,522,
+#: 12 heads, FFN 3072) at 512 tokens is 25.2 M; 2^25 bounds one request at 256 MiB per tensor.
+DEFAULT_MAX_ELEMENTS = 1 << 25
+MAX_NDIM = 6
 
 KINDS = ("mul", "matmul", "onesided_mul", "onesided_matmul", "and", "dabit", "trunc", "perm")
 _OPS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
@@ -156,7 +174,53 @@ class DealerLink:
             self.sock.close()
 
 
-def _serve_pair(socks: dict[int, socket.socket], keys: tuple[bytes, bytes]) -> None:
+def _shape(value: object, what: str) -> list[int]:
+    if (
+        not isinstance(value, list)
+        or len(value) > MAX_NDIM
+        or any(not isinstance(d, int) or isinstance(d, bool) or d < 0 for d in value)
+    ):
+        raise WireFormatError(f"{what} must be a list of at most {MAX_NDIM} sizes, got {value!r}")
+    return value
+
+
+def check_request(kind: object, params: object, max_elements: int) -> tuple[str, dict]:
+    """Refuse a malformed request, or one asking for more than ``max_elements`` per tensor,
+    before anything is allocated; return it typed."""
+    if kind not in KINDS or not isinstance(params, dict):
+        raise WireFormatError(f"unknown correlation kind {kind!r} or malformed parameters")
+    shapes = []
+    if kind in ("mul", "matmul", "onesided_mul", "onesided_matmul"):
+        a, b = _shape(params.get("a"), "a"), _shape(params.get("b"), "b")
+        shapes += [a, b]
+        op = kind.removeprefix("onesided_")
+        try:
+            shapes.append(list(_out_shape(op, a, b)))
+        except RuntimeError as exc:
+            raise WireFormatError(f"{kind} shapes {a} and {b} do not combine: {exc}") from exc
+        if kind.startswith("onesided") and not isinstance(params.get("w"), str):
+            raise WireFormatError("a one-sided request needs its weight's name")
+    else:
+        shape = _shape(params.get("shape"), "shape")
+        shapes.append(shape)
+        if kind == "trunc" and not (
+            isinstance(params.get("bits"), int) and 0 < params["bits"] < fixed.RING_BITS
+        ):
+            raise WireFormatError(f"trunc bits must lie in 1..{fixed.RING_BITS - 1}")
+        if kind == "perm" and (params.get("owner") not in (0, 1) or not shape):
+            raise WireFormatError("perm needs owner 0 or 1 and a shape of at least one axis")
+    for shape in shapes:
+        if math.prod(shape) > max_elements:
+            raise WireFormatError(
+                f"{kind} request of shape {shape} exceeds the dealer's cap of {max_elements:,} "
+                "elements per tensor"
+            )
+    return str(kind), params
+
+
+def _serve_pair(
+    socks: dict[int, socket.socket], keys: tuple[bytes, bytes], max_elements: int
+) -> None:
     own_key = new_key()
     try:
         while True:
@@ -165,66 +229,149 @@ def _serve_pair(socks: dict[int, socket.socket], keys: tuple[bytes, bytes]) -> N
                 return
             if kind != "req":
                 raise WireFormatError(f"dealer expected a request, got {kind!r}")
-            req_kind, params, seq = meta["kind"], meta["params"], int(meta["seq"])
+            req_kind, params, seq = meta.get("kind"), meta.get("params"), meta.get("seq")
+            if not isinstance(seq, int):
+                raise WireFormatError("request without a sequence number")
+            req_kind, params = check_request(req_kind, params, max_elements)
             values = correction(req_kind, params, keys, Stream(own_key, f"own|{seq}"), seq)
             names = list(values)
             frame = encode_frame(
                 "corr", [values[k] for k in names], {"seq": seq, "kind": req_kind, "names": names}
             )
             socks[receiver(req_kind, params)].sendall(frame)
-    except (WireFormatError, OSError, KeyError, ValueError, TypeError) as exc:
+    except WireFormatError as exc:
         log.warning("dealer session ended: %s", exc)
+        for s in socks.values():
+            send_error(s, f"dealer: {exc}")
+    except Exception as exc:  # noqa: BLE001  (one session's failure never stops the dealer)
+        log.warning("dealer session failed: %s: %s", type(exc).__name__, exc)
     finally:
         for s in socks.values():
             with contextlib.suppress(OSError):
                 s.close()
 
 
-class Dealer:
-    """Listens for pairs of parties (matched by session id) and serves each pair in a thread."""
+@dataclass
+class _Waiting:
+    """One half of a session, waiting for its other half."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0):
+    conn: socket.socket
+    paired: threading.Event = field(default_factory=threading.Event)
+
+
+class Dealer:
+    """Listens for pairs of parties (matched by session id) and serves each pair in a thread.
+
+    Limits (each refusal is logged and the dealer keeps serving): ``max_connections`` open at
+    once, an unpaired half waits ``pair_timeout_s``, each correlation request is capped at
+    ``max_request_elements`` per tensor (``request_cap`` derives it from a model's shapes), and
+    an ``accept`` that fails (e.g. EMFILE: out of descriptors) is retried, never fatal.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        max_connections: int = 256,
+        pair_timeout_s: float = PAIR_TIMEOUT_S,
+        max_request_elements: int = DEFAULT_MAX_ELEMENTS,
+    ):
         self.listener = socket.create_server((host, port))
         self.port = self.listener.getsockname()[1]
-        self._waiting: dict[str, dict[int, socket.socket]] = {}
+        self.pair_timeout_s = pair_timeout_s
+        self.max_request_elements = max_request_elements
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._waiting: dict[str, dict[int, _Waiting]] = {}
         self._lock = threading.Lock()
+        self._closed = False
 
     def serve_forever(self) -> None:
-        while True:
-            try:
-                conn, _addr = self.listener.accept()
-            except OSError:
+        while not self._closed:
+            got = accept(self.listener, log.warning)
+            if got is None:
                 return
-            threading.Thread(target=self._hello, args=(conn,), daemon=True).start()
+            conn, addr = got
+            if not self._slots.acquire(blocking=False):
+                log.warning("dealer refused %s: all connection slots are in use", addr)
+                send_error(conn, "dealer: too many open connections, retry later")
+                continue
+            threading.Thread(target=self._hello, args=(conn, addr), daemon=True).start()
 
-    def _hello(self, conn: socket.socket) -> None:
-        tune_socket(conn)
+    def _hello(self, conn: socket.socket, addr: object) -> None:
+        try:
+            self._pair(conn, addr)
+        except Exception as exc:  # noqa: BLE001  (a bad connection never stops the dealer)
+            log.warning("dealer dropped %s: %s: %s", addr, type(exc).__name__, exc)
+            with contextlib.suppress(OSError):
+                conn.close()
+        finally:
+            self._slots.release()
+
+    def _pair(self, conn: socket.socket, addr: object) -> None:
+        tune_socket(conn, HANDSHAKE_TIMEOUT_S)
         try:
             kind, _t, meta, _n = read_frame(conn)
-            role, session = int(meta["role"]), str(meta["session"])
-            if kind != "hello" or role not in (0, 1):
+            role, session = meta.get("role"), meta.get("session")
+            if kind != "hello" or role not in (0, 1) or not isinstance(session, str):
                 raise WireFormatError("bad hello")
-        except (WireFormatError, OSError, KeyError, ValueError) as exc:
-            log.warning("dealer refused a connection: %s", exc)
-            conn.close()
+        except (WireFormatError, OSError) as exc:
+            log.warning("dealer refused %s: %s", addr, exc)
+            send_error(conn, f"dealer: {exc}")
             return
+        me = _Waiting(conn)
         with self._lock:
             pair = self._waiting.setdefault(session, {})
             if role in pair:
-                conn.close()
+                send_error(conn, "dealer: this session already has that party")
                 return
-            pair[role] = conn
-            if len(pair) < 2:
-                return
-            del self._waiting[session]
+            pair[role] = me
+            complete = len(pair) == 2
+            if complete:
+                del self._waiting[session]
+        if not complete:
+            # The other half serves the pair; this thread only waits, or gives up.
+            if not me.paired.wait(self.pair_timeout_s):
+                with self._lock:
+                    still_waiting = self._waiting.get(session, {}).get(role) is me
+                    if still_waiting:
+                        del self._waiting[session][role]
+                        if not self._waiting[session]:
+                            del self._waiting[session]
+                if still_waiting:
+                    log.warning("dealer: %s's other party never came", addr)
+                    send_error(
+                        conn, f"dealer: no other party joined within {self.pair_timeout_s} s"
+                    )
+                    return
+            me.paired.wait()  # paired just at the deadline: the pair's thread owns the socket
+            return
+        other = pair[1 - role]
+        other.paired.set()
         keys = (new_key(), new_key())
+        socks = {r: pair[r].conn for r in (0, 1)}
         for r in (0, 1):
             key = torch.frombuffer(bytearray(keys[r]), dtype=torch.uint8)
-            pair[r].sendall(encode_frame("keys", [key]))
-        _serve_pair(pair, keys)
+            socks[r].sendall(encode_frame("keys", [key]))
+            tune_socket(socks[r], IDLE_TIMEOUT_S)
+        _serve_pair(socks, keys, self.max_request_elements)
 
     def close(self) -> None:
+        self._closed = True
         self.listener.close()
+
+
+def request_cap(
+    hidden: int, intermediate: int, heads: int, max_positions: int, vocab: int = 0
+) -> int:
+    """The most elements one correlation request of this model's protocol can need at
+    ``max_positions`` tokens: the one-hot embedding lookup (n x vocab, vocab x hidden), the
+    weights, and elementwise work on activations and attention maps, which the comparisons
+    batch up to 6 values per element into one request (measured on MiniLM; 8 leaves margin)."""
+    n = max_positions
+    return max(
+        vocab * hidden, n * vocab, hidden * intermediate, 8 * n * intermediate, 8 * heads * n * n
+    )
 
 
 def start_dealer_thread(host: str = "127.0.0.1") -> Dealer:

@@ -2,7 +2,10 @@
 
 Party 1 (the server) listens; party 0 (the client) connects and sends a random session id and
 a pairwise key (used to draw the other party's share of a private input, so sharing an input
-costs no traffic). Both then connect to the dealer with the session id.
+costs no traffic). The server admits the session with an ``accept`` frame (or refuses it with an
+``error`` frame, e.g. when busy); both then connect to the dealer with the session id. Every
+wait of the handshake is bounded by ``HANDSHAKE_TIMEOUT_S`` (the dealer pairing by
+``DEALER_PAIR_TIMEOUT_S``); protocol steps by ``IDLE_TIMEOUT_S``.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from typing import Any
 import torch
 
 from privformer.crypto.mpc.channel import (
+    HANDSHAKE_TIMEOUT_S,
+    IDLE_TIMEOUT_S,
     Channel,
     NetworkModel,
     Stats,
@@ -24,11 +29,13 @@ from privformer.crypto.mpc.channel import (
     read_frame,
     tune_socket,
 )
-from privformer.crypto.mpc.dealer import DealerLink, start_dealer_thread
+from privformer.crypto.mpc.dealer import PAIR_TIMEOUT_S, DealerLink, start_dealer_thread
 from privformer.crypto.mpc.prg import KEY_BYTES, Stream, new_key
 from privformer.errors import WireFormatError
 
 CLIENT, SERVER = 0, 1
+#: Session ids are 16 random bytes in hex.
+SESSION_ID_CHARS = 32
 
 
 @dataclass
@@ -53,12 +60,18 @@ class Party:
 
 
 def _dealer_link(dealer_addr: tuple[str, int], role: int, session: str, stats: Stats) -> DealerLink:
-    sock = socket.create_connection(dealer_addr)
-    tune_socket(sock)
-    sock.sendall(encode_frame("hello", meta={"role": role, "session": session}))
-    kind, tensors, _meta, _n = read_frame(sock)
-    if kind != "keys" or len(tensors) != 1 or tensors[0].numel() != KEY_BYTES:
-        raise WireFormatError("dealer sent no key")
+    sock = socket.create_connection(dealer_addr, timeout=HANDSHAKE_TIMEOUT_S)
+    try:
+        # The keys come once the other party has joined too: wait as long as the dealer does.
+        tune_socket(sock, PAIR_TIMEOUT_S + HANDSHAKE_TIMEOUT_S)
+        sock.sendall(encode_frame("hello", meta={"role": role, "session": session}))
+        kind, tensors, _meta, _n = read_frame(sock)
+        if kind != "keys" or len(tensors) != 1 or tensors[0].numel() != KEY_BYTES:
+            raise WireFormatError("dealer sent no key")
+        tune_socket(sock, IDLE_TIMEOUT_S)
+    except BaseException:
+        sock.close()
+        raise
     return DealerLink(sock, role, bytes(tensors[0].numpy().tobytes()), stats)
 
 
@@ -67,28 +80,51 @@ def connect_client(
     dealer_addr: tuple[str, int],
     network: NetworkModel | None = None,
 ) -> Party:
-    """Party 0: connect to the server and the dealer."""
+    """Party 0: connect to the server, wait to be admitted, then join the dealer."""
     stats = Stats()
-    sock = socket.create_connection(server_addr)
-    session = secrets.token_hex(16)
-    pair_key = new_key()
-    key_t = torch.frombuffer(bytearray(pair_key), dtype=torch.uint8)
-    sock.sendall(encode_frame("session", [key_t], {"session": session}))
-    dealer = _dealer_link(dealer_addr, 0, session, stats)
+    sock = socket.create_connection(server_addr, timeout=HANDSHAKE_TIMEOUT_S)
+    try:
+        tune_socket(sock, HANDSHAKE_TIMEOUT_S)
+        session = secrets.token_hex(SESSION_ID_CHARS // 2)
+        pair_key = new_key()
+        key_t = torch.frombuffer(bytearray(pair_key), dtype=torch.uint8)
+        sock.sendall(encode_frame("session", [key_t], {"session": session}))
+        kind, _t, _meta, _n = read_frame(sock)  # PeerError if the server refuses (e.g. busy)
+        if kind != "accept":
+            raise WireFormatError(f"server answered the session request with {kind!r}")
+        dealer = _dealer_link(dealer_addr, 0, session, stats)
+    except BaseException:
+        sock.close()
+        raise
     return Party(CLIENT, Channel(sock, stats, network), dealer, pair_key, stats)
+
+
+def read_session_request(conn: socket.socket) -> tuple[str, bytes]:
+    """Party 1: the client's first frame, checked: (session id, pairwise key)."""
+    tune_socket(conn, HANDSHAKE_TIMEOUT_S)
+    kind, tensors, meta, _n = read_frame(conn)
+    if kind != "session" or len(tensors) != 1 or tensors[0].dtype != torch.uint8:
+        raise WireFormatError(f"expected a session request, got a {kind!r} frame")
+    if tensors[0].numel() != KEY_BYTES:
+        raise WireFormatError(f"session key has {tensors[0].numel()} bytes, need {KEY_BYTES}")
+    session = meta.get("session")
+    if (
+        not isinstance(session, str)
+        or len(session) != SESSION_ID_CHARS
+        or any(c not in "0123456789abcdef" for c in session)
+    ):
+        raise WireFormatError(f"session id must be {SESSION_ID_CHARS} hex digits")
+    return session, bytes(tensors[0].numpy().tobytes())
 
 
 def accept_client(
     conn: socket.socket, dealer_addr: tuple[str, int], network: NetworkModel | None = None
 ) -> Party:
-    """Party 1: take a client's connection and join its dealer session."""
+    """Party 1: take a client's connection, admit it and join its dealer session."""
     stats = Stats()
-    tune_socket(conn)
-    kind, tensors, meta, _n = read_frame(conn)
-    if kind != "session" or len(tensors) != 1 or tensors[0].numel() != KEY_BYTES:
-        raise WireFormatError("client opened no session")
-    pair_key = bytes(tensors[0].numpy().tobytes())
-    dealer = _dealer_link(dealer_addr, 1, str(meta["session"]), stats)
+    session, pair_key = read_session_request(conn)
+    conn.sendall(encode_frame("accept"))
+    dealer = _dealer_link(dealer_addr, 1, session, stats)
     return Party(SERVER, Channel(conn, stats, network), dealer, pair_key, stats)
 
 

@@ -44,9 +44,11 @@ def server_session(party: Party, w: BertClassifierWeights, pruning: PruningConfi
         (length,) = party.peer.exchange(
             [torch.frombuffer(bytearray(card), dtype=torch.uint8)], "card"
         )
-    if length.numel() != 1:
-        raise WireFormatError("client sent no sequence length")
+    if length.dtype != torch.int64 or length.numel() != 1:
+        raise WireFormatError("client sent no sequence length (one int64)")
     n = int(length[0])
+    if not 2 <= n <= w.max_positions:
+        raise WireFormatError(f"sequence length must be 2..{w.max_positions}, got {n}")
     _logits, trace, _ops = secure.run_party(party, w, pruning, n=n)
     return trace
 
