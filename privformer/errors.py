@@ -29,6 +29,10 @@ class WireFormatError(InputError):
     """A network payload is malformed, truncated or of an unknown version."""
 
 
+class PayloadTooLargeError(WireFormatError):
+    """A network payload exceeds the receiver's size limit."""
+
+
 class UnknownNameError(InputError):
     """A name (preset, scheme, data source, protocol, mode, model) is not one privformer knows."""
 
@@ -38,7 +42,15 @@ class SessionNotFoundError(PrivformerError):
 
 
 class TooManySessionsError(PrivformerError):
-    """The server holds its maximum number of open sessions."""
+    """The server holds its maximum number of open sessions (or of their KV-cache memory)."""
+
+
+class SequenceError(PrivformerError):
+    """A session step came out of order, or reused a step number with another input."""
+
+
+class ReplyTooLargeError(PrivformerError):
+    """A request's reply would exceed the server's size limit."""
 
 
 class ArtifactError(PrivformerError):

@@ -155,17 +155,26 @@ def test_session_errors(export_dir, server_for):
     step = wire.encode({"inputs_embeds": torch.randn(1, 64)})
     assert _post(url, "/v1/sessions/nope/step", step).status_code == 404
     sid = httpx.post(url + "/v1/sessions").json()["session_id"]
-    assert _post(url, f"/v1/sessions/{sid}/step", step, params={"top_k": 0}).status_code == 422
+    first = {"seq": 0}
+    assert (
+        _post(url, f"/v1/sessions/{sid}/step", step, params={**first, "top_k": 0}).status_code
+        == 422
+    )
     assert (
         _post(
-            url, f"/v1/sessions/{sid}/step", wire.encode({"inputs_embeds": torch.randn(1, 1, 64)})
+            url,
+            f"/v1/sessions/{sid}/step",
+            wire.encode({"inputs_embeds": torch.randn(1, 1, 64)}),
+            params=first,
         ).status_code
         == 422
     )
-    ok = _post(url, f"/v1/sessions/{sid}/step", step, params={"top_k": 3})
+    assert _post(url, f"/v1/sessions/{sid}/step", step).status_code == 409  # no seq
+    ok = _post(url, f"/v1/sessions/{sid}/step", step, params={**first, "top_k": 3})
     assert ok.status_code == 200 and wire.decode(ok.content)[0]["top_indices"].shape == (3,)
     too_long = wire.encode({"inputs_embeds": torch.randn(256, 64)})  # 1 + 256 > 256 positions
-    assert "positions" in _post(url, f"/v1/sessions/{sid}/step", too_long).json()["detail"]
+    detail = _post(url, f"/v1/sessions/{sid}/step", too_long, params={"seq": 1}).json()["detail"]
+    assert "positions" in detail
     assert httpx.delete(url + f"/v1/sessions/{sid}").status_code == 200
     assert httpx.delete(url + f"/v1/sessions/{sid}").status_code == 404
 

@@ -1,7 +1,7 @@
 """``privformer stip ...``: the STIP commands, one per role.
 
 privformer stip export MODEL --out DIR [--scheme v1|v2] [--force]   (model developer)
-privformer stip serve DIR [--host H] [--port P]                     (cloud)
+privformer stip serve DIR [--host H] [--port P] [limits]            (cloud)
 privformer stip query USER_DIR --server URL (--text T ... | --prompt P)  (user)
 """
 
@@ -16,7 +16,9 @@ from privformer.errors import InputError
 def cmd_export(args: argparse.Namespace) -> int:
     from privformer.protocols.stip.export import export
 
-    result = export(args.model, args.out, scheme=args.scheme, overwrite=args.force)
+    result = export(
+        args.model, args.out, scheme=args.scheme, overwrite=args.force, tokenizer=args.tokenizer
+    )
     print(f"cloud checkpoint: {result.cloud_dir}  (give this folder to the cloud)")
     print(f"user bundle:      {result.user_dir}  (give this folder to users; it holds the key)")
     print(f"model fingerprint {result.fingerprint}  scheme {result.scheme}  {result.seconds:.1f} s")
@@ -24,14 +26,28 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from privformer.transport.stip_server import run_stip_server
+    from privformer.protocols.stip.cloud import CloudLimits
+    from privformer.transport.stip_server import ServerLimits, run_stip_server
 
     run_stip_server(
         args.dir,
         host=args.host,
         port=args.port,
         ready_file=args.ready_file,
-        max_sessions=args.max_sessions,
+        limits=ServerLimits(
+            max_body_bytes=args.max_body_bytes,
+            max_connections=args.max_connections,
+            request_timeout_s=args.request_timeout,
+            idle_timeout_s=args.idle_timeout,
+        ),
+        cloud_limits=CloudLimits(
+            max_batch_tokens=args.max_batch_tokens,
+            max_reply_bytes=args.max_reply_bytes,
+            max_sessions=args.max_sessions,
+            max_sessions_per_client=args.max_sessions_per_client,
+            session_ttl_s=args.session_ttl,
+            max_cache_bytes=args.max_cache_bytes,
+        ),
     )
     return 0
 
@@ -39,7 +55,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_query(args: argparse.Namespace) -> int:
     from privformer.transport.stip_client import StipClient
 
-    with StipClient(args.user_dir, args.server) as client:
+    if args.timeout <= 0:
+        raise InputError(f"--timeout must be positive, got {args.timeout}")
+    with StipClient(args.user_dir, args.server, timeout_s=args.timeout) as client:
         if client.user.is_decoder:
             if args.prompt is None:
                 raise InputError("this model is a decoder: pass --prompt")
@@ -68,7 +86,24 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     serve.add_argument("--ready-file", help="write the bound port here once listening")
-    serve.add_argument("--max-sessions", type=int, default=64)
+    from privformer.protocols.stip.cloud import CloudLimits
+    from privformer.transport.stip_server import ServerLimits
+
+    http, cloud = ServerLimits(), CloudLimits()
+    limits = [
+        ("--max-body-bytes", int, http.max_body_bytes, "request body size (413 beyond)"),
+        ("--max-connections", int, http.max_connections, "connections and tasks (503 beyond)"),
+        ("--request-timeout", float, http.request_timeout_s, "seconds to send a request"),
+        ("--idle-timeout", int, http.idle_timeout_s, "seconds a kept-alive idle connection lives"),
+        ("--max-batch-tokens", int, cloud.max_batch_tokens, "batch x tokens per forward (422)"),
+        ("--max-reply-bytes", int, cloud.max_reply_bytes, "reply size (413 beyond)"),
+        ("--max-sessions", int, cloud.max_sessions, "open decoder sessions in total (429)"),
+        ("--max-sessions-per-client", int, cloud.max_sessions_per_client, "per address (429)"),
+        ("--session-ttl", float, cloud.session_ttl_s, "seconds an unused session lives (404)"),
+        ("--max-cache-bytes", int, cloud.max_cache_bytes, "KV cache of all sessions (429)"),
+    ]
+    for flag, kind, default, text in limits:
+        serve.add_argument(flag, type=kind, default=default, help=f"{text}; default {default}")
 
 
 def add_query_arguments(query: argparse.ArgumentParser) -> None:
@@ -77,6 +112,9 @@ def add_query_arguments(query: argparse.ArgumentParser) -> None:
     query.add_argument("--text", nargs="+", help="sentences to embed (encoder models)")
     query.add_argument("--prompt", help="prompt to continue (decoder models)")
     query.add_argument("--max-new-tokens", type=int, default=20)
+    query.add_argument(
+        "--timeout", type=float, default=120.0, help="seconds to wait for each reply (default 120)"
+    )
     query.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
     query.add_argument("--no-eos-stop", action="store_true", help="generate past end-of-sequence")
     query.add_argument("--json", action="store_true", help="print one JSON object")
@@ -92,6 +130,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     exp.add_argument("--out", required=True, help="output folder (gets cloud/ and user/)")
     exp.add_argument("--scheme", default="v2", choices=["v1", "v2"])
     exp.add_argument("--force", action="store_true", help="replace an existing export")
+    exp.add_argument(
+        "--tokenizer", help="folder of the tokenizer to ship (default: the model folder's own)"
+    )
     exp.set_defaults(func=cmd_export)
     serve = cmds.add_parser("serve", help="cloud: serve a permuted checkpoint over HTTP")
     add_serve_arguments(serve)

@@ -165,15 +165,43 @@ def load_model(name_or_path: str | os.PathLike[str]) -> HFModel:
     from transformers import AutoModel, AutoModelForCausalLM
 
     model_dir = resolve_model_dir(name_or_path)
-    cls = AutoModelForCausalLM if is_causal_lm(model_dir) else AutoModel
-    return cls.from_pretrained(model_dir, dtype=torch.float32).eval()
+    try:
+        cls = AutoModelForCausalLM if is_causal_lm(model_dir) else AutoModel
+        return cls.from_pretrained(model_dir, dtype=torch.float32).eval()
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        # A corrupt config.json or weights file; transformers' own message names the problem.
+        raise ModelNotFoundError(
+            f"cannot load the model in {model_dir}: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+#: Ordinary text that any usable tokenizer of an English model maps to known tokens.
+_PROBE_TEXT = "the quick brown fox jumps over the lazy dog"
+
+
+def check_tokenizer(tokenizer: Any, where: str | os.PathLike[str]) -> Any:
+    """``tokenizer``, unless it maps ordinary English only to its unknown token: what
+    ``transformers`` builds from a folder whose vocabulary file is missing (no error there)."""
+    ids = tokenizer(_PROBE_TEXT, add_special_tokens=False)["input_ids"]
+    unk = tokenizer.unk_token_id
+    if not ids or (unk is not None and all(i == unk for i in ids)):
+        raise ModelNotFoundError(
+            f"the tokenizer in {where} maps ordinary text to unknown tokens only: its vocabulary "
+            "files (tokenizer.json or vocab.txt) are missing or broken"
+        )
+    return tokenizer
 
 
 def load_tokenizer(name_or_path: str | os.PathLike[str]):
-    """Load the tokenizer saved beside a model."""
+    """Load the tokenizer saved beside a model, checked by ``check_tokenizer``."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(resolve_model_dir(name_or_path))
+    folder = resolve_model_dir(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ModelNotFoundError(f"no usable tokenizer in {folder}: {exc}") from exc
+    return check_tokenizer(tokenizer, folder)
 
 
 def load_tokenizer_folder(path: str | os.PathLike[str]):
@@ -183,4 +211,4 @@ def load_tokenizer_folder(path: str | os.PathLike[str]):
     path = Path(path)
     if not any(path.glob("tokenizer*")) and not (path / "vocab.txt").is_file():
         raise ModelNotFoundError(f"{path} holds no tokenizer files")
-    return AutoTokenizer.from_pretrained(path)
+    return check_tokenizer(AutoTokenizer.from_pretrained(path), path)

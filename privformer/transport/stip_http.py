@@ -2,26 +2,40 @@
 
 Routes (request and response bodies are wire payloads, see ``wire``; errors are JSON
 ``{"error": TYPE, "detail": MESSAGE}`` with a 4xx status, and the server keeps serving):
-- ``GET  /v1/info``                     model facts and fingerprint (JSON)
-- ``POST /v1/forward``                  ``inputs_embeds`` (+ ``attention_mask``) -> outputs
+- ``GET  /v1/info``                     model facts, fingerprint and limits (JSON)
+- ``POST /v1/forward``                  ``inputs_embeds`` (+ ``attention_mask``) -> outputs;
+                                        query ``top_k=K`` for v2 decoders' logits
 - ``POST /v1/sessions``                 open a decoder session (JSON ``{"session_id": ...}``)
 - ``POST /v1/sessions/{id}/step``       ``inputs_embeds`` of new tokens -> last-position output;
-                                        query ``top_k=K`` for v2 logits
+                                        query ``seq=N`` (required, from 0), ``top_k=K`` for v2
 - ``DELETE /v1/sessions/{id}``          close a session
 - ``GET  /healthz``                     liveness
+
+Refusals: 400 malformed payload, 404 unknown or expired session, 409 step out of order,
+413 body or reply over its limit, 422 bad values or shapes, 429 session or cache limits,
+499 (nothing sent) when the client left before its work started, 503 when every connection
+slot is taken (uvicorn's ``limit_concurrency``).
 """
 
 from __future__ import annotations
 
-import threading
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from privformer.errors import (
     InputError,
+    PayloadTooLargeError,
     PrivformerError,
+    ReplyTooLargeError,
+    SequenceError,
     SessionNotFoundError,
     TooManySessionsError,
     WireFormatError,
@@ -29,12 +43,19 @@ from privformer.errors import (
 from privformer.protocols.stip.cloud import StipCloud
 from privformer.transport import tensors as wire
 
+log = logging.getLogger("privformer.server")
+
 _STATUS = {
+    PayloadTooLargeError: 413,
+    ReplyTooLargeError: 413,
     WireFormatError: 400,
     SessionNotFoundError: 404,
+    SequenceError: 409,
     TooManySessionsError: 429,
     InputError: 422,
 }
+#: Seconds between sweeps of expired sessions.
+EXPIRY_SWEEP_S = 5.0
 
 
 def _status_of(exc: PrivformerError) -> int:
@@ -44,37 +65,86 @@ def _status_of(exc: PrivformerError) -> int:
     return 400
 
 
-def create_app(cloud: StipCloud, *, max_payload_bytes: int = wire.MAX_PAYLOAD_BYTES) -> FastAPI:
+def _error(status: int, kind: str, detail: str) -> JSONResponse:
+    return JSONResponse({"error": kind, "detail": detail}, status_code=status)
+
+
+def _rate_limited_loop_errors() -> None:
+    """asyncio logs a traceback per failed ``accept`` (EMFILE) and retries every second or
+    faster; keep one line per 10 s so a descriptor shortage cannot fill the disk."""
+    loop = asyncio.get_running_loop()
+    last = {"t": -1e9}
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        if time.monotonic() - last["t"] > 10:
+            last["t"] = time.monotonic()
+            log.warning("event loop: %s %s", context.get("message"), context.get("exception"))
+
+    loop.set_exception_handler(handler)
+
+
+def create_app(cloud: StipCloud, *, max_body_bytes: int = wire.MAX_PAYLOAD_BYTES) -> FastAPI:
     """Build the FastAPI app serving one loaded ``StipCloud``."""
-    app = FastAPI(title="privformer STIP cloud", version="1")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        _rate_limited_loop_errors()
+
+        async def sweep() -> None:
+            while True:
+                await asyncio.sleep(EXPIRY_SWEEP_S)
+                await run_in_threadpool(cloud.expire_sessions)
+
+        task = asyncio.create_task(sweep())
+        yield
+        task.cancel()
+
+    app = FastAPI(title="privformer STIP cloud", version="1", lifespan=lifespan)
     # One forward pass at a time: torch already uses every core, and sessions mutate caches.
-    compute_lock = threading.Lock()
+    # An asyncio lock, so waiting requests hold no worker thread and can be dropped if their
+    # client leaves before their turn.
+    compute_gate = asyncio.Lock()
 
     @app.exception_handler(PrivformerError)
     async def _privformer_error(_request: Request, exc: PrivformerError) -> JSONResponse:
-        return JSONResponse(
-            {"error": type(exc).__name__, "detail": str(exc)}, status_code=_status_of(exc)
+        return _error(_status_of(exc), type(exc).__name__, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()
         )
+        return _error(422, "InputError", problems)
 
     async def _payload(request: Request) -> dict:
         declared = request.headers.get("content-length")
         if declared is not None and not declared.isdigit():
             raise WireFormatError(f"content-length {declared!r} is not a byte count")
-        if declared is not None and int(declared) > max_payload_bytes:
-            raise WireFormatError(
-                f"payload of {declared} bytes exceeds the limit of {max_payload_bytes}"
+        if declared is not None and int(declared) > max_body_bytes:
+            raise PayloadTooLargeError(
+                f"payload of {declared} bytes exceeds the limit of {max_body_bytes}"
             )
-        tensors, _meta = wire.decode(await request.body(), max_bytes=max_payload_bytes)
+        # Read chunk by chunk, so a chunked upload (no Content-Length) stops at the limit too.
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > max_body_bytes:
+                raise PayloadTooLargeError(
+                    f"payload passed the limit of {max_body_bytes} bytes while being read"
+                )
+        tensors, _meta = wire.decode(bytes(body), max_bytes=max_body_bytes)
         return tensors
 
-    def _locked(fn, *args, **kwargs):
-        with compute_lock:
-            return fn(*args, **kwargs)
-
-    async def _compute(fn, *args, **kwargs) -> Response:
-        """Run model work in the threadpool, so the event loop keeps answering other routes."""
-        tensors = await run_in_threadpool(_locked, fn, *args, **kwargs)
+    async def _compute(request: Request, fn, *args, **kwargs) -> Response:
+        """Run model work in the threadpool, one at a time; skip it if the client has gone."""
+        async with compute_gate:
+            if await request.is_disconnected():
+                return Response(status_code=499)
+            tensors = await run_in_threadpool(fn, *args, **kwargs)
         return Response(content=wire.encode(tensors), media_type=wire.MEDIA_TYPE)
+
+    def _client(request: Request) -> str:
+        return request.client.host if request.client else ""
 
     @app.get("/healthz")
     def healthz() -> dict:
@@ -85,20 +155,22 @@ def create_app(cloud: StipCloud, *, max_payload_bytes: int = wire.MAX_PAYLOAD_BY
         return cloud.info()
 
     @app.post("/v1/forward")
-    async def forward(request: Request) -> Response:
+    async def forward(request: Request, top_k: int | None = None) -> Response:
         tensors = await _payload(request)
         embeds = wire.require(tensors, "inputs_embeds")
         mask = tensors.get("attention_mask")
-        return await _compute(cloud.forward, embeds, mask)
+        return await _compute(request, cloud.forward, embeds, mask, top_k=top_k)
 
     @app.post("/v1/sessions")
-    def open_session() -> dict:
-        return {"session_id": cloud.open_session()}
+    def open_session(request: Request) -> dict:
+        return {"session_id": cloud.open_session(_client(request))}
 
     @app.post("/v1/sessions/{session_id}/step")
-    async def step(session_id: str, request: Request, top_k: int | None = None) -> Response:
+    async def step(
+        session_id: str, request: Request, seq: int | None = None, top_k: int | None = None
+    ) -> Response:
         embeds = wire.require(await _payload(request), "inputs_embeds")
-        return await _compute(cloud.step, session_id, embeds, top_k=top_k)
+        return await _compute(request, cloud.step, session_id, embeds, top_k=top_k, seq=seq)
 
     @app.delete("/v1/sessions/{session_id}")
     def close_session(session_id: str) -> dict:

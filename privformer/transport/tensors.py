@@ -16,7 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from privformer.errors import WireFormatError
+from privformer.errors import PayloadTooLargeError, WireFormatError
 
 MEDIA_TYPE = "application/vnd.privformer.tensors"
 WIRE_VERSION = "1"
@@ -36,7 +36,7 @@ def decode(
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Parse a wire payload; any defect raises ``WireFormatError`` naming it."""
     if len(data) > max_bytes:
-        raise WireFormatError(f"payload of {len(data)} bytes exceeds the limit of {max_bytes}")
+        raise PayloadTooLargeError(f"payload of {len(data)} bytes exceeds the limit of {max_bytes}")
     if len(data) < 8:
         raise WireFormatError(
             f"payload of {len(data)} bytes is shorter than its 8-byte header length"
@@ -51,6 +51,8 @@ def decode(
     if not isinstance(header, dict):
         raise WireFormatError("payload header is not a JSON object")
     meta = header.get("__metadata__") or {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise WireFormatError("payload __metadata__ must be an object of strings")
     if meta.get("privformer-wire") != WIRE_VERSION:
         raise WireFormatError(
             f"wire version {meta.get('privformer-wire')!r} is not supported (need {WIRE_VERSION!r})"

@@ -13,15 +13,22 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
 
-from privformer.models.registry import HFModel, load_model, load_tokenizer, resolve_model_dir
+from privformer.models.registry import (
+    HFModel,
+    load_model,
+    load_tokenizer,
+    load_tokenizer_folder,
+    resolve_model_dir,
+)
 from privformer.protocols.stip import format as fmt
 from privformer.protocols.stip.keys import UserKey, fingerprint_checkpoint
 from privformer.protocols.stip.layout import Architecture, describe
-from privformer.protocols.stip.transform import build_cloud_model, draw_secret
+from privformer.protocols.stip.transform import StipSecret, build_cloud_model, draw_secret
 
 
 @dataclass(frozen=True)
@@ -59,21 +66,55 @@ def export(
     scheme: str = "v2",
     overwrite: bool = False,
     progress: bool = True,
+    tokenizer: str | Path | None = None,
 ) -> ExportResult:
-    """Export ``model`` (embedded name, random:NAME or local folder) for STIP under ``scheme``."""
+    """Export ``model`` (embedded name, random:NAME or local folder) for STIP under ``scheme``.
+
+    Everything that can fail on bad input (the model, its tokenizer, or ``tokenizer``'s folder
+    when given) is checked before anything is written; if writing fails half-way, the
+    half-written ``cloud/`` and ``user/`` are removed.
+    """
     start = time.perf_counter()
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"output path {out} is a file, not a folder")
     cloud_dir, user_dir = out / "cloud", out / "user"
     for sub in (cloud_dir, user_dir):
-        if sub.exists():
-            if not overwrite:
-                raise FileExistsError(f"{sub} exists; pass overwrite=True (--force) to replace it")
-            shutil.rmtree(sub)
+        if sub.exists() and not overwrite:
+            raise FileExistsError(f"{sub} exists; pass overwrite=True (--force) to replace it")
     source_dir = resolve_model_dir(model)
+    user_tokenizer = (
+        load_tokenizer_folder(tokenizer) if tokenizer is not None else load_tokenizer(source_dir)
+    )
     plain = load_model(source_dir)
     arch = describe(plain)
     secret = draw_secret(arch, scheme)
+    for sub in (cloud_dir, user_dir):
+        if sub.exists():
+            shutil.rmtree(sub)
+    try:
+        fingerprint = _write(
+            plain, arch, secret, scheme, str(model), cloud_dir, user_dir, user_tokenizer, progress
+        )
+    except BaseException:
+        for sub in (cloud_dir, user_dir):
+            shutil.rmtree(sub, ignore_errors=True)
+        raise
+    return ExportResult(cloud_dir, user_dir, scheme, fingerprint, time.perf_counter() - start)
 
+
+def _write(
+    plain: HFModel,
+    arch: Architecture,
+    secret: StipSecret,
+    scheme: str,
+    source: str,
+    cloud_dir: Path,
+    user_dir: Path,
+    tokenizer: Any,
+    progress: bool,
+) -> str:
+    """Write both folders; returns the cloud checkpoint's fingerprint."""
     cloud = build_cloud_model(plain, arch, secret, progress=progress)
     cloud.save_pretrained(cloud_dir)
     fingerprint = fingerprint_checkpoint(cloud_dir)
@@ -106,7 +147,7 @@ def export(
     user_config = {
         **common,
         "output": output,
-        "source": str(model),
+        "source": source,
         "user_has_head": arch.has_lm_head and scheme == "v1",
         "head_tied": arch.tied,
         "layer_norm_eps": getattr(plain.config, "layer_norm_eps", None),
@@ -114,5 +155,5 @@ def export(
     }
     (user_dir / fmt.USER_CONFIG).write_text(json.dumps(user_config, indent=2))
     fmt.write(user_dir, fmt.USER_ROLE, **common)
-    load_tokenizer(source_dir).save_pretrained(user_dir)
-    return ExportResult(cloud_dir, user_dir, scheme, fingerprint, time.perf_counter() - start)
+    tokenizer.save_pretrained(user_dir)
+    return fingerprint

@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from privformer.errors import InputError, KeyFormatError
+from privformer.models.registry import load_tokenizer_folder
 from privformer.protocols.stip import format as fmt
 from privformer.protocols.stip.keys import UserKey
 
@@ -35,12 +36,13 @@ def embed_with_tables(
     return x
 
 
+_CONFIG_FIELDS = ("model_fingerprint", "task", "output", "vocab_size", "max_positions", "family")
+
+
 class StipUser:
     """The user side of a STIP export, usable without any network (see ``transport``)."""
 
     def __init__(self, user_dir: str | Path):
-        from transformers import AutoTokenizer
-
         self.user_dir = Path(user_dir)
         config_path = self.user_dir / fmt.USER_CONFIG
         if not config_path.is_file():
@@ -48,14 +50,22 @@ class StipUser:
                 f"{self.user_dir} is not a STIP user folder (no {fmt.USER_CONFIG})"
             )
         fmt.read(self.user_dir, fmt.USER_ROLE)
-        self.config = json.loads(config_path.read_text())
+        try:
+            self.config = json.loads(config_path.read_text())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise KeyFormatError(f"{config_path} is corrupted: {exc}") from exc
+        if not isinstance(self.config, dict):
+            raise KeyFormatError(f"{config_path} is not a JSON object: re-export the model")
+        missing = [k for k in _CONFIG_FIELDS if k not in self.config]
+        if missing:
+            raise KeyFormatError(f"{config_path} lacks {missing}: re-export the model")
         self.key = UserKey.load(self.user_dir / fmt.KEY_FILE)
         if self.key.model_fingerprint != self.config["model_fingerprint"]:
             raise KeyFormatError(
                 f"{fmt.KEY_FILE} and {fmt.USER_CONFIG} in {self.user_dir} disagree"
             )
         self.tables = load_file(str(self.user_dir / fmt.USER_MODEL))
-        self.tokenizer = AutoTokenizer.from_pretrained(self.user_dir)
+        self.tokenizer = load_tokenizer_folder(self.user_dir)
         self._pi_inv = self.key.pi_inverse
         self._pi_c_inv = self.key.pi_c_inverse
 
