@@ -38,6 +38,11 @@ def _post(url: str, path: str, body, **kw) -> httpx.Response:
     return httpx.post(url + path, content=body, timeout=60, **kw)
 
 
+def _step(url: str, sid: str, embeds: torch.Tensor, seq: int) -> httpx.Response:
+    body = wire.encode({"inputs_embeds": embeds})
+    return _post(url, f"/v1/sessions/{sid}/step", body, params={"seq": seq})
+
+
 def _forward_ok(url: str, hidden: int) -> None:
     good = _post(url, "/v1/forward", wire.encode({"inputs_embeds": torch.randn(1, 4, hidden)}))
     assert good.status_code == 200, good.text
@@ -150,31 +155,13 @@ def test_session_caps_per_client_expiry_and_cache_budget(strict_server):
     assert httpx.delete(f"{url}/v1/sessions/{second}").status_code == 200
     second = open_().json()["session_id"]
     # KV budget: 100 positions over all sessions
-    step = f"{url}/v1/sessions/{first}/step"
-    ok = _post(
-        url,
-        step.removeprefix(url),
-        wire.encode({"inputs_embeds": torch.randn(80, HIDDEN)}),
-        params={"seq": 0},
-    )
-    assert ok.status_code == 200
-    over = _post(
-        url,
-        f"/v1/sessions/{second}/step",
-        wire.encode({"inputs_embeds": torch.randn(30, HIDDEN)}),
-        params={"seq": 0},
-    )
+    assert _step(url, first, torch.randn(80, HIDDEN), 0).status_code == 200
+    over = _step(url, second, torch.randn(30, HIDDEN), 0)
     assert over.status_code == 429 and "KV caches" in over.json()["detail"]
     # expiry runs on a timer: after the 2 s TTL and a 5 s sweep, nothing is open, unasked
     time.sleep(8)
     assert httpx.get(url + "/v1/info").json()["open_sessions"] == 0
-    gone = _post(
-        url,
-        step.removeprefix(url),
-        wire.encode({"inputs_embeds": torch.randn(1, HIDDEN)}),
-        params={"seq": 1},
-    )
-    assert gone.status_code == 404
+    assert _step(url, first, torch.randn(1, HIDDEN), 1).status_code == 404
     assert open_().status_code == 200
 
 
@@ -187,17 +174,15 @@ def test_a_retried_step_is_not_applied_twice(export_dir, strict_server):
 
     def run(replay: bool) -> bytes:
         sid = httpx.post(url + "/v1/sessions").json()["session_id"]
-        path = f"/v1/sessions/{sid}/step"
-        r0 = _post(url, path, wire.encode({"inputs_embeds": a}), params={"seq": 0})
+        r0 = _step(url, sid, a, 0)
         if replay:
-            again = _post(url, path, wire.encode({"inputs_embeds": a}), params={"seq": 0})
-            assert again.content == r0.content
-            other = _post(url, path, wire.encode({"inputs_embeds": b}), params={"seq": 0})
+            assert _step(url, sid, a, 0).content == r0.content
+            other = _step(url, sid, b, 0)
             assert other.status_code == 409 and "another input" in other.json()["detail"]
-            skip = _post(url, path, wire.encode({"inputs_embeds": b}), params={"seq": 5})
+            skip = _step(url, sid, b, 5)
             assert skip.status_code == 409 and "expected step 1" in skip.json()["detail"]
-        r1 = _post(url, path, wire.encode({"inputs_embeds": b}), params={"seq": 1})
-        httpx.delete(url + path.removesuffix("/step"))
+        r1 = _step(url, sid, b, 1)
+        httpx.delete(f"{url}/v1/sessions/{sid}")
         return r1.content
 
     assert run(replay=True) == run(replay=False)
@@ -272,46 +257,16 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 def test_cli_turns_expected_failures_into_one_line(export_dir, strict_server, server_for, tmp_path):
     user = str(export_dir(DECODER, "v2").user_dir)
+    query = ["stip", "query", user, "--prompt", "hi", "--server"]
     cases = [
-        (["stip", "query", user, "--server", "nonsense", "--prompt", "hi"], "http://HOST:PORT"),
-        (
-            [
-                "stip",
-                "query",
-                user,
-                "--server",
-                strict_server.url,
-                "--prompt",
-                "hi",
-                "--max-new-tokens",
-                "-1",
-            ],
-            "max_new_tokens",
-        ),
-        (
-            [
-                "stip",
-                "query",
-                user,
-                "--server",
-                strict_server.url,
-                "--prompt",
-                "hi",
-                "--timeout",
-                "0",
-            ],
-            "--timeout",
-        ),
+        ([*query, "nonsense"], "http://HOST:PORT"),
+        ([*query, strict_server.url, "--max-new-tokens", "-1"], "max_new_tokens"),
+        ([*query, strict_server.url, "--timeout", "0"], "--timeout"),
     ]
     broken = tmp_path / "user"
     shutil.copytree(user, broken)
     (broken / "user_config.json").write_text("{not json")
-    cases.append(
-        (
-            ["stip", "query", str(broken), "--server", strict_server.url, "--prompt", "hi"],
-            "corrupted",
-        )
-    )
+    cases.append((["stip", "query", str(broken), "--server", strict_server.url], "corrupted"))
     for args, fragment in cases:
         out = _cli(*args)
         assert out.returncode == 2, (args, out.stderr)
@@ -319,19 +274,8 @@ def test_cli_turns_expected_failures_into_one_line(export_dir, strict_server, se
         assert lines[-1].startswith("privformer: error:") and fragment in lines[-1], out.stderr
         assert "Traceback" not in out.stderr
     # beyond the model's 256 positions: generation stops there and keeps its tokens
-    out = _cli(
-        "stip",
-        "query",
-        user,
-        "--server",
-        server_for(DECODER, "v2").url,
-        "--prompt",
-        "hello",
-        "--max-new-tokens",
-        "100000",
-        "--no-eos-stop",
-        "--json",
-    )
+    long = ["--max-new-tokens", "100000", "--no-eos-stop", "--json"]
+    out = _cli(*query, server_for(DECODER, "v2").url, *long)
     assert out.returncode == 0, out.stderr
     assert 200 < len(json.loads(out.stdout)["token_ids"]) <= 256
 
