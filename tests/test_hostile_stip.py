@@ -239,6 +239,11 @@ def test_a_tokenizer_less_export_fails_before_writing(tmp_path, export_dir):
     (result.user_dir / "tokenizer.json").unlink()
     with pytest.raises(ModelNotFoundError, match="unknown tokens"):
         StipUser(result.user_dir)
+    # a corrupt config.json is named, not a traceback from deep in transformers
+    (source / "config.json").write_text("{broken")
+    with pytest.raises(ModelNotFoundError, match="cannot load the model"):
+        export(str(source), tmp_path / "out2", progress=False, tokenizer=user_dir)
+    assert not (tmp_path / "out2").exists()
     # an output path that is a file
     afile = tmp_path / "file"
     afile.write_text("x")
@@ -331,6 +336,12 @@ class _Liar(BaseHTTPRequestHandler):
 def test_the_client_refuses_a_lying_server(export_dir, server_for, model, reply, fragment):
     real = export_dir(model, "v2")
     with httpx.Client() as http:
+        _Liar.info = {"model_fingerprint": 7}  # first a /v1/info that is not privformer's
+        liar = ThreadingHTTPServer(("127.0.0.1", 0), _Liar)
+        threading.Thread(target=liar.serve_forever, daemon=True).start()
+        with pytest.raises(WireFormatError, match="no valid 'model_fingerprint'"):
+            StipClient(real.user_dir, f"http://127.0.0.1:{liar.server_port}")
+        liar.shutdown()
         _Liar.info = http.get(server_for(model, "v2").url + "/v1/info").json()
     _Liar.reply = wire.encode(reply)
     liar = ThreadingHTTPServer(("127.0.0.1", 0), _Liar)
