@@ -19,6 +19,7 @@ share 127.0.0.1 here, so the per-client cap is raised to 32 for the 16-client ge
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import threading
@@ -32,7 +33,7 @@ import psutil
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, print_table, write_results  # noqa: E402
+from common import RESULTS, machine, print_table, write_results  # noqa: E402
 
 import privformer  # noqa: E402,F401
 from privformer.data import rotten_tomatoes_split  # noqa: E402
@@ -263,6 +264,12 @@ def main() -> None:
         rows += bench_stip("smollm2", clients, args.window, args.rounds)
     if "cipherprune" in only:
         rows += bench_cipherprune(clients, args.cp_window)
+    # keep the rows of scenarios not run this time (``--only`` reruns one scenario)
+    previous = RESULTS / "load.json"
+    if previous.is_file():
+        done = {r["scenario"] for r in rows}
+        kept = [r for r in json.loads(previous.read_text())["rows"] if r["scenario"] not in done]
+        rows = kept + rows
     columns = [
         "scenario",
         "variant",

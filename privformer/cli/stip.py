@@ -3,12 +3,14 @@
 privformer stip export MODEL --out DIR [--scheme v1|v2] [--force]   (model developer)
 privformer stip serve DIR [--host H] [--port P] [limits]            (cloud)
 privformer stip query USER_DIR --server URL (--text T ... | --prompt P)  (user)
+privformer stip audit EXPORT_DIR [--reference MODEL] [--texts FILE]     (auditor)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from privformer.errors import InputError
 
@@ -81,6 +83,18 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    from privformer.cli.stip_audit import format_report, run_audit
+
+    texts = None
+    if args.texts:
+        lines = Path(args.texts).read_text(encoding="utf-8").splitlines()
+        texts = [line.strip() for line in lines if line.strip()]
+    result = run_audit(args.export_dir, args.reference, texts)
+    print(json.dumps(result) if args.json else format_report(result))
+    return 0
+
+
 def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("dir", help="the export's cloud/ folder (or the export folder)")
     serve.add_argument("--host", default="127.0.0.1")
@@ -137,6 +151,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     serve = cmds.add_parser("serve", help="cloud: serve a permuted checkpoint over HTTP")
     add_serve_arguments(serve)
     serve.set_defaults(func=cmd_serve)
+    aud = cmds.add_parser("audit", help="measure what the cloud learns from an export")
+    aud.add_argument("export_dir", help="the export folder (cloud/ and user/)")
+    aud.add_argument("--reference", help="a public model the cloud may hold (name or folder)")
+    aud.add_argument("--texts", help="a file of texts, one per line (default: 40 RT sentences)")
+    aud.add_argument("--json", action="store_true", help="print one JSON object")
+    aud.set_defaults(func=cmd_audit)
     query = cmds.add_parser("query", help="user: query a STIP server with your key")
     add_query_arguments(query)
     query.set_defaults(func=cmd_query)

@@ -161,16 +161,10 @@ class StipClient:
     # --- encoders ----------------------------------------------------------------------------
     def _encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """One request: un-permuted (b, n, d) last hidden states of a padded batch, and its mask."""
-        if self.user.is_decoder:
-            raise InputError("hidden_states is for encoder models; use generate for a decoder")
-        enc = self.user.tokenizer(list(texts), padding=True, return_tensors="pt")
-        embeds = self.user.embed(enc["input_ids"], token_type_ids=enc.get("token_type_ids"))
-        mask = enc["attention_mask"].to(torch.int64)
-        out = self._post_tensors(
-            "/v1/forward", {"inputs_embeds": self.user.permute(embeds), "attention_mask": mask}
-        )
-        hidden = check_reply(out, "last_hidden_state", tuple(embeds.shape))
-        return self.user.unpermute_hidden(hidden), mask
+        request = self.user.encoder_request(texts)
+        out = self._post_tensors("/v1/forward", request)
+        hidden = check_reply(out, "last_hidden_state", tuple(request["inputs_embeds"].shape))
+        return self.user.unpermute_hidden(hidden), request["attention_mask"]
 
     def hidden_states(self, texts: list[str]) -> list[torch.Tensor]:
         """Un-permuted last hidden states, one (n_i, d) tensor per text, in one request."""
@@ -183,20 +177,20 @@ class StipClient:
         return mean_pool(hidden, mask, normalize=normalize)
 
     # --- decoders ----------------------------------------------------------------------------
-    def _step(self, session: str, seq: int, embeds: torch.Tensor, params: dict) -> dict:
+    def _step(self, session: str, seq: int, request: dict, params: dict) -> dict:
         """One numbered step; a lost reply (timeout, reset) is retried once with the same number,
         which the server answers from its stored reply instead of applying the step again."""
         path = f"/v1/sessions/{session}/step"
         params = {**params, "seq": seq}
         try:
-            return self._post_tensors(path, {"inputs_embeds": embeds}, params=params)
+            return self._post_tensors(path, request, params=params)
         except httpx.TransportError:
-            return self._post_tensors(path, {"inputs_embeds": embeds}, params=params)
+            return self._post_tensors(path, request, params=params)
 
     def _next_token(
         self, session: str, seq: int, ids: list[int], position: int, top_k_transfer: bool
     ) -> int:
-        embeds = self.user.permute(self.user.embed(torch.tensor(ids), start_position=position))
+        embeds = self.user.step_request(ids, position)
         vocab = int(self.user.config["vocab_size"])
         if self.user.config["output"] == "logits":
             if top_k_transfer:

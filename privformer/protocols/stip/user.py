@@ -119,6 +119,22 @@ class StipUser:
             )
         return embed_with_tables(self.tables, ids, start_position, token_type_ids)
 
+    # --- requests (what leaves the user) -------------------------------------------------------
+    def encoder_request(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """The tensors of one ``/v1/forward`` request for a padded batch of ``texts``:
+        permuted float32 embeddings and the 0/1 attention mask."""
+        if self.is_decoder:
+            raise InputError("an encoder request needs an encoder model; use generate")
+        enc = self.tokenizer(list(texts), padding=True, return_tensors="pt")
+        embeds = self.embed(enc["input_ids"], token_type_ids=enc.get("token_type_ids"))
+        mask = enc["attention_mask"].to(torch.int64)
+        return {"inputs_embeds": self.permute(embeds), "attention_mask": mask}
+
+    def step_request(self, ids: list[int], start_position: int) -> dict[str, torch.Tensor]:
+        """The tensors of one decoder session step feeding ``ids`` from ``start_position``."""
+        embeds = self.embed(torch.tensor(ids), start_position=start_position)
+        return {"inputs_embeds": self.permute(embeds)}
+
     # --- permutation -------------------------------------------------------------------------
     def permute(self, x: torch.Tensor) -> torch.Tensor:
         """x[..., pi]: what is sent to the cloud."""
