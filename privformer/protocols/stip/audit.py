@@ -254,33 +254,64 @@ def tokens_after_unpermuting(
 
 
 # --- attack 3: frequency analysis without reference weights --------------------------------
+def _best_offset(
+    rows_p: torch.Tensor, rows_q: torch.Tensor, features_p: torch.Tensor, features_q: torch.Tensor
+) -> tuple[int, torch.Tensor | None]:
+    """(tokens shared, offset) of the best shift taking position p's vectors onto position q's:
+    the most frequent differences of the first random feature are candidates, each verified on
+    all features (chance collisions of one projection are common, of four are not)."""
+    diffs = features_p[:, None, 0] - features_q[None, :, 0]
+    keys = torch.round(diffs * 1e4).to(torch.int64).flatten()
+    values, counts = torch.unique(keys, return_counts=True)
+    best_hits, best = 1, None
+    for value in values[torch.argsort(counts, descending=True)[:3]].tolist():
+        where = int((keys == value).nonzero()[0])
+        a, b = divmod(where, len(rows_q))
+        shift = features_p[a] - features_q[b]
+        hits = int((torch.cdist(features_p - shift, features_q).min(1).values < 1e-4).sum())
+        if hits > best_hits:
+            best_hits, best = hits, rows_p[a] - rows_q[b]
+    return best_hits, best
+
+
 def link_positions(vectors: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Vectors moved to one frame: v(t, p) - offset(p), with offset(p) the most frequent
-    difference between a vector at p and one at the anchor position (frequent tokens occur at
-    both, and v(t, p) - v(t, q) is the same for every token t). A position that shares no token
-    with the anchor keeps offset 0 (its vectors stay classes of their own)."""
+    """Vectors moved to one frame: v(t, p) - offset(p). The offset between two positions is
+    the shift that maps the most vectors of one onto the other (v(t, p) - v(t, q) is the same
+    for every token t, so every token occurring at both votes for it); positions are joined
+    along a maximum spanning tree of those vote counts, so rare positions link through
+    similar ones (sentence ends share "." and [SEP]). A position that shares no two tokens
+    with any other keeps offset 0: its vectors stay classes of their own."""
     longest = max(v.shape[0] for v in vectors)
     d = vectors[0].shape[1]
-    probe = torch.randn(d, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    by_position = [
+    projection = torch.randn(d, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    rows = [
         torch.unique(torch.stack([v[p] for v in vectors if v.shape[0] > p]), dim=0)
         for p in range(longest)
     ]
-    anchor = max(range(longest), key=lambda p: len(by_position[p]))
-    anchor_keys = by_position[anchor] @ probe
-    offsets = torch.zeros(longest, d, dtype=torch.float64)
+    features = [r @ projection for r in rows]
+    edges = []  # (votes, p, q, offset taking p's frame to q's)
     for p in range(longest):
-        if p == anchor:
-            continue
-        # differences of one random projection: (v_a - v_b) . r, rounded, counted
-        diffs = (by_position[p] @ probe)[:, None] - anchor_keys[None, :]
-        keys = torch.round(diffs * 1e4).to(torch.int64).flatten()
-        values, counts = torch.unique(keys, return_counts=True)
-        if counts.max() < 2:
-            continue
-        where = int((keys == values[counts.argmax()]).nonzero()[0])
-        a, b = divmod(where, len(by_position[anchor]))
-        offsets[p] = by_position[p][a] - by_position[anchor][b]
+        for q in range(p + 1, longest):
+            votes, offset = _best_offset(rows[p], rows[q], features[p], features[q])
+            if offset is not None:
+                edges.append((votes, p, q, offset))
+    offsets = torch.zeros(longest, d, dtype=torch.float64)
+    root = max(range(longest), key=lambda p: len(rows[p]))
+    linked = {root}
+    edges.sort(key=lambda e: -e[0])
+    grew = True
+    while grew:  # Prim's algorithm on the sorted edges
+        grew = False
+        for _votes, p, q, offset in edges:
+            if (p in linked) != (q in linked):
+                if q in linked:  # v_p - offset is in q's frame
+                    offsets[p] = offsets[q] + offset
+                    linked.add(p)
+                else:
+                    offsets[q] = offsets[p] - offset
+                    linked.add(q)
+                grew = True
+                break
     return [v - offsets[: v.shape[0]] for v in vectors]
 
 
@@ -288,7 +319,7 @@ def token_classes(view: CloudView, positional: bool) -> list[torch.Tensor]:
     """A class id per received vector: equal ids mean "the same token" to the cloud."""
     vectors = view.vectors()
     linked = link_positions(vectors) if positional else vectors
-    keys = torch.round(torch.cat(linked) * 1e5)
+    keys = torch.round(torch.cat(linked) * 1e4)
     classes = torch.unique(keys, dim=0, return_inverse=True)[1]
     return list(torch.split(classes, [v.shape[0] for v in vectors]))
 
