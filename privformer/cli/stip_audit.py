@@ -20,9 +20,6 @@ from privformer.protocols.stip import audit
 from privformer.protocols.stip.user import StipUser
 from privformer.transport import tensors as wire
 
-#: Texts the cloud's frequency analysis counts tokens in: public, and not the user's.
-PUBLIC_CORPUS_DOCS = 2000
-
 
 def default_texts(count: int = 40) -> list[str]:
     from privformer.data import rotten_tomatoes_split
@@ -48,10 +45,12 @@ def capture(user: StipUser, texts: list[str]) -> tuple[audit.CloudView, list[tor
 
 
 def public_token_counts(tokenizer: Any, decoder: bool) -> Counter:
-    from privformer.data import imdb_split
+    """Token counts of a public corpus of the user's domain: the Rotten Tomatoes training
+    sentences (the audit's texts come from the disjoint test split)."""
+    from privformer.data import rotten_tomatoes_split
 
     counts: Counter = Counter()
-    for text, _ in imdb_split()[0][:PUBLIC_CORPUS_DOCS]:
+    for text, _ in rotten_tomatoes_split()[0]:
         counts.update(tokenizer(text, add_special_tokens=not decoder)["input_ids"])
     return counts
 
