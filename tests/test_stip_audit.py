@@ -21,7 +21,7 @@ from privformer.protocols.stip import audit
 from privformer.protocols.stip.export import export
 from privformer.protocols.stip.user import StipUser
 
-TEXTS = default_texts(12)
+TEXTS = default_texts(8)
 
 
 @pytest.mark.parametrize("scheme", ["v1", "v2"])
@@ -40,7 +40,7 @@ def test_audit_recovers_tokens_and_pi_of_public_minilm(export_dir, scheme):
 
 
 def _fine_tuned_minilm(folder):
-    """MiniLM after 30 AdamW steps on Rotten Tomatoes: a (small) private fine-tune of it."""
+    """MiniLM after 12 AdamW steps on Rotten Tomatoes: a (small) private fine-tune of it."""
     from privformer.data import rotten_tomatoes_split
 
     shutil.copytree(resolve_model_dir("minilm"), folder)
@@ -50,7 +50,7 @@ def _fine_tuned_minilm(folder):
     train = rotten_tomatoes_split()[0]
     model.train()
     torch.manual_seed(0)
-    for step in range(30):
+    for step in range(12):
         batch = train[16 * step : 16 * (step + 1)]
         enc = tok([t for t, _ in batch], padding=True, return_tensors="pt")
         logits = head(model(**enc).last_hidden_state[:, 0])
