@@ -83,9 +83,10 @@ def run_audit(
     public_tokenizer = load_tokenizer(reference) if reference else user.tokenizer
     counts = public_token_counts(public_tokenizer, user.is_decoder)
     positional = "position_embeddings" in user.tables
-    guesses = audit.frequency_analysis(view, counts, positional)
+    classes = audit.token_classes(view, positional)
+    guesses = audit.frequency_analysis(classes, counts)
     result["reference_free_tokens"] = audit.token_recovery(guesses, truth)
-    result["reference_free_linkage"] = audit.linkage(audit.token_classes(view, positional), truth)
+    result["reference_free_linkage"] = audit.linkage(classes, truth)
 
     if reference:
         ref = audit.Reference.of(load_model(reference))

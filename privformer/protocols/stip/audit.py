@@ -344,18 +344,16 @@ def token_classes(view: CloudView, positional: bool) -> list[torch.Tensor]:
 
 
 def frequency_analysis(
-    view: CloudView, public_token_counts: Counter, positional: bool
+    classes: list[torch.Tensor], public_token_counts: Counter
 ) -> list[torch.Tensor]:
-    """Guessed token ids from repetition alone: classes of identical (position-linked) vectors,
-    ranked by count, mapped to the public corpus's tokens ranked by count."""
-    vectors = view.vectors()
-    classes = torch.cat(token_classes(view, positional))
-    counts = torch.bincount(classes)
-    ranked_classes = torch.argsort(counts, descending=True).tolist()
+    """Guessed token ids from repetition alone: the ``token_classes`` ranked by count, mapped
+    to the public corpus's tokens ranked by count."""
+    flat = torch.cat(classes)
+    ranked_classes = torch.argsort(torch.bincount(flat), descending=True).tolist()
     ranked_tokens = [t for t, _ in public_token_counts.most_common(len(ranked_classes))]
     mapping = dict(zip(ranked_classes, ranked_tokens, strict=False))
-    guesses_flat = torch.tensor([mapping.get(int(c), -1) for c in classes.tolist()])
-    return list(torch.split(guesses_flat, [v.shape[0] for v in vectors]))
+    guesses = torch.tensor([mapping.get(int(c), -1) for c in flat.tolist()])
+    return list(torch.split(guesses, [c.numel() for c in classes]))
 
 
 # --- scoring (needs the truth: never called by the attacks) ----------------------------------
