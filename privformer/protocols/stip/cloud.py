@@ -18,6 +18,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -189,16 +190,20 @@ class StipCloud:
             attention_mask = attention_mask.to(torch.int64)
         with torch.inference_mode():
             out = self.model(inputs_embeds=x, attention_mask=attention_mask, use_cache=False)
-        if self.output == "hidden":
-            result = {"last_hidden_state": out.last_hidden_state}
-        elif top_k is None:
-            result = {"logits": out.logits}
-        else:
-            values, indices = torch.topk(out.logits, top_k)
-            result = {"top_values": values, "top_indices": indices}
+        result = self._outputs(out, top_k, "last_hidden_state", slice(None))
         if inputs_embeds.ndim == 2:
             result = {k: v[0] for k, v in result.items()}
         return {k: v.contiguous() for k, v in result.items()}
+
+    def _outputs(self, out: Any, top_k: int | None, hidden_name: str, at: Any) -> dict:
+        """What the client reads from a model output at index ``at``: the hidden states, the
+        permuted logits, or their ``top_k`` values and indices."""
+        if self.output == "hidden":
+            return {hidden_name: out.last_hidden_state[at]}
+        if top_k is None:
+            return {"logits": out.logits[at]}
+        values, indices = torch.topk(out.logits[at], top_k)
+        return {"top_values": values, "top_indices": indices}
 
     # --- sessions (decoder generation with a server-side KV cache) ----------------------------
     def open_session(self, client: str = "") -> str:
@@ -257,10 +262,10 @@ class StipCloud:
         indices instead of all of them: the cloud already sees the permuted logits, so this
         reveals nothing new and cuts the reply from vocab_size floats to 2k numbers.
         """
-        self.expire_sessions()
         with self._sessions_lock:
             session = self._sessions.get(session_id)
-            if session is None:
+            # the timer sweeps all sessions; here only this one's age matters
+            if session is None or time.monotonic() - session.last_used > self.limits.session_ttl_s:
                 raise SessionNotFoundError(f"unknown or expired session {session_id!r}")
         with session.lock:
             if seq is None:
@@ -288,13 +293,9 @@ class StipCloud:
                 )
             session.cache = out.past_key_values
             session.length += inputs_embeds.shape[0]
-            if self.output == "hidden":
-                reply = {"hidden": out.last_hidden_state[0, -1].contiguous()}
-            elif top_k is None:
-                reply = {"logits": out.logits[0, -1].contiguous()}
-            else:
-                values, indices = torch.topk(out.logits[0, -1], top_k)
-                reply = {"top_values": values.contiguous(), "top_indices": indices.contiguous()}
+            reply = {
+                k: v.contiguous() for k, v in self._outputs(out, top_k, "hidden", (0, -1)).items()
+            }
             session.next_seq += 1
             session.last_reply, session.last_input = reply, inputs_embeds.clone()
             session.last_used = time.monotonic()
