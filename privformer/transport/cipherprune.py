@@ -19,7 +19,12 @@ from pathlib import Path
 import torch
 
 from privformer.crypto.mpc.channel import NetworkModel, accept, send_error
-from privformer.crypto.mpc.dealer import DEFAULT_MAX_ELEMENTS, Dealer, request_cap
+from privformer.crypto.mpc.dealer import (
+    DEFAULT_MAX_ELEMENTS,
+    PAIR_TIMEOUT_S,
+    Dealer,
+    request_cap,
+)
 from privformer.crypto.mpc.party import accept_client, connect_client
 from privformer.errors import InputError, PeerError
 from privformer.protocols.cipherprune.format import load_classifier
@@ -41,7 +46,7 @@ def run_dealer(
     ready_file: str | None = None,
     model_dir: str | Path | None = None,
     max_connections: int = 256,
-    pair_timeout_s: float = 30.0,
+    pair_timeout_s: float = PAIR_TIMEOUT_S,
 ) -> None:
     """Serve correlated randomness to any number of sessions until killed. With ``model_dir``
     the per-request allocation cap comes from that model's shapes."""

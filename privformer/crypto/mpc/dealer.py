@@ -284,11 +284,10 @@ class Dealer:
         self._slots = threading.BoundedSemaphore(max_connections)
         self._waiting: dict[str, dict[int, _Waiting]] = {}
         self._lock = threading.Lock()
-        self._closed = False
 
     def serve_forever(self) -> None:
-        while not self._closed:
-            got = accept(self.listener, log.warning)
+        while True:
+            got = accept(self.listener, log.warning)  # None once the listener is closed
             if got is None:
                 return
             conn, addr = got
@@ -357,7 +356,6 @@ class Dealer:
         _serve_pair(socks, keys, self.max_request_elements)
 
     def close(self) -> None:
-        self._closed = True
         self.listener.close()
 
 

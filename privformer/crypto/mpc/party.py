@@ -5,7 +5,7 @@ a pairwise key (used to draw the other party's share of a private input, so shar
 costs no traffic). The server admits the session with an ``accept`` frame (or refuses it with an
 ``error`` frame, e.g. when busy); both then connect to the dealer with the session id. Every
 wait of the handshake is bounded by ``HANDSHAKE_TIMEOUT_S`` (the dealer pairing by
-``DEALER_PAIR_TIMEOUT_S``); protocol steps by ``IDLE_TIMEOUT_S``.
+the dealer's ``PAIR_TIMEOUT_S``); protocol steps by ``IDLE_TIMEOUT_S``.
 """
 
 from __future__ import annotations
