@@ -119,9 +119,10 @@ class StipClient:
     def _raise_for(response: httpx.Response) -> None:
         if response.status_code >= 400:
             try:
-                detail = response.json().get("detail", response.text)
+                body = response.json()
             except ValueError:
-                detail = response.text
+                body = None
+            detail = body.get("detail", response.text) if isinstance(body, dict) else response.text
             raise ServerError(response.status_code, str(detail))
 
     def _get_json(self, path: str) -> dict:
