@@ -83,3 +83,14 @@ def test_steps_run_at_the_lowest_level_that_serves():
 def test_a_step_deeper_than_a_window_is_refused_by_name():
     with pytest.raises(PlanError, match="gelu consumes 9 levels; a bootstrap gives 7"):
         plan([Step("gelu", 9, 6, 1.0)], top=7, start=7, bootstrap_seconds=20.0)
+
+
+def test_pairs_per_bootstrap_halve_the_count_of_wide_steps():
+    """With complex packing a bootstrap refreshes two ciphertexts: 12 live cost 6, 3 cost 2."""
+    steps = [Step("wide", 6, 12), Step("narrow", 6, 3)]
+    single = plan(steps, 7, 0, 1.0)
+    paired = plan(steps, 7, 0, 1.0, per_bootstrap=2)
+    assert [s.bootstraps for s in single.steps] == [12, 3]
+    assert [s.bootstraps for s in paired.steps] == [6, 2]
+    with pytest.raises(PlanError):
+        plan(steps, 7, 0, 1.0, per_bootstrap=0)

@@ -46,8 +46,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     model = pf.load(args.model, protocol="nexus")
     clf = model.classifier
-    slots = clf.tokens * clf.tokens
-    backend = FloatBackend(slots, args.window)
+    slots = args.slots or 2 * clf.tokens * clf.tokens  # ring 2^16's slots at 128 tokens
+    backend = FloatBackend(slots, args.window, complex_packing=not args.no_complex_packing)
     backend.generate_rotation_keys(clf.rotation_steps(slots))
     ids = model.tokenizer(args.text, truncation=True, max_length=clf.tokens)["input_ids"]
     x, real = clf.embed(ids)
@@ -70,7 +70,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         w.weights["ffn1"].shape[1],
         w.heads,
     )
-    best = planner.plan(chain, args.window, args.window, args.bootstrap_seconds)
+    pairs = 1 if args.no_complex_packing else 2
+    best = planner.plan(chain, args.window, args.window, args.bootstrap_seconds, pairs)
     per_layer = [s["bootstraps"] for s in stats]
     if args.json:
         print(
@@ -113,9 +114,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     plan.add_argument(
         "--bootstrap-seconds",
         type=float,
-        default=21.5,
-        help="one bootstrap's time for the plan's total (OpenFHE's default chain, measured: "
-        "docs/nexus.md)",
+        default=78.0,
+        help="one bootstrap's time for the plan's total (OpenFHE's default chain on 2 cores, "
+        "measured: docs/nexus.md)",
+    )
+    plan.add_argument(
+        "--slots", type=int, default=None, help="slots per ciphertext (default 2 x tokens^2)"
+    )
+    plan.add_argument(
+        "--no-complex-packing",
+        action="store_true",
+        help="one ciphertext per bootstrap (default: two, packed as a + i b)",
     )
     plan.add_argument("--json", action="store_true", help="print one JSON object")
     plan.set_defaults(func=cmd_plan)

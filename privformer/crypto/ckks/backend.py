@@ -64,7 +64,12 @@ class Bootstrapper(ABC):
 
     ``refresh(backend, a, bound)`` gets the caller's promise that every slot of ``a`` lies in
     [-bound, bound] (see ``CKKSBackend.bootstrap``) and returns a ciphertext at ``backend.top``.
+
+    ``complex_packing``: two real ciphertexts share one bootstrap, packed as a + i b (THOR,
+    ePrint 2024/1881): ``refresh_pair`` refreshes both and counts one bootstrap.
     """
+
+    complex_packing = False
 
     def __init__(self) -> None:
         self.count = 0
@@ -74,8 +79,24 @@ class Bootstrapper(ABC):
         self.count += 1
         return out
 
+    def pair(
+        self, backend: CKKSBackend, a: Ciphertext, b: Ciphertext, bound: float
+    ) -> tuple[Ciphertext, Ciphertext]:
+        """Both refreshed: in one bootstrap where the bootstrapper packs pairs, else in two."""
+        if not self.complex_packing:
+            return self(backend, a, bound), self(backend, b, bound)
+        out = self.refresh_pair(backend, a, b, bound)
+        self.count += 1
+        return out
+
     @abstractmethod
     def refresh(self, backend: CKKSBackend, a: Ciphertext, bound: float) -> Ciphertext: ...
+
+    def refresh_pair(
+        self, backend: CKKSBackend, a: Ciphertext, b: Ciphertext, bound: float
+    ) -> tuple[Ciphertext, Ciphertext]:
+        """One bootstrap of a + i b, unpacked (bootstrappers with ``complex_packing``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not pack pairs")
 
 
 class CKKSBackend(ABC):
@@ -214,6 +235,19 @@ class CKKSBackend(ABC):
                 "bootstrapping (SEAL has none), or SecretKeyRefresh in tests"
             )
         return self.bootstrapper(self, a, bound)
+
+    def bootstrap_many(self, cts: Sequence[Ciphertext], bound: float = 1.0) -> list[Ciphertext]:
+        """Each of ``cts`` refreshed (every slot of each within ``bound``), two per bootstrap
+        where the bootstrapper packs pairs into one complex ciphertext."""
+        if len(cts) < 2 or self.bootstrapper is None:
+            return [self.bootstrap(a, bound) for a in cts]
+        self._own(*cts)
+        out: list[Ciphertext] = []
+        for i in range(0, len(cts) - 1, 2):
+            out.extend(self.bootstrapper.pair(self, cts[i], cts[i + 1], bound))
+        if len(cts) % 2:
+            out.append(self.bootstrap(cts[-1], bound))
+        return out
 
     @property
     def bootstraps(self) -> int:

@@ -11,6 +11,8 @@ planned bootstrap placement.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from privformer import approx
@@ -23,20 +25,43 @@ def ensure_level(
 ) -> Ciphertext:
     """``x`` if it has ``needed`` levels left, else ``x`` bootstrapped (which must give them).
     ``bound``: every slot of ``x`` lies in [-bound, bound] (see ``CKKSBackend.bootstrap``)."""
-    if backend.levels_left(x) >= needed:
-        return x
+    return ensure_levels(backend, [x], needed, operator, bound)[0]
+
+
+def ensure_levels(
+    backend: CKKSBackend,
+    xs: Sequence[Ciphertext],
+    needed: int | Sequence[int],
+    operator: str,
+    bound: float = 1.0,
+) -> list[Ciphertext]:
+    """``ensure_level`` for every ciphertext of ``xs`` (``needed``: one count for all, or one
+    each): those short of levels are bootstrapped together, so a bootstrapper that packs
+    pairs refreshes two at a time."""
+    wants = [needed] * len(xs) if isinstance(needed, int) else list(needed)
+    if len(wants) != len(xs):
+        raise InputError(f"{operator}: {len(wants)} level counts for {len(xs)} ciphertexts")
+    low = [i for i, x in enumerate(xs) if backend.levels_left(x) < wants[i]]
+    if not low:
+        return list(xs)
     try:
-        x = backend.bootstrap(x, bound)
+        fresh = backend.bootstrap_many([xs[i] for i in low], bound)
     except BootstrapUnavailableError as exc:
+        got = backend.levels_left(xs[low[0]])
         raise BootstrapUnavailableError(
-            f"{operator}: needs {needed} levels, the ciphertext has {backend.levels_left(x)}; {exc}"
+            f"{operator}: needs {wants[low[0]]} levels, the ciphertext has {got}; {exc}"
         ) from exc
     except BootstrapRangeError as exc:
         raise BootstrapRangeError(f"{operator}: {exc}") from exc
-    if backend.levels_left(x) < needed:
-        got = backend.levels_left(x)
-        raise LevelError(f"{operator}: needs {needed} levels in one chain, a bootstrap gives {got}")
-    return x
+    out = list(xs)
+    for i, x in zip(low, fresh, strict=True):
+        if backend.levels_left(x) < wants[i]:
+            got = backend.levels_left(x)
+            raise LevelError(
+                f"{operator}: needs {wants[i]} levels in one chain, a bootstrap gives {got}"
+            )
+        out[i] = x
+    return out
 
 
 def mul(

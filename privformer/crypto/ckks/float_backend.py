@@ -56,10 +56,16 @@ class FloatBackend(CKKSBackend):
 
     ``bootstrap_error_bits``: each bootstrap adds uniform error of 2^-bits times the largest
     slot (None: exact), to study how an operator tolerates a real bootstrap's error.
+    ``complex_packing``: two ciphertexts refreshed together share one bootstrap, as on
+    ``OpenFHEBackend`` (so the counts are a real backend's).
     """
 
     def __init__(
-        self, slots: int = 1 << 14, top: int = 7, bootstrap_error_bits: float | None = None
+        self,
+        slots: int = 1 << 14,
+        top: int = 7,
+        bootstrap_error_bits: float | None = None,
+        complex_packing: bool = True,
     ):
         if slots < 2 or slots & (slots - 1):
             raise InputError(f"slots must be a power of two >= 2, got {slots}")
@@ -69,7 +75,8 @@ class FloatBackend(CKKSBackend):
         self.top = top
         self.context_id = secrets.token_hex(8)
         self.bootstrapper = SecretKeyRefresh(
-            float("inf") if bootstrap_error_bits is None else bootstrap_error_bits
+            float("inf") if bootstrap_error_bits is None else bootstrap_error_bits,
+            complex_packing=complex_packing,
         )
         self._rotation_keys: set[int] = set()
         self.operations = 0  # products and rotations done (a cost counter for plans and tests)

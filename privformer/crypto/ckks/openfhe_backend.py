@@ -95,13 +95,21 @@ DEFAULT_CHAIN: dict[str, Any] = {
     "first_bits": 51,
     "level_budget": (3, 3),
     "ring_dim": None,  # the smallest ring OpenFHE's 128-bit check allows (2^16 here)
-    "num_large_digits": 4,
+    "num_large_digits": 6,
     "bootstrap_iterations": 2,
     "secret": "SPARSE_ENCAPSULATED",
     # Slots per ciphertext: None fills the ring (2^15); fewer (a power of two) is sparse
     # packing, with its own bootstrapping keys, rotations cyclic over that many slots.
     "slots": None,
+    # Two real ciphertexts per bootstrap as a + i b (a COMPLEX context, one level after each
+    # bootstrap to unpack); full slots only, where bootstrapping keys include conjugation.
+    "complex_packing": True,
 }
+
+
+def _shift(bound: float) -> int:
+    """k with bound / 2^k <= BOOTSTRAP_SAFE_BOUND: the bootstrap input's scaling."""
+    return max(0, math.ceil(math.log2(max(bound, 1e-300) / BOOTSTRAP_SAFE_BOUND)))
 
 
 def chain_parameters(**overrides: Any) -> dict[str, Any]:
@@ -120,6 +128,8 @@ def chain_parameters(**overrides: Any) -> dict[str, Any]:
     slots = chain["slots"]
     if slots is not None and (slots < 2 or slots & (slots - 1)):
         raise CryptoError(f"slots must be a power of two, got {slots}")
+    if slots is not None and chain["complex_packing"]:
+        raise CryptoError("complex_packing needs full slots (slots=None): set one or the other")
     chain["level_budget"] = list(chain["level_budget"])
     chain["iterations"] = chain.pop("bootstrap_iterations")
     return chain
@@ -201,7 +211,7 @@ class OpenFHEBackend(CKKSBackend):
         # travel between them, and the envelope refuses those of other keys.
         self.context_id = hashlib.sha256(str(info["key_tag"]).encode()).digest()[:8].hex()
         self.top = levels
-        self.bootstrapper: Bootstrapper | None = OpenFHEBootstrapper()
+        self.bootstrapper: Bootstrapper | None = OpenFHEBootstrapper(params["complex_packing"])
         self._rotation_keys: set[int] = set()
 
     # --- keys across processes --------------------------------------------------------------
@@ -387,8 +397,15 @@ class OpenFHEBackend(CKKSBackend):
 
     def native_bootstrap(self, a: Ciphertext, bound: float) -> Ciphertext:
         """OpenFHE's EvalBootstrap, inputs scaled into [-1, 1] by 2^-shift on the hidden level."""
-        shift = max(0, math.ceil(math.log2(max(bound, 1e-300) / BOOTSTRAP_SAFE_BOUND)))
-        return self._wrap(self._call("bootstrap", a.handle.id, shift), a.length)
+        return self._wrap(self._call("bootstrap", a.handle.id, _shift(bound)), a.length)
+
+    def native_bootstrap_pair(
+        self, a: Ciphertext, b: Ciphertext, bound: float
+    ) -> tuple[Ciphertext, Ciphertext]:
+        """One EvalBootstrap of a + i b (slots within ``bound``), unpacked into both."""
+        self._own(a, b)
+        real, imag = self._call("bootstrap_pair", a.handle.id, b.handle.id, _shift(bound))
+        return self._wrap(real, a.length), self._wrap(imag, b.length)
 
     def serialize(self, a: Ciphertext) -> bytes:
         self._own(a)
@@ -408,9 +425,23 @@ if __name__ == "__main__":  # python -m privformer.crypto.ckks.openfhe_backend: 
 
 
 class OpenFHEBootstrapper(Bootstrapper):
-    """The real CKKS bootstrap of an ``OpenFHEBackend`` (its default bootstrapper)."""
+    """The real CKKS bootstrap of an ``OpenFHEBackend`` (its default bootstrapper); with
+    ``complex_packing``, two ciphertexts refreshed together share one bootstrap."""
 
-    def refresh(self, backend: CKKSBackend, a: Ciphertext, bound: float) -> Ciphertext:
+    def __init__(self, complex_packing: bool = False) -> None:
+        super().__init__()
+        self.complex_packing = complex_packing
+
+    @staticmethod
+    def _backend(backend: CKKSBackend) -> OpenFHEBackend:
         if not isinstance(backend, OpenFHEBackend):
             raise CryptoError("OpenFHEBootstrapper refreshes OpenFHEBackend ciphertexts only")
-        return backend.native_bootstrap(a, bound)
+        return backend
+
+    def refresh(self, backend: CKKSBackend, a: Ciphertext, bound: float) -> Ciphertext:
+        return self._backend(backend).native_bootstrap(a, bound)
+
+    def refresh_pair(
+        self, backend: CKKSBackend, a: Ciphertext, b: Ciphertext, bound: float
+    ) -> tuple[Ciphertext, Ciphertext]:
+        return self._backend(backend).native_bootstrap_pair(a, b, bound)

@@ -51,7 +51,16 @@ def _parameters(o: Any, chain: dict, depth: int) -> Any:
         params.SetRingDim(chain["ring_dim"])
     if chain.get("slots"):
         params.SetBatchSize(chain["slots"])  # sparse packing: rotations cyclic over these
+    if chain.get("complex_packing"):
+        # A REAL context's bootstrap drops the imaginary part; a COMPLEX one keeps it, so
+        # one bootstrap refreshes a + i b (measured: same time, same error for both halves).
+        params.SetCKKSDataType(o.CKKSDataType.COMPLEX)
     return params
+
+
+def _unpack_levels(chain: dict) -> int:
+    """Levels the chain spends after a bootstrap to unpack a + i b (one: b = -i (z - z*) / 2)."""
+    return 1 if chain.get("complex_packing") else 0
 
 
 class _Keys:
@@ -73,7 +82,9 @@ class Worker:
         extra iteration of Meta-BTS (iterative bootstrapping)."""
         self.boot_depth = _bootstrap_depth(self.o, chain)
         self.iterations, self.precision = chain["iterations"], precision
-        self.consumed_at_top = self.boot_depth + chain["iterations"] - 1
+        self.unpack = _unpack_levels(chain)
+        # Fresh and bootstrapped ciphertexts alike start below the bootstrap and the unpack.
+        self.consumed_at_top = self.boot_depth + chain["iterations"] - 1 + self.unpack
         self.depth = levels + HIDDEN_LEVELS + self.consumed_at_top
 
     def _info(self) -> dict:
@@ -169,7 +180,7 @@ class Worker:
         keys: fast); 0 if none."""
         import openfhe as o
 
-        consumed = _bootstrap_depth(o, chain) + chain["iterations"] - 1
+        consumed = _bootstrap_depth(o, chain) + chain["iterations"] - 1 + _unpack_levels(chain)
 
         def fits(levels: int) -> bool:
             try:
@@ -262,19 +273,52 @@ class Worker:
         order = self.cc.GetCyclotomicOrder()
         return [self._new(self.cc.EvalFastRotation(ct, int(s), order, digits)) for s in steps]
 
+    def _eval_bootstrap(self, ct):
+        if self.iterations == 1:
+            return self.cc.EvalBootstrap(ct)
+        return self.cc.EvalBootstrap(ct, self.iterations, self.precision)
+
+    def _doubled(self, ct, times: int):
+        for _ in range(times):
+            ct = self.cc.EvalAdd(ct, ct)
+        return ct
+
+    def _constant(self, value: complex, level: int):
+        return self.cc.MakeCKKSPackedPlaintext([value] * self.slots, 1, level, None, self.slots)
+
     def bootstrap(self, a: int, shift: int) -> int:
         """Bootstrap x / 2^shift (the hidden level pays for the scaling), then double the
         result ``shift`` times, which costs no level and scales the error by 2^shift too."""
         ct = self.cts[a]
         if shift:
             ct = self.cc.EvalMult(ct, 2.0**-shift)
-        if self.iterations == 1:
-            ct = self.cc.EvalBootstrap(ct)
-        else:
-            ct = self.cc.EvalBootstrap(ct, self.iterations, self.precision)
-        for _ in range(shift):
-            ct = self.cc.EvalAdd(ct, ct)
-        return self._new(ct)
+        ct = self._eval_bootstrap(ct)
+        if self.unpack:
+            # Level with the pairs' outputs, which spend a level unpacking: the product by
+            # 2^shift spends it (LevelReduce is a no-op under FLEXIBLEAUTO, measured).
+            return self._new(self.cc.EvalMult(ct, 2.0**shift))
+        return self._new(self._doubled(ct, shift))
+
+    def bootstrap_pair(self, a: int, b: int, shift: int) -> list[int]:
+        """One bootstrap for two real ciphertexts: z = (a + i b) / 2^(shift + 1) on the hidden
+        level, bootstrapped; then a = (z + z*) 2^shift and b = (z - z*) (-i 2^shift), each
+        product on the unpacking level. z* is the conjugate (automorphism 2N - 1, whose key
+        bootstrapping keys include at full slots)."""
+        if not self.unpack:
+            raise ValueError("this chain has no unpacking level: set complex_packing")
+        x, y = self._aligned(a, b)
+        scale = 2.0 ** -(shift + 1)
+        z = self.cc.EvalAdd(
+            self.cc.EvalMult(x, scale), self.cc.EvalMult(y, self._constant(1j * scale, y.GetLevel()))
+        )
+        z = self._eval_bootstrap(z)
+        keys = self.cc.GetEvalAutomorphismKeyMap(self.keys.publicKey.GetKeyTag())
+        conj = self.cc.EvalAutomorphism(z, self.cc.GetCyclotomicOrder() - 1, keys)
+        real = self.cc.EvalMult(self.cc.EvalAdd(z, conj), 2.0**shift)
+        imag = self.cc.EvalMult(
+            self.cc.EvalSub(z, conj), self._constant(-1j * 2.0**shift, z.GetLevel())
+        )
+        return [self._new(real), self._new(imag)]
 
     def serialize(self, a: int) -> bytes:
         return self.o.Serialize(self.cts[a], self.o.BINARY)

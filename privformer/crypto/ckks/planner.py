@@ -3,7 +3,8 @@
 The problem (Orion, ASPLOS 2025, for a chain): a computation is a sequence of steps, each
 consuming ``depth`` levels, run on ``live`` ciphertexts, and costing more at higher levels
 (every prime in the chain is work). Before any step the ciphertexts may be bootstrapped back to
-``top`` levels, at ``live x bootstrap_seconds``; between steps they may also be dropped to a
+``top`` levels, at ``ceil(live / per_bootstrap) x bootstrap_seconds`` (``per_bootstrap`` = 2
+with complex packing, two real ciphertexts in one bootstrap); between steps they may also be dropped to a
 lower level for free (a rescale), since a cheaper level is worth it when a step needs few
 levels. ``plan`` finds the placement of minimum total seconds: bootstraps land where the fewest
 ciphertexts are live, and each step runs at the lowest level that still serves the rest.
@@ -38,7 +39,7 @@ class Step:
 @dataclass(frozen=True)
 class PlannedStep:
     step: Step
-    bootstraps: int  # ciphertexts bootstrapped just before the step (0 or step.live)
+    bootstraps: int  # bootstraps just before the step (0 or ceil(live / per_bootstrap))
     level_in: int  # the level the step runs at (after any bootstrap or drop)
     level_out: int
     seconds: float  # the step's own modelled time at level_in
@@ -72,8 +73,17 @@ class Plan:
         return "\n".join(lines)
 
 
-def plan(steps: list[Step], top: int, start: int, bootstrap_seconds: float) -> Plan:
-    """The minimum-seconds placement of bootstraps (and level drops) over ``steps``."""
+def plan(
+    steps: list[Step], top: int, start: int, bootstrap_seconds: float, per_bootstrap: int = 1
+) -> Plan:
+    """The minimum-seconds placement of bootstraps (and level drops) over ``steps``;
+    ``per_bootstrap``: ciphertexts one bootstrap refreshes (2 with complex packing)."""
+    if per_bootstrap < 1:
+        raise PlanError(f"per_bootstrap must be at least 1, got {per_bootstrap}")
+
+    def boots(step: Step) -> int:
+        return -(-step.live // per_bootstrap)
+
     for step in steps:
         if step.depth > top:
             raise PlanError(
@@ -99,7 +109,7 @@ def plan(steps: list[Step], top: int, start: int, bootstrap_seconds: float) -> P
             if cost == inf:
                 continue
             options = [(False, before, cost)]
-            options.append((True, top, cost + step.live * bootstrap_seconds))
+            options.append((True, top, cost + boots(step) * bootstrap_seconds))
             for boot, available, paid in options:
                 for run_at in range(step.depth, available + 1):  # drop to run_at (free)
                     total = paid + seconds(step, run_at)
@@ -115,7 +125,7 @@ def plan(steps: list[Step], top: int, start: int, bootstrap_seconds: float) -> P
     for step, choice in zip(reversed(steps), reversed(choices), strict=True):
         boot, run_at, before = choice[level]
         planned.append(
-            PlannedStep(step, step.live if boot else 0, run_at, level, seconds(step, run_at))
+            PlannedStep(step, boots(step) if boot else 0, run_at, level, seconds(step, run_at))
         )
         level = before
     return Plan(list(reversed(planned)), bootstrap_seconds)

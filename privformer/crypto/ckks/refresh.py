@@ -24,18 +24,40 @@ from privformer.errors import BootstrapRangeError
 class SecretKeyRefresh(Bootstrapper):
     """Decrypt, add bootstrap-sized noise, re-encrypt; counts the levels it gave back."""
 
-    def __init__(self, precision_bits: float = 20.0, window: int | None = None):
+    def __init__(
+        self,
+        precision_bits: float = 20.0,
+        window: int | None = None,
+        complex_packing: bool = False,
+    ):
         """``window``: refreshed ciphertexts are dropped to this many levels (e.g. 7, what
-        OpenFHE's default chain leaves after a real bootstrap); None: the backend's top."""
+        OpenFHE's default chain leaves after a real bootstrap); None: the backend's top.
+        ``complex_packing``: pairs share a bootstrap and its error, which is relative to the
+        larger of the two (as in one bootstrap of a + i b)."""
         super().__init__()
         self.precision_bits, self.window = precision_bits, window
+        self.complex_packing = complex_packing
         self.levels_spent = 0  # levels used up by refreshed ciphertexts (a level-cost counter)
         self._noise = np.random.default_rng(secrets.randbits(64))  # noise, not key material
 
     def refresh(self, backend: CKKSBackend, a: Ciphertext, bound: float) -> Ciphertext:
-        self.levels_spent += (self.window or backend.top) - backend.levels_left(a)
-        values = backend.decrypt(a)
-        peak = float(np.abs(values).max())
+        return self._refreshed(backend, [a], bound)[0]
+
+    def refresh_pair(
+        self, backend: CKKSBackend, a: Ciphertext, b: Ciphertext, bound: float
+    ) -> tuple[Ciphertext, Ciphertext]:
+        fresh_a, fresh_b = self._refreshed(backend, [a, b], bound)
+        return fresh_a, fresh_b
+
+    def _refreshed(
+        self, backend: CKKSBackend, cts: list[Ciphertext], bound: float
+    ) -> list[Ciphertext]:
+        """Each of ``cts`` re-encrypted with noise relative to the largest slot of them all."""
+        values = []
+        for a in cts:
+            self.levels_spent += (self.window or backend.top) - backend.levels_left(a)
+            values.append(backend.decrypt(a))
+        peak = max(float(np.abs(v).max()) for v in values)
         # Bounds are magnitudes, not walls: a real bootstrap degrades gradually past its range
         # (docs/nexus.md), so 25% headroom is allowed.
         if peak > 1.25 * bound:
@@ -43,6 +65,8 @@ class SecretKeyRefresh(Bootstrapper):
                 f"a bootstrap input reaches {peak:.6g}, beyond its stated bound {bound:g}"
             )
         amplitude = 2.0**-self.precision_bits * max(1.0, peak)
-        values = values + self._noise.uniform(-amplitude, amplitude, values.shape)
-        fresh = backend.encrypt(values)
-        return fresh if self.window is None else backend.drop_to(fresh, self.window)
+        out = []
+        for v in values:
+            fresh = backend.encrypt(v + self._noise.uniform(-amplitude, amplitude, v.shape))
+            out.append(fresh if self.window is None else backend.drop_to(fresh, self.window))
+        return out

@@ -124,10 +124,13 @@ def _token_rotated(
 ACTIVATION_BOUND = 64.0
 
 
-def _at_level(backend: CKKSBackend, x: Ciphertext, level: int, bound: float) -> Ciphertext:
-    """x at exactly ``level``: bootstrapped first if below (slots within ``bound``), dropped
-    if above."""
-    return backend.drop_to(he.ensure_level(backend, x, level, "attention", bound), level)
+def _at_levels(
+    backend: CKKSBackend, xs: list[Ciphertext], levels: list[int], bound: float
+) -> list[Ciphertext]:
+    """Each of ``xs`` at exactly its entry of ``levels``: bootstrapped first (together) if
+    below, slots within ``bound``; dropped if above."""
+    xs = he.ensure_levels(backend, xs, levels, "attention", bound)
+    return [backend.drop_to(x, level) for x, level in zip(xs, levels, strict=True)]
 
 
 def _check(backend: CKKSBackend, att: AttentionLayout, *groups: list[Ciphertext]) -> None:
@@ -161,12 +164,14 @@ def scores(
     layout, dh, n, groups = att.layout, att.head_dim, att.layout.tokens, att.groups
     total = _real_heads(att, len(q), heads)
     per_head: list[Ciphertext] = []  # head h's offsets at blocks h dh + G d (in its block)
+    used = -(-total // att.heads_per_block)  # blocks holding a real head
+    # Q is used after K's token-rotate, so it needs a level less; both share bootstraps.
+    qk = _at_levels(
+        backend, q[:used] + k[:used], [SCORE_LEVELS - 1] * used + [SCORE_LEVELS] * used, bound
+    )
+    q, k = qk[:used], qk[used:]
     for i, (qb, kb) in enumerate(zip(q, k, strict=True)):
         local = min(att.heads_per_block, total - i * att.heads_per_block)
-        if local <= 0:
-            break
-        qb = _at_level(backend, qb, SCORE_LEVELS - 1, bound)  # used after the token-rotate
-        kb = _at_level(backend, kb, SCORE_LEVELS, bound)
         rotated = he.rotate_composed(backend, kb, n - 1)
         acc: list[Ciphertext | None] = [None] * local
         for d in range(n - 1, -1, -1):  # descending, for the Horner accumulation
@@ -214,14 +219,14 @@ def weighted_values(
             f"{len(probs)} probability ciphertexts for {total} heads, {groups} per ciphertext"
         )
     hp = att.heads_per_block
-    levelled = [_at_level(backend, p, VALUE_LEVELS, 1.0) for p in probs]
+    levelled = _at_levels(backend, probs, [VALUE_LEVELS] * len(probs), 1.0)
+    v = _at_levels(backend, v, [VALUE_LEVELS] * len(v), bound)
     out = []
     for i, vb in enumerate(v):
         local = min(hp, total - i * hp)
         if local <= 0:  # a block of padding features only: its heads are empty
-            out.append(backend.multiply_plain(_at_level(backend, vb, VALUE_LEVELS, bound), 0.0))
+            out.append(backend.multiply_plain(vb, 0.0))
             continue
-        vb = _at_level(backend, vb, VALUE_LEVELS, bound)
         # Head h's offset-d row (block G d + g) is wanted at block h_local dh: start shifted
         # right by h_local dh - g blocks, then one rotation by G n per offset.
         chains = []

@@ -114,6 +114,18 @@ def gelu_chebyshev(
     return he.chebyshev_series(backend, t, config.coeffs, op)
 
 
+def gelu_chebyshev_many(
+    backend: CKKSBackend,
+    xs: list[Ciphertext],
+    config: approx.gelu.ChebyshevGeluConfig = approx.gelu.DEFAULT_CHEBYSHEV_GELU,
+    prescaled: bool = False,
+) -> list[Ciphertext]:
+    """``gelu_chebyshev`` of each ciphertext, those short of levels bootstrapped together."""
+    need = approx.chebyshev.depth(config.degree) + (0 if prescaled else 1)
+    xs = he.ensure_levels(backend, xs, need, "gelu", 1.0 if prescaled else config.bound)
+    return [gelu_chebyshev(backend, x, config, prescaled) for x in xs]
+
+
 def softmax(
     backend: CKKSBackend,
     x: Ciphertext,
@@ -245,8 +257,7 @@ def softmax_squaring(
     mid, half = 0.5 * (config.low + config.high), 0.5 * (config.high - config.low)
     exp_depth = approx.chebyshev.depth(len(config.exp_coeffs) - 1)
     qs = []
-    for x in heads:
-        x = he.ensure_level(backend, x, 1 + exp_depth, op, bound)
+    for x in he.ensure_levels(backend, heads, 1 + exp_depth, op, bound):
         # Padding queries' scores become 0 in the same products that scale and centre.
         mean = he.quick_sum(
             backend, backend.multiply_plain(x, keys * queries / (real * half)), n, stride
@@ -263,7 +274,7 @@ def softmax_squaring(
         plan = approx.softmax.round_inverse_plan(config, i, n)
         scale = 1.0 / real if i == 0 else 1.0
         width = plan.high - plan.low
-        q2 = [backend.multiply(q, q) for q in (he.ensure_level(backend, q, 2, op) for q in qs)]
+        q2 = [backend.multiply(q, q) for q in he.ensure_levels(backend, qs, 2, op)]
         sums = [he.quick_sum(backend, s, n, stride) for s in q2]  # every block: its row sums
         # -v (v: the scaled row sums, head h in block h) and t, v mapped to [-1, 1] for the
         # Chebyshev start; where no head sits, v is the middle of its range and t = 0.
@@ -302,7 +313,7 @@ def _centred_variance(
             f"{layout.features} features per block"
         )
     n, feats = layout.tokens, layout.features
-    blocks = [he.ensure_level(backend, b, levels, "layernorm", bound) for b in blocks]
+    blocks = he.ensure_levels(backend, blocks, levels, "layernorm", bound)
     total = blocks[0]
     for b in blocks[1:]:
         total = backend.add(total, b)
@@ -333,14 +344,13 @@ def _normalised(
     n, scale = layout.tokens, 1.0 / math.sqrt(var_high)
     out = []
     for zb, g, bt in zip(
-        z,
+        he.ensure_levels(backend, z, levels, "layernorm", bound),
         layout.pack(np.tile(gamma * scale, (n, 1))),
         layout.pack(np.tile(beta, (n, 1))),
         strict=True,
     ):
         # z y (magnitude ~16 x the normalised value) before the small gamma / 16: the absolute
         # rescale noise then stays small against every factor.
-        zb = he.ensure_level(backend, zb, levels, "layernorm", bound)
         out.append(backend.add_plain(backend.multiply_plain(backend.multiply(zb, y), g), bt))
     return out
 

@@ -265,7 +265,7 @@ def _linear(
 ) -> list[Ciphertext]:
     """scale (x W_key + b_key), the scale folded into the plaintext weights (the matmul needs
     one level; bootstrap first if there is none)."""
-    x = [he.ensure_level(backend, c, 1, "linear", bound) for c in x]
+    x = he.ensure_levels(backend, x, 1, "linear", bound)
     out = mm.matmul_plain(backend, x, scale * w.weights[key], layout)
     biases = layout.pack(np.tile(scale * w.biases[key], (layout.tokens, 1)))
     return [backend.add_plain(c, b) for c, b in zip(out, biases, strict=True)]
@@ -309,7 +309,7 @@ def encrypted_layer(
     real = n if real is None else real
     clock = _StageClock(backend, seconds, bootstraps, on_stage)
     bound = config.activation_bound
-    x = [he.ensure_level(backend, c, 1, "linear", bound) for c in x]  # once for Q, K and V
+    x = he.ensure_levels(backend, x, 1, "linear", bound)  # once for Q, K and V
     q, k, v = (_linear(backend, x, w, key, layout, bound) for key in "qkv")
     clock("Q, K, V projections")
     scores = at.scores(backend, q, k, att, bound, w.heads)
@@ -334,7 +334,7 @@ def encrypted_layer(
     ffn = _linear(backend, h1, w, "ffn1", layout, bound, 1.0 / cheb.bound if cheb else 1.0)
     clock("FFN in")
     if cheb is not None:
-        ffn = [hn.gelu_chebyshev(backend, c, cheb, prescaled=True) for c in ffn]
+        ffn = hn.gelu_chebyshev_many(backend, ffn, cheb, prescaled=True)
     else:
         ffn = [hn.gelu(backend, c, config.gelu) for c in ffn]
     clock("GELU")

@@ -174,7 +174,7 @@ class NexusClassifier:
                 stats.append({"seconds": seconds, "bootstraps": dict(boots)})
         # The head on every token at once, then only [CLS]'s logits are kept: the client must
         # not get the head applied to the other tokens' states.
-        x = [he.ensure_level(backend, c, 2, "head", self.configs[-1].activation_bound) for c in x]
+        x = he.ensure_levels(backend, x, 2, "head", self.configs[-1].activation_bound)
         out = mm.matmul_plain(backend, x, self.head_w, layout)[0]
         classes = self.head_w.shape[1]
         if output == "logits":
