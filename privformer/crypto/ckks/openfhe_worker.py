@@ -308,9 +308,8 @@ class Worker:
             raise ValueError("this chain has no unpacking level: set complex_packing")
         x, y = self._aligned(a, b)
         scale = 2.0 ** -(shift + 1)
-        z = self.cc.EvalAdd(
-            self.cc.EvalMult(x, scale), self.cc.EvalMult(y, self._constant(1j * scale, y.GetLevel()))
-        )
+        i_scale = self._constant(1j * scale, y.GetLevel())
+        z = self.cc.EvalAdd(self.cc.EvalMult(x, scale), self.cc.EvalMult(y, i_scale))
         z = self._eval_bootstrap(z)
         keys = self.cc.GetEvalAutomorphismKeyMap(self.keys.publicKey.GetKeyTag())
         conj = self.cc.EvalAutomorphism(z, self.cc.GetCyclotomicOrder() - 1, keys)

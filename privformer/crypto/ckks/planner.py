@@ -4,10 +4,11 @@ The problem (Orion, ASPLOS 2025, for a chain): a computation is a sequence of st
 consuming ``depth`` levels, run on ``live`` ciphertexts, and costing more at higher levels
 (every prime in the chain is work). Before any step the ciphertexts may be bootstrapped back to
 ``top`` levels, at ``ceil(live / per_bootstrap) x bootstrap_seconds`` (``per_bootstrap`` = 2
-with complex packing, two real ciphertexts in one bootstrap); between steps they may also be dropped to a
-lower level for free (a rescale), since a cheaper level is worth it when a step needs few
-levels. ``plan`` finds the placement of minimum total seconds: bootstraps land where the fewest
-ciphertexts are live, and each step runs at the lowest level that still serves the rest.
+with complex packing, two real ciphertexts in one bootstrap); between steps they may also be
+dropped to a lower level for free (a rescale), since a cheaper level is worth it when a step
+needs few levels. ``plan`` finds the placement of minimum total seconds: bootstraps land where
+the fewest ciphertexts are live, and each step runs at the lowest level that still serves the
+rest.
 
 Contract: every step's ``depth`` must fit one bootstrap window (``depth <= top``), or
 ``PlanError`` names the step; the start level is what the input ciphertexts have.
