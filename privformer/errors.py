@@ -21,6 +21,10 @@ class KeyMismatchError(PrivformerError):
     """A key was made for a different model than the one it is used with."""
 
 
+class UnknownKeyError(PrivformerError):
+    """A request names an evaluation-key id the server does not hold: upload the keys first."""
+
+
 class InputError(PrivformerError, ValueError):
     """An input tensor or request has the wrong shape, dtype or values."""
 

@@ -3,11 +3,16 @@
 privformer nexus run TEXT... [--mode plain|simulate] [--model minilm-rt-probe]
                              [--operators depth-aware|paper] [--json]
 privformer nexus plan TEXT [--model minilm-rt-probe] [--window 7] [--json]
+privformer nexus serve MODEL [--backend openfhe|seal] [--keys-dir DIR] [--port 8000]
+privformer nexus keygen --server URL --keys DIR [--no-upload]
+privformer nexus query --server URL --keys DIR --model MODEL --text TEXT... [--return argmax|logits]
 
 ``plan`` runs the encrypted circuit on ``FloatBackend`` (float64 with CKKS's levels) and prints,
 per layer, the bootstraps each stage needs in windows of ``--window`` levels, and the planner's
-plan of one layer's main chain. The encrypted client and server (keygen, serve, query) are the
-next step of the NEXUS work; ``--mode private`` says so.
+plan of one layer's main chain. ``serve`` runs the server (layers and head); ``keygen`` makes
+the client's keys for the server's spec and uploads the evaluation keys once; ``query`` sends one
+encrypted request per text and decrypts the reply. The client's ``--model`` is a built-in name or
+the client folder of ``save_pretrained`` (embedding tables and tokenizer).
 """
 
 from __future__ import annotations
@@ -97,6 +102,123 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _server_classifier(model: str, layers: int | None):
+    import dataclasses
+
+    import privformer as pf
+
+    loaded = pf.load(model, protocol="nexus")
+    clf = loaded.classifier
+    if layers is not None:
+        if not 0 <= layers <= len(clf.layers):
+            raise SystemExit(f"--layers must be 0..{len(clf.layers)}")
+        clf = dataclasses.replace(clf, layers=clf.layers[:layers], configs=clf.configs[:layers])
+    return loaded.name, clf
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from privformer.models.registry import cache_dir
+    from privformer.protocols.nexus.service import BackendChoice, NexusServer
+    from privformer.transport.http_server import ServerLimits
+    from privformer.transport.nexus_http import run_nexus_server
+
+    name, clf = _server_classifier(args.model, args.layers)
+    choice = BackendChoice(args.backend, preset=args.preset)
+    keys_dir = args.keys_dir or cache_dir() / "nexus-server-keys"
+    server = NexusServer(clf, keys_dir, choice, name=name, max_loaded=args.max_loaded)
+    stages = 10 * len(clf.layers)  # a layer's stages (layer.encrypted_layer's clock)
+    bar: dict[str, tqdm] = {}
+
+    def progress(layer: int, stage: str) -> None:
+        if "bar" not in bar or bar["bar"].n >= stages:
+            bar["bar"] = tqdm(total=stages, desc="encrypted query", unit="stage")
+        bar["bar"].set_postfix_str(f"layer {layer}: {stage}")
+        bar["bar"].update(1)
+
+    run_nexus_server(
+        server,
+        host=args.host,
+        port=args.port,
+        ready_file=args.ready_file,
+        limits=ServerLimits(request_timeout_s=args.request_timeout),
+        progress=progress if stages else None,
+    )
+    return 0
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from privformer.protocols.nexus.service import NexusClient, choice_from_spec
+    from privformer.transport.nexus_http import NexusHttpClient
+
+    keys = Path(args.keys)
+    with NexusHttpClient(args.server) as http:
+        spec = http.spec()
+        choice = choice_from_spec(spec)
+        print(f"making {choice.kind} keys for {spec['model']} ({spec['slots']} slots) in {keys}")
+        sizes = NexusClient.make_keys(spec, keys)
+        total = sum(sizes.values())
+        print(f"evaluation keys: {total / 1e6:.1f} MB ({', '.join(sizes)}); secret key stays here")
+        if args.no_upload:
+            return 0
+        with tqdm(total=total, unit="B", unit_scale=True, desc="uploading keys") as bar:
+            key_id = http.upload_keys(keys / NexusClient.EVAL_DIR, bar.update)
+    print(f"key id {key_id}")
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from privformer.protocols.nexus.service import NexusClient
+    from privformer.transport.nexus_http import NexusHttpClient
+
+    with NexusHttpClient(args.server) as http:
+        spec = http.spec()
+        if Path(args.model).is_dir():
+            client = NexusClient.from_folder(Path(args.model), spec)
+        else:
+            import privformer as pf
+
+            loaded = pf.load(args.model, protocol="nexus")
+            c = loaded.classifier
+            client = NexusClient(c.tables, loaded.tokenizer, spec, c.tokens, c.pad_id)
+        client.open_keys(args.keys)
+        rows = []
+        for text in args.text:
+            start = time.perf_counter()
+            request = client.request(text, output=args.output)
+            reply = client.read_reply(http.classify(request))
+            rows.append(
+                {
+                    "text": text,
+                    "label": reply.label,
+                    "scores": reply.scores.tolist(),
+                    "output": reply.output,
+                    "seconds": time.perf_counter() - start,
+                    "server_seconds": reply.server_seconds,
+                    "bootstraps": reply.bootstraps,
+                    "bytes_up": len(request),
+                }
+            )
+    if args.json:
+        print(json.dumps({"results": rows}))
+        return 0
+    for row in rows:
+        scores = ", ".join(f"{v:+.4f}" for v in row["scores"])
+        print(
+            f"{row['text']!r}: class {row['label']} ({row['output']} {scores}; "
+            f"{row['seconds']:.1f} s, {row['bootstraps']} bootstraps)"
+        )
+    return 0
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     nexus = sub.add_parser("nexus", help="NEXUS: non-interactive CKKS inference")
     cmds = nexus.add_subparsers(dest="nexus_command", required=True)
@@ -128,3 +250,48 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     plan.add_argument("--json", action="store_true", help="print one JSON object")
     plan.set_defaults(func=cmd_plan)
+
+    serve = cmds.add_parser("serve", help="run the NEXUS server (encoder layers and head)")
+    serve.add_argument("model", help="a built-in NEXUS model or a save_pretrained folder")
+    serve.add_argument("--backend", default="openfhe", choices=["openfhe", "seal"])
+    serve.add_argument(
+        "--preset", default="test-small", help="SEAL preset (--backend seal: no bootstrapping)"
+    )
+    serve.add_argument(
+        "--layers",
+        type=int,
+        default=None,
+        help="serve only the first N encoder layers (transport tests; accuracy is not kept)",
+    )
+    serve.add_argument("--keys-dir", default=None, help="where uploaded key sets are kept")
+    serve.add_argument("--max-loaded", type=int, default=1, help="key sets kept in memory")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--request-timeout", type=float, default=600.0, help="seconds to receive a request"
+    )
+    serve.add_argument("--ready-file", default=None, help=argparse.SUPPRESS)
+    serve.set_defaults(func=cmd_serve)
+
+    keygen = cmds.add_parser("keygen", help="make keys for a server and upload its evaluation keys")
+    keygen.add_argument("--server", required=True, help="the server's URL")
+    keygen.add_argument("--keys", required=True, help="folder for the keys (secret key included)")
+    keygen.add_argument("--no-upload", action="store_true", help="make the keys only")
+    keygen.set_defaults(func=cmd_keygen)
+
+    query = cmds.add_parser("query", help="classify texts through a NEXUS server, encrypted")
+    query.add_argument("--server", required=True, help="the server's URL")
+    query.add_argument("--keys", required=True, help="keygen's folder")
+    query.add_argument(
+        "--model", required=True, help="a built-in name or save_pretrained's client folder"
+    )
+    query.add_argument("--text", nargs="+", required=True)
+    query.add_argument(
+        "--return",
+        dest="output",
+        default="argmax",
+        choices=["argmax", "logits"],
+        help="the encrypted one-hot argmax (NEXUS's reply) or [CLS]'s logits",
+    )
+    query.add_argument("--json", action="store_true", help="print one JSON object")
+    query.set_defaults(func=cmd_query)

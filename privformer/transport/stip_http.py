@@ -21,13 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-import time
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from privformer.errors import (
@@ -42,10 +39,9 @@ from privformer.errors import (
 )
 from privformer.protocols.stip.cloud import StipCloud
 from privformer.transport import tensors as wire
+from privformer.transport.http_server import install_error_handlers, quiet_accept_errors
 
-log = logging.getLogger("privformer.server")
-
-_STATUS = {
+_STATUS: dict[type[PrivformerError], int] = {
     PayloadTooLargeError: 413,
     ReplyTooLargeError: 413,
     WireFormatError: 400,
@@ -58,37 +54,12 @@ _STATUS = {
 EXPIRY_SWEEP_S = 5.0
 
 
-def _status_of(exc: PrivformerError) -> int:
-    for cls, status in _STATUS.items():
-        if isinstance(exc, cls):
-            return status
-    return 400
-
-
-def _error(status: int, kind: str, detail: str) -> JSONResponse:
-    return JSONResponse({"error": kind, "detail": detail}, status_code=status)
-
-
-def _rate_limited_loop_errors() -> None:
-    """asyncio logs a traceback per failed ``accept`` (EMFILE) and retries every second or
-    faster; keep one line per 10 s so a descriptor shortage cannot fill the disk."""
-    loop = asyncio.get_running_loop()
-    last = {"t": -1e9}
-
-    def handler(loop: asyncio.AbstractEventLoop, context: dict) -> None:
-        if time.monotonic() - last["t"] > 10:
-            last["t"] = time.monotonic()
-            log.warning("event loop: %s %s", context.get("message"), context.get("exception"))
-
-    loop.set_exception_handler(handler)
-
-
 def create_app(cloud: StipCloud, *, max_body_bytes: int = wire.MAX_PAYLOAD_BYTES) -> FastAPI:
     """Build the FastAPI app serving one loaded ``StipCloud``."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        _rate_limited_loop_errors()
+        quiet_accept_errors()
 
         async def sweep() -> None:
             while True:
@@ -105,16 +76,7 @@ def create_app(cloud: StipCloud, *, max_body_bytes: int = wire.MAX_PAYLOAD_BYTES
     # client leaves before their turn.
     compute_gate = asyncio.Lock()
 
-    @app.exception_handler(PrivformerError)
-    async def _privformer_error(_request: Request, exc: PrivformerError) -> JSONResponse:
-        return _error(_status_of(exc), type(exc).__name__, str(exc))
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()
-        )
-        return _error(422, "InputError", problems)
+    install_error_handlers(app, _STATUS)
 
     async def _payload(request: Request) -> dict:
         declared = request.headers.get("content-length")

@@ -13,69 +13,13 @@ tasks uvicorn answers 503. Per-request and session limits are ``CloudLimits``.
 
 from __future__ import annotations
 
-import asyncio
-import socket
-from dataclasses import dataclass
 from pathlib import Path
 
-from uvicorn.protocols.http.h11_impl import H11Protocol
-
 from privformer.protocols.stip.cloud import CloudLimits
+from privformer.transport.http_server import ServerLimits, listening_socket, serve
 from privformer.transport.processes import ChildProcess, announce_port
-from privformer.transport.tensors import MAX_PAYLOAD_BYTES
 
-
-@dataclass(frozen=True)
-class ServerLimits:
-    """The HTTP side's limits; every one is a ``privformer stip serve`` option."""
-
-    max_body_bytes: int = MAX_PAYLOAD_BYTES
-    max_connections: int = 256
-    request_timeout_s: float = 30.0
-    idle_timeout_s: int = 5
-
-
-def _protocol_with_request_timeout(timeout_s: float) -> type[H11Protocol]:
-    """uvicorn's h11 protocol plus a deadline for receiving each request (uvicorn has none:
-    a connection that never finishes its headers is otherwise held forever)."""
-
-    class DeadlineProtocol(H11Protocol):
-        _deadline: asyncio.TimerHandle | None = None
-
-        def _arm(self) -> None:
-            self._disarm()
-            self._deadline = self.loop.call_later(timeout_s, self._expire)
-
-        def _disarm(self) -> None:
-            if self._deadline is not None:
-                self._deadline.cancel()
-                self._deadline = None
-
-        def _expire(self) -> None:
-            cycle = self.cycle
-            waiting_for_request = cycle is None or cycle.response_complete or cycle.more_body
-            if waiting_for_request and not self.transport.is_closing():
-                self.transport.close()
-
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            self._arm()
-
-        def handle_events(self) -> None:
-            super().handle_events()
-            cycle = self.cycle
-            if cycle is not None and not cycle.more_body and not cycle.response_complete:
-                self._disarm()  # the request is complete: its compute is not timed here
-
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            self._arm()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
-            super().connection_lost(exc)
-
-    return DeadlineProtocol
+__all__ = ["ServerLimits", "ServerProcess", "run_stip_server"]
 
 
 def run_stip_server(
@@ -88,22 +32,13 @@ def run_stip_server(
     cloud_limits: CloudLimits | None = None,
 ) -> None:
     """Load the cloud checkpoint at ``path`` and serve it until interrupted."""
-    import uvicorn
-
     from privformer.protocols.stip.cloud import StipCloud
     from privformer.transport.stip_http import create_app
 
     limits = limits or ServerLimits()
     cloud = StipCloud(path, cloud_limits)
     app = create_app(cloud, max_body_bytes=limits.max_body_bytes)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    # Accepted connections inherit TCP_NODELAY. Without it a kept-alive connection meets Nagle's
-    # algorithm and the peer's delayed ACK: measured 44 ms per request instead of 1 ms.
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind((host, port))
-    sock.listen(128)  # listening now: connections queue until uvicorn accepts them
+    sock = listening_socket(host, port)
     bound = sock.getsockname()[1]
     print(
         f"privformer: serving {cloud.manifest['family']} STIP {cloud.manifest['scheme']} "
@@ -111,14 +46,7 @@ def run_stip_server(
         flush=True,
     )
     announce_port(ready_file, bound)
-    config = uvicorn.Config(
-        app,
-        log_level="warning",
-        http=_protocol_with_request_timeout(limits.request_timeout_s),
-        limit_concurrency=limits.max_connections,
-        timeout_keep_alive=limits.idle_timeout_s,
-    )
-    uvicorn.Server(config).run(sockets=[sock])
+    serve(app, sock, limits)
 
 
 class ServerProcess(ChildProcess):

@@ -154,6 +154,11 @@ class CKKSBackend(ABC):
                 )
 
     # --- keys ----------------------------------------------------------------------------------
+    def export_keys(self, folder: Any, secret_path: Any) -> dict[str, int]:
+        """Evaluation keys (and ``keys.json``) into ``folder``, the secret key to
+        ``secret_path``: what ``crypto.ckks.keys.load_key_set`` reads. Per file, its bytes."""
+        raise CryptoError(f"{type(self).__name__} cannot export its keys")
+
     @abstractmethod
     def generate_rotation_keys(self, steps: Sequence[int]) -> None:
         """Make keys for these rotation steps (only those: Galois keys are large)."""

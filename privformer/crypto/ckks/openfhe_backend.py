@@ -222,6 +222,7 @@ class OpenFHEBackend(CKKSBackend):
         folder, secret_path = Path(folder), Path(secret_path)
         sizes = self._call("export_keys", str(folder), str(secret_path))
         manifest = {
+            "backend": "openfhe",
             "levels": self.top,
             "bootstrap_precision": self._precision,
             "chain": self._chain_overrides,

@@ -14,10 +14,13 @@ with an encoded 1. So ciphertexts that reach a level by different paths add with
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
-import secrets
 import tempfile
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tenseal.sealapi as seal
@@ -26,6 +29,7 @@ from privformer.crypto.ckks.backend import Bootstrapper, Ciphertext, CKKSBackend
 from privformer.crypto.ckks.presets import Preset, get_preset
 from privformer.errors import (
     CiphertextFormatError,
+    CryptoError,
     InputError,
     InsecureParametersError,
     LevelError,
@@ -41,7 +45,18 @@ class SealBackend(CKKSBackend):
         """``bootstrapper``: SEAL has no CKKS bootstrapping, so None (bootstrap raises) or
         ``SecretKeyRefresh`` for tests and accuracy studies."""
         self.bootstrapper = bootstrapper
-        self.preset: Preset = get_preset(preset) if isinstance(preset, str) else preset
+        self._build_context(get_preset(preset) if isinstance(preset, str) else preset)
+        keygen = seal.KeyGenerator(self.context)
+        public = seal.PublicKey()
+        keygen.create_public_key(public)
+        self._relin = seal.RelinKeys()
+        keygen.create_relin_keys(self._relin)
+        self._keygen: Any = keygen  # sealapi has no type stubs
+        self._use_keys(public, keygen.secret_key())
+
+    def _build_context(self, preset: Preset) -> None:
+        """SEAL's context of ``preset`` (128-bit checked twice), its levels and exact scales."""
+        self.preset: Preset = preset
         self.preset.check_security()
         n = self.preset.ring_dim
         parms = seal.EncryptionParameters(seal.SCHEME_TYPE.CKKS)
@@ -54,7 +69,6 @@ class SealBackend(CKKSBackend):
                 f"SEAL refused preset {self.preset.name!r}: "
                 f"{self.context.parameter_error_message()}"
             )
-        self.context_id = secrets.token_hex(8)
         data = self.context.first_context_data()
         self._parms: dict[int, object] = {}
         self._prime: dict[int, float] = {}
@@ -67,26 +81,90 @@ class SealBackend(CKKSBackend):
         self._scale = {self.top: float(2**self.preset.scale_bits)}
         for level in range(self.top, 0, -1):
             self._scale[level - 1] = self._scale[level] ** 2 / self._prime[level]
-
-        keygen = seal.KeyGenerator(self.context)
-        self._secret = keygen.secret_key()
-        public = seal.PublicKey()
-        keygen.create_public_key(public)
-        self._relin = seal.RelinKeys()
-        keygen.create_relin_keys(self._relin)
-        self._keygen = keygen
-        self._galois: object | None = None
+        self._galois: Any = None
         self._galois_steps: set[int] = set()
         self.encoder = seal.CKKSEncoder(self.context)
-        self.encryptor = seal.Encryptor(self.context, public)
-        self.decryptor = seal.Decryptor(self.context, self._secret)
         self.evaluator = seal.Evaluator(self.context)
+
+    def _use_keys(self, public, secret) -> None:
+        """Encrypt under ``public``; decrypt with ``secret`` (None: a server, which cannot).
+        The context id is derived from the public key, so the client's and the server's
+        processes agree on it and refuse other keys' ciphertexts."""
+        self._public, self._secret = public, secret
+        self.encryptor = seal.Encryptor(self.context, public)
+        self.decryptor = None if secret is None else seal.Decryptor(self.context, secret)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "public_key.bin")
+            public.save(path)
+            with open(path, "rb") as f:
+                self.context_id = hashlib.sha256(f.read()).digest()[:8].hex()
+
+    # --- keys across processes ------------------------------------------------------------------
+    KEY_FILES = ("public_key.bin", "relin_keys.bin", "galois_keys.bin")
+
+    def export_keys(self, folder: str | Path, secret_path: str | Path) -> dict[str, int]:
+        """The evaluation keys (public, relinearisation, rotations) and ``keys.json`` into
+        ``folder``, the secret key to ``secret_path``; returns each key file's size."""
+        if self._secret is None:
+            raise CryptoError("only the backend that generated the keys can export them")
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self._public.save(str(folder / "public_key.bin"))
+        self._relin.save(str(folder / "relin_keys.bin"))
+        if self._galois is not None:
+            self._galois.save(str(folder / "galois_keys.bin"))
+        self._secret.save(str(secret_path))
+        sizes = {p.name: p.stat().st_size for p in folder.iterdir() if p.suffix == ".bin"}
+        manifest = {
+            "backend": "seal",
+            "preset": self.preset.name,
+            "rotation_keys": sorted(self._galois_steps),
+            "key_bytes": sizes,
+        }
+        (folder / "keys.json").write_text(json.dumps(manifest, indent=1))
+        return sizes
+
+    @classmethod
+    def from_keys(cls, folder: str | Path, secret_path: str | Path | None = None) -> SealBackend:
+        """A backend from ``export_keys``' folder: without ``secret_path`` the server's
+        (evaluates, cannot decrypt), with it the client's."""
+        folder = Path(folder)
+        try:
+            manifest = json.loads((folder / "keys.json").read_text())
+            preset = get_preset(str(manifest["preset"]))
+            steps = {int(s) for s in manifest.get("rotation_keys", [])}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CryptoError(f"{folder} holds no SEAL key set (keys.json): {exc}") from exc
+        backend = cls.__new__(cls)
+        backend.bootstrapper = None
+        backend._build_context(preset)
+        backend._keygen = None
+
+        def load(kind, path: Path):
+            key = kind()
+            try:
+                key.load(backend.context, str(path))
+            except Exception as exc:  # sealapi raises RuntimeError/ValueError on bad files
+                raise CryptoError(f"{path.name} is not a SEAL key of this preset: {exc}") from exc
+            return key
+
+        public = load(seal.PublicKey, folder / "public_key.bin")
+        backend._relin = load(seal.RelinKeys, folder / "relin_keys.bin")
+        if steps:
+            backend._galois = load(seal.GaloisKeys, folder / "galois_keys.bin")
+            backend._galois_steps = steps
+        secret = None if secret_path is None else load(seal.SecretKey, Path(secret_path))
+        backend._use_keys(public, secret)
+        return backend
 
     # --- keys ----------------------------------------------------------------------------------
     def generate_rotation_keys(self, steps: Sequence[int]) -> None:
         wanted = self._galois_steps | {int(s) % self.slots for s in steps if int(s) % self.slots}
         if wanted == self._galois_steps:
             return
+        if self._keygen is None:
+            missing = sorted(wanted - self._galois_steps)
+            raise CryptoError(f"no rotation keys for steps {missing}: only the client makes keys")
         galois = seal.GaloisKeys()
         # SEAL wants Galois elements: a left rotation by k slots is the automorphism X -> X^(3^k).
         modulus = 2 * self.preset.ring_dim
@@ -135,6 +213,8 @@ class SealBackend(CKKSBackend):
 
     def decrypt(self, ct: Ciphertext) -> np.ndarray:
         self._own(ct)
+        if self.decryptor is None:
+            raise CryptoError("this side holds no secret key: only the client decrypts")
         plain = seal.Plaintext()
         self.decryptor.decrypt(ct.handle, plain)
         return np.asarray(self.encoder.decode_double(plain))[: ct.length]

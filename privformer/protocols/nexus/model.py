@@ -109,8 +109,7 @@ class NexusClassifier:
         per-layer configs are set; else unpadded), and the number of real tokens."""
         if self.configs is None:
             return self.tables.embed(torch.as_tensor(np.asarray(ids))).numpy(), len(ids)
-        padded = cal.padded(ids, self.tokens, self.pad_id)
-        return self.tables.embed(torch.as_tensor(padded)).numpy(), len(ids)
+        return embed_padded(self.tables, ids, self.tokens, self.pad_id)
 
     def logits(self, ids: Sequence[int], mode: str = "simulate") -> np.ndarray:
         """Class logits of one sequence (1-D ids, [CLS] first): ``plain`` or ``simulate``."""
@@ -129,9 +128,12 @@ class NexusClassifier:
         classes = self.head_w.shape[1]
         gather = [c * (self.tokens - 1) for c in range(1, classes)]
         argmax = hn.argmax_rotations(classes, slots)
-        return sorted(
-            set(rotation_steps(layout, self.layers[0].head_dim)) | set(gather) | set(argmax)
+        layers = (
+            rotation_steps(layout, self.layers[0].head_dim)
+            if self.layers
+            else mm.rotation_steps(layout)
         )
+        return sorted(set(layers) | set(gather) | set(argmax))
 
     def argmax_onehot(self, logits: np.ndarray) -> np.ndarray:
         """The simulate twin of the encrypted reply: NEXUS's one-hot argmax of the logits."""
@@ -174,7 +176,8 @@ class NexusClassifier:
                 stats.append({"seconds": seconds, "bootstraps": dict(boots)})
         # The head on every token at once, then only [CLS]'s logits are kept: the client must
         # not get the head applied to the other tokens' states.
-        x = he.ensure_levels(backend, x, 2, "head", self.configs[-1].activation_bound)
+        bound = (self.configs[-1] if self.configs else DEFAULT_LAYER).activation_bound
+        x = he.ensure_levels(backend, x, 2, "head", bound)
         out = mm.matmul_plain(backend, x, self.head_w, layout)[0]
         classes = self.head_w.shape[1]
         if output == "logits":
@@ -198,7 +201,7 @@ class NexusClassifier:
 
     def read_logits(self, values: np.ndarray) -> np.ndarray:
         """The client's part: the logits from the decrypted reply's slots."""
-        return np.asarray(values)[:: self.tokens][: self.head_w.shape[1]]
+        return read_logits(values, self.tokens, self.head_w.shape[1])
 
     # --- artifacts ----------------------------------------------------------------------------
     def save(self, server_dir: str | Path, client_dir: str | Path) -> None:
@@ -249,7 +252,6 @@ class NexusClassifier:
         from safetensors.numpy import load_file
 
         dims = read_manifest(server_dir, PROTOCOL, ("server",), FORMAT_VERSION)
-        client = read_manifest(client_dir, PROTOCOL, ("client",), FORMAT_VERSION)
         t = load_file(str(Path(server_dir) / "weights.safetensors"))
         layers = []
         for i in range(int(dims["layers"])):
@@ -264,15 +266,7 @@ class NexusClassifier:
                     float(dims["eps"]),
                 )
             )
-        c = load_file(str(Path(client_dir) / "tables.safetensors"))
-        c64 = {k: torch.from_numpy(v) for k, v in c.items()}
-        tables = EmbeddingTables(
-            c64["word"],
-            c64["position"],
-            c64["type0"],
-            (c64["ln.g"], c64["ln.b"]),
-            float(client["eps"]),
-        )
+        tables, _tokens, pad_id = load_client_part(client_dir)
         configs = None
         if (Path(server_dir) / "configs.json").is_file():
             raw = json.loads((Path(server_dir) / "configs.json").read_text())
@@ -284,11 +278,42 @@ class NexusClassifier:
             t["head.b"],
             configs=configs,
             tokens=int(dims.get("tokens", 128)),
-            pad_id=int(client.get("pad_id", 0)),
+            pad_id=pad_id,
             argmax=approx.argmax.ArgmaxConfig(
                 bound=float(dims.get("argmax_bound", approx.argmax.DEFAULT_ARGMAX.bound))
             ),
         )
 
 
-__all__ = ["NexusClassifier"]
+def read_logits(values: np.ndarray, tokens: int, classes: int) -> np.ndarray:
+    """The logits in a decrypted ``output="logits"`` reply: logit c sits in slot c * tokens."""
+    return np.asarray(values)[::tokens][:classes]
+
+
+def embed_padded(
+    tables: EmbeddingTables, ids: Sequence[int], tokens: int, pad_id: int
+) -> tuple[np.ndarray, int]:
+    """The client's embeddings: (tokens x hidden) of ``ids`` padded with [PAD], and the number
+    of real tokens."""
+    padded = cal.padded(ids, tokens, pad_id)
+    return tables.embed(torch.as_tensor(padded)).numpy(), len(ids)
+
+
+def load_client_part(client_dir: str | Path) -> tuple[EmbeddingTables, int, int]:
+    """The client folder of ``NexusClassifier.save``: (embedding tables, tokens, pad id)."""
+    from safetensors.numpy import load_file
+
+    client = read_manifest(client_dir, PROTOCOL, ("client",), FORMAT_VERSION)
+    c = load_file(str(Path(client_dir) / "tables.safetensors"))
+    c64 = {k: torch.from_numpy(v) for k, v in c.items()}
+    tables = EmbeddingTables(
+        c64["word"],
+        c64["position"],
+        c64["type0"],
+        (c64["ln.g"], c64["ln.b"]),
+        float(client["eps"]),
+    )
+    return tables, int(client.get("tokens", 128)), int(client.get("pad_id", 0))
+
+
+__all__ = ["NexusClassifier", "embed_padded", "load_client_part", "read_logits"]
