@@ -53,14 +53,15 @@ def _openfhe_bootstrap_seconds() -> float:
     return next(r["bootstrap_s"] for r in rows if "(default)" in r["set"])
 
 
-def _plan(model, texts: list[str], slots: int = SLOTS) -> dict:
-    """Bootstraps per layer and stage, and circuit vs twin, on ``texts``."""
+def _plan(model, texts: list[str], slots: int = SLOTS, **backend_options) -> dict:
+    """Bootstraps per layer and stage, and circuit vs twin, on ``texts`` (``backend_options``:
+    FloatBackend's complex packing settings; default: OpenFHE's default chain)."""
     clf, tok = model.classifier, model.tokenizer
     per_layer: list[dict[str, int]] = []
     diffs, seconds = [], []
     for text in texts:
         ids = tok(text, truncation=True, max_length=TOKENS)["input_ids"]
-        backend = FloatBackend(slots, WINDOW)
+        backend = FloatBackend(slots, WINDOW, **backend_options)
         backend.generate_rotation_keys(clf.rotation_steps(slots))
         x, real = clf.embed(ids)
         layout = clf.layout(backend)
@@ -133,6 +134,8 @@ def _report(rows: list[dict], boot_s: float) -> None:
             "max_per_layer",
             "target_per_layer",
             "plan_planner_main_chain_per_layer",
+            "bootstraps_no_complex_packing",
+            "bootstraps_pair_level",
             "bootstraps_one_head_per_ciphertext",
             "bootstrap_minutes_at_openfhe_speed",
             "plan_circuit_vs_simulate_max_logit_diff",
@@ -157,7 +160,8 @@ def _report(rows: list[dict], boot_s: float) -> None:
             "slots": SLOTS,
             "window_levels": WINDOW,
             "openfhe_bootstrap_s": boot_s,
-            "not_measured": "an encrypted end-to-end run (client and server processes, OpenFHE)",
+            "complex_packing": "default chain: pairs where a step leaves a level spare",
+            "not_measured": "encrypted queries: bench/nexus_encrypted.py (nexus_encrypted.json)",
             "rows": rows,
         },
     )
@@ -181,6 +185,9 @@ def main() -> None:
         model = pf.load(name, protocol="nexus")
         plan = _plan(model, [t for t, _ in test[:PLAN_SENTENCES]])
         one_head = _plan(model, [t for t, _ in test[:1]], SLOTS_ONE_HEAD)
+        one = [t for t, _ in test[:1]]
+        unpacked = _plan(model, one, complex_packing=False)
+        whole_windows = _plan(model, one, pair_level_loss=0)
         acc = _accuracy(model, test[: args.limit])
         per_layer = plan["bootstraps_per_layer"]
         rows.append(
@@ -194,6 +201,8 @@ def main() -> None:
                 "paper_operators_per_layer": PAPER_BOOTSTRAPS_PER_LAYER,
                 "bootstrap_minutes_at_openfhe_speed": sum(per_layer) * boot_s / 60,
                 "bootstraps_one_head_per_ciphertext": one_head["bootstraps_per_layer"],
+                "bootstraps_no_complex_packing": unpacked["bootstraps_per_layer"],
+                "bootstraps_pair_level": whole_windows["bootstraps_per_layer"],
                 **{f"plan_{k}": v for k, v in plan.items()},
                 **{f"accuracy_{k}": v for k, v in acc.items()},
             }

@@ -22,7 +22,9 @@ name the model registry resolves (``minilm``, ``smollm2``, ``random:NAME``, a lo
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import tempfile
 import time
 from abc import ABC, abstractmethod
@@ -38,7 +40,6 @@ from privformer.errors import (
     ArtifactError,
     InputError,
     UnknownNameError,
-    UnsupportedModeError,
     UnsupportedModelError,
 )
 
@@ -305,7 +306,7 @@ class CipherPruneModel(PrivateModel):
 class NexusModel(PrivateModel):
     """NEXUS's classifier: the client embeds, the server runs the encoder and head under CKKS.
 
-    ``private`` mode raises ``UnsupportedModeError`` until the encrypted end-to-end model lands.
+    ``private`` mode runs client and server processes on OpenFHE (slow: see ``_private``).
     """
 
     protocol = "nexus"
@@ -340,16 +341,33 @@ class NexusModel(PrivateModel):
 
     def _predict(self, texts: list[str], mode: Mode) -> Result:
         if mode is Mode.PRIVATE:
-            raise UnsupportedModeError(
-                "NEXUS runs in plain and simulate modes so far; the encrypted circuit exists "
-                "(NexusClassifier.forward_circuit, `privformer nexus plan`), its client and server "
-                "processes are the next step of the NEXUS work"
-            )
+            return self._private(texts)
         rows = []
         for text in texts:
             ids = self.tokenizer(text, truncation=True, max_length=self.classifier.tokens)
             rows.append(torch.from_numpy(self.classifier.logits(ids["input_ids"], mode.value)))
         return Result(self.protocol, mode, torch.stack(rows), 0.0)
+
+    def _private(self, texts: list[str]) -> Result:
+        """Client and server processes on OpenFHE: this deployment saved, served by a child
+        process, keys made here (in the cache, by model) and uploaded once. Slow: about 75
+        minutes per sentence for a 2-layer MiniLM on 2 cores (docs/nexus.md)."""
+        from privformer.models.registry import cache_dir
+        from privformer.protocols.nexus.service import NexusClient
+        from privformer.transport.nexus_http import NexusHttpClient, NexusServerProcess
+
+        c = self.classifier
+        with tempfile.TemporaryDirectory() as tmp:
+            deployment = self.save_pretrained(Path(tmp) / "deployment")
+            options = ["--keys-dir", str(Path(tmp) / "registry")]
+            with (
+                NexusServerProcess(str(deployment), options=options) as server,
+                NexusHttpClient(server.url) as http,
+            ):
+                spec = http.spec()
+                client = NexusClient(c.tables, self.tokenizer, spec, c.tokens, c.pad_id)
+                keys = cache_dir() / "nexus-client-keys" / self.name
+                return _nexus_queries(http, client, keys, texts)
 
     def save_pretrained(self, out: str | Path) -> Path:
         """``out/server/`` (layers and head) and ``out/client/`` (embedding tables, tokenizer)."""
@@ -358,6 +376,42 @@ class NexusModel(PrivateModel):
         self.tokenizer.save_pretrained(out / "client")
         self._write_root(out, server="server", client="client")
         return out
+
+
+def _nexus_queries(http: Any, client: Any, keys: Path, texts: list[str]) -> Result:
+    """Encrypted NEXUS queries of ``texts`` (logits), with the keys in ``keys``: made there
+    for the server's spec if missing or for other parameters, uploaded if the server lacks them."""
+    import json
+
+    from privformer.protocols.nexus.service import NexusClient
+
+    spec_file = keys / "spec.json"
+    if not spec_file.is_file() or json.loads(spec_file.read_text()) != http.spec():
+        shutil.rmtree(keys, ignore_errors=True)
+        NexusClient.make_keys(client.spec, keys)
+        spec_file.write_text(json.dumps(client.spec))
+    key_id = client.open_keys(keys)
+    if not http.has_keys(key_id):
+        http.upload_keys(keys / NexusClient.EVAL_DIR)
+    logits, sent, received, real = [], 0, 0, []
+    for text in texts:
+        request = client.request(text, output="logits")
+        reply = http.classify(request)
+        logits.append(torch.from_numpy(client.read_reply(reply).scores))
+        sent, received = sent + len(request), received + len(reply)
+        real.append(
+            len(client.tokenizer(text, truncation=True, max_length=client.tokens)["input_ids"])
+        )
+    return Result(
+        "nexus",
+        Mode.PRIVATE,
+        torch.stack(logits),
+        0.0,
+        sent,
+        received,
+        len(texts),
+        {"tokens": real},
+    )
 
 
 #: Rotten Tomatoes training sentences the depth-aware NEXUS ranges are calibrated on.
@@ -438,17 +492,29 @@ class Client:
         protocol = str(manifest["protocol"])
         if protocol == "cipherprune" and dealer is None:
             raise InputError("a CipherPrune client needs dealer='HOST:PORT'")
-        if protocol == "nexus":
-            raise UnsupportedModeError(
-                "a NEXUS client and server over the network are the next step of the NEXUS work"
-            )
         return cls(path, protocol, server, dealer)
 
     def predict(self, texts: str | list[str]) -> Result:
         items, start = _texts(texts), time.perf_counter()
-        result = self._stip(items) if self.protocol == "stip" else self._cipherprune(items)
+        if self.protocol == "nexus":
+            result = self._nexus(items)
+        elif self.protocol == "stip":
+            result = self._stip(items)
+        else:
+            result = self._cipherprune(items)
         result.seconds = time.perf_counter() - start
         return result
+
+    def _nexus(self, texts: list[str]) -> Result:
+        from privformer.models.registry import cache_dir
+        from privformer.protocols.nexus.service import NexusClient
+        from privformer.transport.nexus_http import NexusHttpClient
+
+        with NexusHttpClient(self.server) as http:
+            client = NexusClient.from_folder(self.path, http.spec())
+            digest = hashlib.sha256(str(self.path.resolve()).encode()).hexdigest()[:16]
+            keys = cache_dir() / "nexus-client-keys" / digest
+            return _nexus_queries(http, client, keys, texts)
 
     def _stip(self, texts: list[str]) -> Result:
         from privformer.transport.stip_client import StipClient

@@ -74,6 +74,10 @@ class ServerError(PrivformerError):
         self.message = message
 
 
+class ServerUnreachableError(PrivformerError):
+    """No connection to the server (refused, reset or timed out): nothing was answered."""
+
+
 class PeerError(PrivformerError):
     """The other party of a two-party session ended it with an error; the message is its."""
 

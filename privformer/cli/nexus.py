@@ -52,7 +52,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
     model = pf.load(args.model, protocol="nexus")
     clf = model.classifier
     slots = args.slots or 2 * clf.tokens * clf.tokens  # ring 2^16's slots at 128 tokens
-    backend = FloatBackend(slots, args.window, complex_packing=not args.no_complex_packing)
+    backend = FloatBackend(
+        slots,
+        args.window,
+        complex_packing=not args.no_complex_packing,
+        pair_level_loss=0 if args.pair_level else 1,
+    )
     backend.generate_rotation_keys(clf.rotation_steps(slots))
     ids = model.tokenizer(args.text, truncation=True, max_length=clf.tokens)["input_ids"]
     x, real = clf.embed(ids)
@@ -247,6 +252,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--no-complex-packing",
         action="store_true",
         help="one ciphertext per bootstrap (default: two, packed as a + i b)",
+    )
+    plan.add_argument(
+        "--pair-level",
+        action="store_true",
+        help="both halves of a pair keep whole windows (OpenFHE's pair_level chain)",
     )
     plan.add_argument("--json", action="store_true", help="print one JSON object")
     plan.set_defaults(func=cmd_plan)

@@ -4,6 +4,7 @@
 Routes (errors are JSON ``{"error": TYPE, "detail": MESSAGE}`` with a 4xx status; the server
 keeps serving):
 - ``GET  /v1/spec``                       parameters, layout and rotation steps (JSON)
+- ``GET  /v1/keys/{key_id}``               200 if the server holds that key set, else 404
 - ``POST /v1/keys``                       start an upload of evaluation keys: ``{"upload_id"}``
 - ``PUT  /v1/keys/{upload_id}/{file}``    one key-set file, streamed to disk (``keys.json`` and
                                           the backend's key files only)
@@ -43,6 +44,7 @@ from privformer.errors import (
     PayloadTooLargeError,
     PrivformerError,
     ServerError,
+    ServerUnreachableError,
     UnknownKeyError,
     WireFormatError,
 )
@@ -113,6 +115,12 @@ def create_app(
     @app.get("/v1/spec")
     def spec() -> dict:
         return server.spec()
+
+    @app.get("/v1/keys/{key_id}")
+    def has_keys(key_id: str) -> dict:
+        if not server.has_key_set(key_id):
+            raise UnknownKeyError(f"no key set {key_id[:16]}..: upload the keys first")
+        return {"key_id": key_id}
 
     @app.post("/v1/keys")
     def start_upload() -> dict:
@@ -212,6 +220,17 @@ class NexusHttpClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _send(self, method: str, path: str, **kwargs: Any) -> Any:
+        """One HTTP call; a connection failure is a ``ServerUnreachableError`` naming the URL,
+        an error reply a ``ServerError`` with the server's message."""
+        import httpx
+
+        try:
+            reply = self._http.request(method, f"{self.url}{path}", **kwargs)
+        except httpx.TransportError as exc:
+            raise ServerUnreachableError(f"NEXUS server {self.url}: {exc}") from exc
+        return reply
+
     def _checked(self, reply: Any) -> Any:
         if reply.status_code >= 400:
             try:
@@ -223,12 +242,12 @@ class NexusHttpClient:
         return reply
 
     def spec(self) -> dict[str, Any]:
-        return self._checked(self._http.get(f"{self.url}/v1/spec")).json()
+        return self._checked(self._send("GET", "/v1/spec")).json()
 
     def upload_keys(self, folder: str | Path, on_bytes: Callable[[int], None] | None = None) -> str:
         """Upload a key set (every file of ``folder``); returns the server's key id."""
         folder = Path(folder)
-        upload_id = self._checked(self._http.post(f"{self.url}/v1/keys")).json()["upload_id"]
+        upload_id = self._checked(self._send("POST", "/v1/keys")).json()["upload_id"]
 
         def chunks(path: Path) -> Iterator[bytes]:
             with open(path, "rb") as f:
@@ -239,14 +258,22 @@ class NexusHttpClient:
 
         for path in sorted(p for p in folder.iterdir() if p.is_file()):
             self._checked(
-                self._http.put(f"{self.url}/v1/keys/{upload_id}/{path.name}", content=chunks(path))
+                self._send("PUT", f"/v1/keys/{upload_id}/{path.name}", content=chunks(path))
             )
-        reply = self._http.post(f"{self.url}/v1/keys/{upload_id}/commit")
+        reply = self._send("POST", f"/v1/keys/{upload_id}/commit")
         return self._checked(reply).json()["key_id"]
 
+    def has_keys(self, key_id: str) -> bool:
+        reply = self._send("GET", f"/v1/keys/{key_id}")
+        if reply.status_code == 404:
+            return False
+        self._checked(reply)
+        return True
+
     def classify(self, request: bytes) -> bytes:
-        reply = self._http.post(
-            f"{self.url}/v1/classify",
+        reply = self._send(
+            "POST",
+            "/v1/classify",
             content=request,
             headers={"content-type": "application/octet-stream"},
         )

@@ -66,10 +66,13 @@ class Bootstrapper(ABC):
     [-bound, bound] (see ``CKKSBackend.bootstrap``) and returns a ciphertext at ``backend.top``.
 
     ``complex_packing``: two real ciphertexts share one bootstrap, packed as a + i b (THOR,
-    ePrint 2024/1881): ``refresh_pair`` refreshes both and counts one bootstrap.
+    ePrint 2024/1881): ``refresh_pair`` refreshes both and counts one bootstrap; the second
+    comes back ``pair_level_loss`` levels lower (unpacking it multiplies by -i, unless the
+    chain keeps a level for that).
     """
 
     complex_packing = False
+    pair_level_loss = 1
 
     def __init__(self) -> None:
         self.count = 0
@@ -241,15 +244,21 @@ class CKKSBackend(ABC):
             )
         return self.bootstrapper(self, a, bound)
 
-    def bootstrap_many(self, cts: Sequence[Ciphertext], bound: float = 1.0) -> list[Ciphertext]:
+    def bootstrap_many(
+        self, cts: Sequence[Ciphertext], bound: float = 1.0, needed: int | None = None
+    ) -> list[Ciphertext]:
         """Each of ``cts`` refreshed (every slot of each within ``bound``), two per bootstrap
-        where the bootstrapper packs pairs into one complex ciphertext."""
-        if len(cts) < 2 or self.bootstrapper is None:
+        where the bootstrapper packs pairs into one complex ciphertext and every output keeps
+        the ``needed`` levels (default ``top``): a pair's second half has one level fewer."""
+        boot = self.bootstrapper
+        needed = self.top if needed is None else needed
+        pairs = boot is not None and boot.complex_packing
+        if len(cts) < 2 or boot is None or not pairs or needed > self.top - boot.pair_level_loss:
             return [self.bootstrap(a, bound) for a in cts]
         self._own(*cts)
         out: list[Ciphertext] = []
         for i in range(0, len(cts) - 1, 2):
-            out.extend(self.bootstrapper.pair(self, cts[i], cts[i + 1], bound))
+            out.extend(boot.pair(self, cts[i], cts[i + 1], bound))
         if len(cts) % 2:
             out.append(self.bootstrap(cts[-1], bound))
         return out

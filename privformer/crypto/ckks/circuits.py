@@ -45,7 +45,7 @@ def ensure_levels(
     if not low:
         return list(xs)
     try:
-        fresh = backend.bootstrap_many([xs[i] for i in low], bound)
+        fresh = backend.bootstrap_many([xs[i] for i in low], bound, max(wants[i] for i in low))
     except BootstrapUnavailableError as exc:
         got = backend.levels_left(xs[low[0]])
         raise BootstrapUnavailableError(

@@ -57,7 +57,8 @@ class FloatBackend(CKKSBackend):
     ``bootstrap_error_bits``: each bootstrap adds uniform error of 2^-bits times the largest
     slot (None: exact), to study how an operator tolerates a real bootstrap's error.
     ``complex_packing``: two ciphertexts refreshed together share one bootstrap, as on
-    ``OpenFHEBackend`` (so the counts are a real backend's).
+    ``OpenFHEBackend`` (so the counts are a real backend's), the second ``pair_level_loss``
+    levels lower (0: OpenFHE's ``pair_level`` chain).
     """
 
     def __init__(
@@ -66,6 +67,7 @@ class FloatBackend(CKKSBackend):
         top: int = 7,
         bootstrap_error_bits: float | None = None,
         complex_packing: bool = True,
+        pair_level_loss: int = 1,
     ):
         if slots < 2 or slots & (slots - 1):
             raise InputError(f"slots must be a power of two >= 2, got {slots}")
@@ -77,6 +79,7 @@ class FloatBackend(CKKSBackend):
         self.bootstrapper = SecretKeyRefresh(
             float("inf") if bootstrap_error_bits is None else bootstrap_error_bits,
             complex_packing=complex_packing,
+            pair_level_loss=pair_level_loss,
         )
         self._rotation_keys: set[int] = set()
         self.operations = 0  # products and rotations done (a cost counter for plans and tests)

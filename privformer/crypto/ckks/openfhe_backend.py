@@ -95,15 +95,18 @@ DEFAULT_CHAIN: dict[str, Any] = {
     "first_bits": 51,
     "level_budget": (3, 3),
     "ring_dim": None,  # the smallest ring OpenFHE's 128-bit check allows (2^16 here)
-    "num_large_digits": 6,
+    "num_large_digits": 4,
     "bootstrap_iterations": 2,
     "secret": "SPARSE_ENCAPSULATED",
     # Slots per ciphertext: None fills the ring (2^15); fewer (a power of two) is sparse
     # packing, with its own bootstrapping keys, rotations cyclic over that many slots.
     "slots": None,
-    # Two real ciphertexts per bootstrap as a + i b (a COMPLEX context, one level after each
-    # bootstrap to unpack); full slots only, where bootstrapping keys include conjugation.
+    # Two real ciphertexts per bootstrap as a + i b (a COMPLEX context; the second comes back
+    # one level lower); full slots only, where bootstrapping keys include conjugation.
     "complex_packing": True,
+    # One more level after each bootstrap so both halves of a pair keep ``levels``: at 7
+    # levels it needs num_large_digits=6 and ~22 GB (docs/nexus.md), beyond a 24 GB machine.
+    "pair_level": False,
 }
 
 
@@ -128,6 +131,8 @@ def chain_parameters(**overrides: Any) -> dict[str, Any]:
     slots = chain["slots"]
     if slots is not None and (slots < 2 or slots & (slots - 1)):
         raise CryptoError(f"slots must be a power of two, got {slots}")
+    if chain["pair_level"] and not chain["complex_packing"]:
+        raise CryptoError("pair_level serves complex_packing: set both or neither")
     if slots is not None and chain["complex_packing"]:
         raise CryptoError("complex_packing needs full slots (slots=None): set one or the other")
     chain["level_budget"] = list(chain["level_budget"])
@@ -211,7 +216,9 @@ class OpenFHEBackend(CKKSBackend):
         # travel between them, and the envelope refuses those of other keys.
         self.context_id = hashlib.sha256(str(info["key_tag"]).encode()).digest()[:8].hex()
         self.top = levels
-        self.bootstrapper: Bootstrapper | None = OpenFHEBootstrapper(params["complex_packing"])
+        self.bootstrapper: Bootstrapper | None = OpenFHEBootstrapper(
+            params["complex_packing"], 0 if params["pair_level"] else 1
+        )
         self._rotation_keys: set[int] = set()
 
     # --- keys across processes --------------------------------------------------------------
@@ -429,9 +436,9 @@ class OpenFHEBootstrapper(Bootstrapper):
     """The real CKKS bootstrap of an ``OpenFHEBackend`` (its default bootstrapper); with
     ``complex_packing``, two ciphertexts refreshed together share one bootstrap."""
 
-    def __init__(self, complex_packing: bool = False) -> None:
+    def __init__(self, complex_packing: bool = False, pair_level_loss: int = 1) -> None:
         super().__init__()
-        self.complex_packing = complex_packing
+        self.complex_packing, self.pair_level_loss = complex_packing, pair_level_loss
 
     @staticmethod
     def _backend(backend: CKKSBackend) -> OpenFHEBackend:

@@ -58,11 +58,6 @@ def _parameters(o: Any, chain: dict, depth: int) -> Any:
     return params
 
 
-def _unpack_levels(chain: dict) -> int:
-    """Levels the chain spends after a bootstrap to unpack a + i b (one: b = -i (z - z*) / 2)."""
-    return 1 if chain.get("complex_packing") else 0
-
-
 class _Keys:
     """A public key and, on the client, the secret key (OpenFHE's KeyPair has no constructor)."""
 
@@ -82,9 +77,11 @@ class Worker:
         extra iteration of Meta-BTS (iterative bootstrapping)."""
         self.boot_depth = _bootstrap_depth(self.o, chain)
         self.iterations, self.precision = chain["iterations"], precision
-        self.unpack = _unpack_levels(chain)
-        # Fresh and bootstrapped ciphertexts alike start below the bootstrap and the unpack.
-        self.consumed_at_top = self.boot_depth + chain["iterations"] - 1 + self.unpack
+        self.complex_packing = bool(chain.get("complex_packing"))
+        # pair_level: one more level after each bootstrap, spent by every bootstrap's output
+        # (a pair's second half on its -i), so both halves keep ``levels``.
+        self.pair_level = 1 if chain.get("pair_level") else 0
+        self.consumed_at_top = self.boot_depth + chain["iterations"] - 1 + self.pair_level
         self.depth = levels + HIDDEN_LEVELS + self.consumed_at_top
 
     def _info(self) -> dict:
@@ -180,7 +177,8 @@ class Worker:
         keys: fast); 0 if none."""
         import openfhe as o
 
-        consumed = _bootstrap_depth(o, chain) + chain["iterations"] - 1 + _unpack_levels(chain)
+        consumed = _bootstrap_depth(o, chain) + chain["iterations"] - 1
+        consumed += 1 if chain.get("pair_level") else 0
 
         def fits(levels: int) -> bool:
             try:
@@ -293,19 +291,18 @@ class Worker:
         if shift:
             ct = self.cc.EvalMult(ct, 2.0**-shift)
         ct = self._eval_bootstrap(ct)
-        if self.unpack:
-            # Level with the pairs' outputs, which spend a level unpacking: the product by
-            # 2^shift spends it (LevelReduce is a no-op under FLEXIBLEAUTO, measured).
+        if self.pair_level:  # spend it as a pair does: x 2^shift (LevelReduce is a no-op here)
             return self._new(self.cc.EvalMult(ct, 2.0**shift))
         return self._new(self._doubled(ct, shift))
 
     def bootstrap_pair(self, a: int, b: int, shift: int) -> list[int]:
         """One bootstrap for two real ciphertexts: z = (a + i b) / 2^(shift + 1) on the hidden
-        level, bootstrapped; then a = (z + z*) 2^shift and b = (z - z*) (-i 2^shift), each
-        product on the unpacking level. z* is the conjugate (automorphism 2N - 1, whose key
-        bootstrapping keys include at full slots)."""
-        if not self.unpack:
-            raise ValueError("this chain has no unpacking level: set complex_packing")
+        level, bootstrapped; then a = (z + z*) doubled ``shift`` times (no level) and
+        b = (z - z*) (-i 2^shift), a complex constant's product: b comes back one level lower
+        (OpenFHE's Python binding has no free multiplication by i). z* is the conjugate
+        (automorphism 2N - 1, whose key bootstrapping keys include at full slots)."""
+        if not self.complex_packing:
+            raise ValueError("a REAL context's bootstrap drops imaginary parts: complex_packing")
         x, y = self._aligned(a, b)
         scale = 2.0 ** -(shift + 1)
         i_scale = self._constant(1j * scale, y.GetLevel())
@@ -313,7 +310,11 @@ class Worker:
         z = self._eval_bootstrap(z)
         keys = self.cc.GetEvalAutomorphismKeyMap(self.keys.publicKey.GetKeyTag())
         conj = self.cc.EvalAutomorphism(z, self.cc.GetCyclotomicOrder() - 1, keys)
-        real = self.cc.EvalMult(self.cc.EvalAdd(z, conj), 2.0**shift)
+        real = self.cc.EvalAdd(z, conj)
+        if self.pair_level:
+            real = self.cc.EvalMult(real, 2.0**shift)
+        else:
+            real = self._doubled(real, shift)
         imag = self.cc.EvalMult(
             self.cc.EvalSub(z, conj), self._constant(-1j * 2.0**shift, z.GetLevel())
         )

@@ -29,14 +29,16 @@ class SecretKeyRefresh(Bootstrapper):
         precision_bits: float = 20.0,
         window: int | None = None,
         complex_packing: bool = False,
+        pair_level_loss: int = 1,
     ):
         """``window``: refreshed ciphertexts are dropped to this many levels (e.g. 7, what
         OpenFHE's default chain leaves after a real bootstrap); None: the backend's top.
         ``complex_packing``: pairs share a bootstrap and its error, which is relative to the
-        larger of the two (as in one bootstrap of a + i b)."""
+        larger of the two, and the second comes back ``pair_level_loss`` levels lower (as in
+        one bootstrap of a + i b)."""
         super().__init__()
         self.precision_bits, self.window = precision_bits, window
-        self.complex_packing = complex_packing
+        self.complex_packing, self.pair_level_loss = complex_packing, pair_level_loss
         self.levels_spent = 0  # levels used up by refreshed ciphertexts (a level-cost counter)
         self._noise = np.random.default_rng(secrets.randbits(64))  # noise, not key material
 
@@ -47,7 +49,8 @@ class SecretKeyRefresh(Bootstrapper):
         self, backend: CKKSBackend, a: Ciphertext, b: Ciphertext, bound: float
     ) -> tuple[Ciphertext, Ciphertext]:
         fresh_a, fresh_b = self._refreshed(backend, [a, b], bound)
-        return fresh_a, fresh_b
+        top = self.window or backend.top
+        return fresh_a, backend.drop_to(fresh_b, top - self.pair_level_loss)
 
     def _refreshed(
         self, backend: CKKSBackend, cts: list[Ciphertext], bound: float

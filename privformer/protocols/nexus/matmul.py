@@ -84,10 +84,13 @@ def baby_steps(features: int) -> int:
 
 
 def rotation_steps(layout: TokenInterleaved) -> list[int]:
-    """Rotation keys the matmul needs: j n (baby) and g b n (giant)."""
+    """Rotation keys the matmul needs: n (each baby step rotates the previous one by n) and
+    b n (the giant steps are accumulated Horner-style, one rotation by b n each). Two keys
+    instead of b + f / b - 2: at ring 2^16 each key is ~140 MB, and keys are what fills a
+    server's memory (docs/nexus.md)."""
     f, n = layout.features, layout.tokens
     b = baby_steps(f)
-    return sorted({j * n for j in range(1, b)} | {g * b * n for g in range(1, f // b)})
+    return sorted({n} | ({b * n} if f // b > 1 else set()))
 
 
 def encrypt_activation(
@@ -125,11 +128,20 @@ def matmul_plain(
     padded = np.zeros((bi * f, bo * f))
     padded[: w.shape[0], : w.shape[1]] = w
     b = baby_steps(f)
-    baby = [[ct, *backend.rotate_many(ct, [j * n for j in range(1, b)])] for ct in x]  # hoisted
+    baby = []
+    for ct in x:  # baby step j: the input rotated by j n, each from the previous one
+        chain = [ct]
+        for _ in range(1, b):
+            chain.append(backend.rotate(chain[-1], n))
+        baby.append(chain)
     out = []
     for jo in range(bo):
+        # sum_g rot(inner_g, g b n), Horner-style from the last giant step down:
+        # acc <- rot(acc, b n) + inner_g, so every giant rotation is by b n.
         acc = None
-        for g in range(f // b):
+        for g in range(f // b - 1, -1, -1):
+            if acc is not None:
+                acc = backend.rotate(acc, b * n)
             terms = []
             for i in range(bi):
                 block = padded[i * f : (i + 1) * f, jo * f : (jo + 1) * f]
@@ -137,12 +149,9 @@ def matmul_plain(
                     diag = np.roll(diagonal(block, g * b + j, n), g * b * n)
                     if diag.any():
                         terms.append((baby[i][j], diag))
-            if not terms:
-                continue
-            inner = backend.multiply_plain_sum(terms)  # one rescale per giant step
-            if g:
-                inner = backend.rotate(inner, g * b * n)
-            acc = inner if acc is None else backend.add(acc, inner)
+            if terms:
+                inner = backend.multiply_plain_sum(terms)  # one rescale per giant step
+                acc = inner if acc is None else backend.add(acc, inner)
         if acc is None:  # an all-zero weight block: encrypt zeros at the right level
             acc = backend.multiply_plain(x[0], 0.0)
         out.append(acc)

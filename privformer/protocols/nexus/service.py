@@ -239,6 +239,11 @@ class NexusServer:
             raise
         return key_id
 
+    def has_key_set(self, key_id: str) -> bool:
+        """Whether a key set of this id is registered (loaded or on disk)."""
+        valid = len(key_id) == 64 and all(c in "0123456789abcdef" for c in key_id)
+        return valid and (key_id in self._loaded or (self.keys_dir / key_id).is_dir())
+
     def _backend(self, key_id: str) -> CKKSBackend:
         with self._lock:
             if key_id in self._loaded:

@@ -1,0 +1,57 @@
+"""NEXUS's client and server processes on OpenFHE (``pytest -m openfhe``): the real key path.
+
+The client makes ring-2^16 keys from the server's spec (rotation and bootstrapping keys, ~10 GB
+at 6 key-switching digits), uploads them over HTTP, and the server evaluates a query under them.
+The model is ``minilm2-rt`` cut to its head (``--layers 0``) and asked for logits, so the query
+needs no bootstrap and the module runs in minutes; the full 2-layer model needs 55 bootstraps
+(docs/nexus.md), about 75 minutes on 2 cores, and runs in ``bench/nexus_e2e.py --encrypted``.
+
+Tolerance: at 2^50 scaling the head's 384-term products carry ~1e-8 of error; 1e-5 against
+float64 plain logits (~0.2) fails for any wrong slot, key or scale.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+import privformer as pf
+from privformer.errors import ServerError
+from privformer.protocols.nexus import service as svc
+from privformer.transport.nexus_http import NexusHttpClient, NexusServerProcess
+
+pytestmark = pytest.mark.openfhe
+
+
+def test_openfhe_keys_uploaded_once_serve_an_encrypted_query(tmp_path):
+    options = ["--backend", "openfhe", "--layers", "0", "--keys-dir", str(tmp_path / "reg")]
+    with NexusServerProcess("minilm2-rt", options=options, log_file=tmp_path / "log") as server:
+        _query_through(server.url, tmp_path)
+
+
+def _query_through(url: str, tmp_path) -> None:
+    with NexusHttpClient(url) as http:
+        spec = http.spec()
+        assert spec["parameters"]["backend"] == "openfhe" and spec["slots"] == 1 << 15
+        sizes = svc.NexusClient.make_keys(spec, tmp_path / "keys")
+        assert set(sizes) >= {"public_key.bin", "automorphism_keys.bin"}
+        key_id = http.upload_keys(tmp_path / "keys" / svc.NexusClient.EVAL_DIR)
+        loaded = pf.load("minilm2-rt", protocol="nexus")
+        c = loaded.classifier
+        client = svc.NexusClient(c.tables, loaded.tokenizer, spec, c.tokens, c.pad_id)
+        assert client.open_keys(tmp_path / "keys") == key_id
+        text = "a gripping, beautifully acted film"
+        request = client.request(text, output="logits")
+        reply = client.read_reply(http.classify(request))
+        head_only = dataclasses.replace(c, layers=[], configs=[])
+        want = head_only.logits(loaded.tokenizer(text)["input_ids"], "plain")
+        assert np.abs(reply.scores - want).max() <= 1e-5, (reply.scores, want)
+        bad = bytearray(request)
+        bad[len(bad) // 2] ^= 0x08
+        with pytest.raises(ServerError, match="checksum") as info:
+            http.classify(bytes(bad))
+        assert info.value.status_code == 400
+        again = client.read_reply(http.classify(client.request(text, output="logits")))
+        assert np.abs(again.scores - want).max() <= 1e-5
