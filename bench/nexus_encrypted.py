@@ -133,7 +133,7 @@ def main() -> None:
                 record["client_peak_rss_bytes"] = client_memory.peak
                 write_results("nexus_encrypted", record)
                 print_table(
-                    f"NEXUS encrypted, {args.model}, OpenFHE ring 2^16 (2 cores)",
+                    f"NEXUS encrypted, {args.model}, {args.backend} (2 cores)",
                     [{k: v for k, v in row.items() if not isinstance(v, list | dict)}],
                     [
                         "tokens",

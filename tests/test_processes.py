@@ -103,8 +103,20 @@ def test_cli_reports_an_unreachable_server_in_one_line(export_dir):
     gone = _run("stip", "query", str(user_dir), "--server", "http://127.0.0.1:9", "--text", "hi")
     assert gone.returncode == 2 and "Traceback" not in gone.stderr
     assert gone.stderr.startswith("privformer: error:") and len(gone.stderr.splitlines()) == 1
-    nexus = _run("nexus", "run", "a fine film", "--mode", "private")
-    assert nexus.returncode == 2 and "NEXUS runs in plain and simulate modes" in nexus.stderr
+    nexus = _run(
+        "nexus",
+        "query",
+        "--server",
+        "http://127.0.0.1:9",
+        "--keys",
+        "none",
+        "--model",
+        "minilm2-rt-probe",
+        "--text",
+        "hi",
+    )
+    assert nexus.returncode == 2 and "Traceback" not in nexus.stderr
+    assert "NEXUS server http://127.0.0.1:9" in nexus.stderr and len(nexus.stderr.splitlines()) == 1
 
 
 def test_nexus_plan_prints_bootstraps_per_layer_and_the_planner_table():
