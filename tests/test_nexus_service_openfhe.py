@@ -55,3 +55,36 @@ def _query_through(url: str, tmp_path) -> None:
         assert info.value.status_code == 400
         again = client.read_reply(http.classify(client.request(text, output="logits")))
         assert np.abs(again.scores - want).max() <= 1e-5
+
+
+@pytest.mark.slow
+def test_the_2_layer_classifier_end_to_end_through_processes(tmp_path):
+    """The acceptance run: ``minilm2-rt`` (both layers, the head) on a real Rotten Tomatoes
+    sentence, encrypted on OpenFHE through the server process. Well over an hour on 2 cores
+    (75 bootstraps plus ring-2^16 attention), so it is ``slow`` as well as ``openfhe``.
+
+    Tolerance 1e-3 on the logits against ``simulate``: FloatBackend runs the same circuit with
+    uniform bootstrap error of 2^-20 of each input's largest slot (OpenFHE's measured ~21 bits)
+    and moves the logits by at most 2e-5 on three test sentences; CKKS's own rescaling noise at
+    2^50 is ~1e-8 per operation. 1e-3 is 50x that and far below a wrong operator's error."""
+    from privformer.data import rotten_tomatoes_split
+
+    text = rotten_tomatoes_split()[1][0][0]
+    options = ["--backend", "openfhe", "--keys-dir", str(tmp_path / "reg")]
+    with (
+        NexusServerProcess("minilm2-rt", options=options, log_file=tmp_path / "log") as server,
+        NexusHttpClient(server.url) as http,
+    ):
+        spec = http.spec()
+        assert spec["layers"] == 2
+        svc.NexusClient.make_keys(spec, tmp_path / "keys")
+        http.upload_keys(tmp_path / "keys" / svc.NexusClient.EVAL_DIR)
+        loaded = pf.load("minilm2-rt", protocol="nexus")
+        c = loaded.classifier
+        client = svc.NexusClient(c.tables, loaded.tokenizer, spec, c.tokens, c.pad_id)
+        client.open_keys(tmp_path / "keys")
+        reply = client.read_reply(http.classify(client.request(text, output="logits")))
+    ids = loaded.tokenizer(text, truncation=True, max_length=c.tokens)["input_ids"]
+    simulate, plain = c.logits(ids, "simulate"), c.logits(ids, "plain")
+    assert np.abs(reply.scores - simulate).max() <= 1e-3, (reply.scores, simulate)
+    assert reply.label == int(np.argmax(plain)) and reply.bootstraps > 0
