@@ -174,3 +174,20 @@ def test_decode_message_refuses_every_truncation():
             svc.decode_message(body[:cut], svc.REQUEST_MAGIC, 4)
     with pytest.raises(WireFormatError, match="at most 2"):
         svc.decode_message(body, svc.REQUEST_MAGIC, 2)
+
+
+def test_the_servers_progress_prints_each_stage_with_its_seconds(capsys):
+    """Long encrypted runs leave one line per stage (seconds, bootstraps so far) in the log."""
+    from privformer.cli.nexus import stage_printer
+
+    progress = stage_printer(2)
+    progress(0, "Q, K, V projections", 0, 12.5)
+    progress(0, "Q K^T", 3, 20.0)
+    progress(0, "Q, K, V projections", 0, 4.0)  # the next query starts a new bar
+    err = capsys.readouterr()
+    lines = [line for line in (err.out + err.err).splitlines() if line.startswith("layer")]
+    assert lines == [
+        "layer 0 Q, K, V projections: 12.5 s, 0 bootstraps so far",
+        "layer 0 Q K^T: 7.5 s, 3 bootstraps so far",
+        "layer 0 Q, K, V projections: 4.0 s, 0 bootstraps so far",
+    ]

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
+from typing import Any
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -121,9 +123,28 @@ def _server_classifier(model: str, layers: int | None):
     return loaded.name, clf
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def stage_printer(stages: int) -> Callable[[int, str, int, float], None]:
+    """The server's progress: a bar per query (``stages`` long) and one line per stage with
+    its seconds and the bootstraps so far, so a long run leaves its timings in the log."""
     from tqdm import tqdm
 
+    bar: dict[str, Any] = {}
+
+    def progress(layer: int, stage: str, bootstraps: int, seconds: float) -> None:
+        if "bar" not in bar or bar["bar"].n >= stages:
+            bar["bar"] = tqdm(total=stages, desc="encrypted query", unit="stage")
+            bar["last"] = 0.0
+        bar["bar"].write(
+            f"layer {layer} {stage}: {seconds - bar['last']:.1f} s, {bootstraps} bootstraps so far"
+        )
+        bar["last"] = seconds
+        bar["bar"].set_postfix_str(f"layer {layer}: {stage}, {bootstraps} bootstraps")
+        bar["bar"].update(1)
+
+    return progress
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
     from privformer.models.registry import cache_dir
     from privformer.protocols.nexus.service import BackendChoice, NexusServer
     from privformer.transport.http_server import ServerLimits
@@ -134,14 +155,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     keys_dir = args.keys_dir or cache_dir() / "nexus-server-keys"
     server = NexusServer(clf, keys_dir, choice, name=name, max_loaded=args.max_loaded)
     stages = 10 * len(clf.layers)  # a layer's stages (layer.encrypted_layer's clock)
-    bar: dict[str, tqdm] = {}
-
-    def progress(layer: int, stage: str) -> None:
-        if "bar" not in bar or bar["bar"].n >= stages:
-            bar["bar"] = tqdm(total=stages, desc="encrypted query", unit="stage")
-        bar["bar"].set_postfix_str(f"layer {layer}: {stage}")
-        bar["bar"].update(1)
-
+    progress = stage_printer(stages)
     run_nexus_server(
         server,
         host=args.host,

@@ -85,7 +85,7 @@ def create_app(
     *,
     max_query_bytes: int = MAX_QUERY_BYTES,
     max_key_file_bytes: int = MAX_KEY_FILE_BYTES,
-    progress: Callable[[int, str], None] | None = None,
+    progress: Callable[[int, str, int, float], None] | None = None,
 ) -> FastAPI:
     """The FastAPI app serving one ``NexusServer``."""
 
@@ -185,7 +185,7 @@ def run_nexus_server(
     port: int = 8000,
     ready_file: str | Path | None = None,
     limits: ServerLimits | None = None,
-    progress: Callable[[int, str], None] | None = None,
+    progress: Callable[[int, str, int, float], None] | None = None,
 ) -> None:
     """Serve ``server`` until interrupted (port 0: a free port, announced in ``ready_file``)."""
     limits = limits or ServerLimits(request_timeout_s=600.0)

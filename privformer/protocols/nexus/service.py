@@ -262,8 +262,12 @@ class NexusServer:
             return backend
 
     # --- queries ------------------------------------------------------------------------------
-    def classify(self, request: bytes, progress: Callable[[int, str], None] | None = None) -> bytes:
-        """One encrypted request to one encrypted reply (``REPLY_MAGIC`` message)."""
+    def classify(
+        self, request: bytes, progress: Callable[[int, str, int, float], None] | None = None
+    ) -> bytes:
+        """One encrypted request to one encrypted reply (``REPLY_MAGIC`` message).
+        ``progress(layer, stage, bootstraps so far, seconds so far)`` is called as each stage
+        ends."""
         header, blobs = decode_message(request, REQUEST_MAGIC, self._layout.blocks(1 << 20))
         key_id, output = header.get("key_id"), header.get("output", "argmax")
         real = header.get("real_tokens")
@@ -282,8 +286,13 @@ class NexusServer:
         x = [backend.deserialize(blob) for blob in blobs]
         start, before = time.perf_counter(), backend.bootstraps
         stats: list[dict] = []
+
+        def stage_done(layer: int, stage: str) -> None:
+            if progress is not None:
+                progress(layer, stage, backend.bootstraps - before, time.perf_counter() - start)
+
         out = self.classifier.forward_circuit(
-            backend, x, real, progress=progress, stats=stats, output=output
+            backend, x, real, progress=stage_done, stats=stats, output=output
         )
         reply = {
             "output": output,
