@@ -52,7 +52,7 @@ def test_private_modes_match_simulate(models):
     stip = models["stip"].predict(TEXTS, mode="private")
     assert (stip.outputs - models["stip"].predict(TEXTS, "simulate").outputs).abs().max() < 1e-4
     assert stip.bytes_sent > 0 and stip.rounds == 1 and stip.revealed["tokens"][0] > 2
-    # NEXUS's private mode runs client and server processes on OpenFHE for about 75 minutes
+    # NEXUS's private mode runs client and server processes on OpenFHE for hours
     # per sentence: bench/nexus_encrypted.py measures it, tests/test_nexus_service*.py the path.
 
 

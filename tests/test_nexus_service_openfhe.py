@@ -1,10 +1,11 @@
 """NEXUS's client and server processes on OpenFHE (``pytest -m openfhe``): the real key path.
 
-The client makes ring-2^16 keys from the server's spec (rotation and bootstrapping keys, ~10 GB
-at 6 key-switching digits), uploads them over HTTP, and the server evaluates a query under them.
-The model is ``minilm2-rt`` cut to its head (``--layers 0``) and asked for logits, so the query
-needs no bootstrap and the module runs in minutes; the full 2-layer model needs 55 bootstraps
-(docs/nexus.md), about 75 minutes on 2 cores, and runs in ``bench/nexus_e2e.py --encrypted``.
+The client makes ring-2^16 keys from the server's spec (rotation and bootstrapping keys, ~8 GB
+at the default 4 key-switching digits), uploads them over HTTP, and the server evaluates a query
+under them. The model is ``minilm2-rt`` cut to its head (``--layers 0``) and asked for logits,
+so the query needs no bootstrap and the first test runs in ~3 minutes; the full 2-layer model
+needs 75 bootstraps (docs/nexus.md) and hours on 2 cores: ``bench/nexus_encrypted.py`` and the
+``slow`` test below.
 
 Tolerance: at 2^50 scaling the head's 384-term products carry ~1e-8 of error; 1e-5 against
 float64 plain logits (~0.2) fails for any wrong slot, key or scale.
@@ -60,8 +61,8 @@ def _query_through(url: str, tmp_path) -> None:
 @pytest.mark.slow
 def test_the_2_layer_classifier_end_to_end_through_processes(tmp_path):
     """The acceptance run: ``minilm2-rt`` (both layers, the head) on a real Rotten Tomatoes
-    sentence, encrypted on OpenFHE through the server process. Well over an hour on 2 cores
-    (75 bootstraps plus ring-2^16 attention), so it is ``slow`` as well as ``openfhe``.
+    sentence, encrypted on OpenFHE through the server process. Hours on 2 cores (75
+    bootstraps plus ring-2^16 attention and softmax), so it is ``slow`` as well as ``openfhe``.
 
     Tolerance 1e-3 on the logits against ``simulate``: FloatBackend runs the same circuit with
     uniform bootstrap error of 2^-20 of each input's largest slot (OpenFHE's measured ~21 bits)
