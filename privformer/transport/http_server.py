@@ -20,7 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from privformer.errors import PrivformerError
+from privformer.errors import PayloadTooLargeError, PrivformerError, WireFormatError
 from privformer.transport.tensors import MAX_PAYLOAD_BYTES
 
 log = logging.getLogger("privformer.server")
@@ -104,6 +104,24 @@ def install_error_handlers(app: FastAPI, table: dict[type[PrivformerError], int]
             f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()
         )
         return error_response(422, "InputError", problems)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request's body, refused past ``limit`` bytes: by its declared length before reading,
+    and chunk by chunk while reading (a chunked upload has no declared length)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and not declared.isdigit():
+        raise WireFormatError(f"content-length {declared!r} is not a byte count")
+    if declared is not None and int(declared) > limit:
+        raise PayloadTooLargeError(f"payload of {declared} bytes exceeds the limit of {limit}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLargeError(
+                f"payload passed the limit of {limit} bytes while being read"
+            )
+    return bytes(body)
 
 
 def quiet_accept_errors() -> None:

@@ -54,6 +54,7 @@ from privformer.transport.http_server import (
     install_error_handlers,
     listening_socket,
     quiet_accept_errors,
+    read_body,
     serve,
 )
 from privformer.transport.processes import ChildProcess, announce_port
@@ -161,18 +162,11 @@ def create_app(
 
     @app.post("/v1/classify")
     async def classify(request: Request) -> Response:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > max_query_bytes:
-            raise PayloadTooLargeError(f"a query of {declared} bytes exceeds {max_query_bytes}")
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > max_query_bytes:
-                raise PayloadTooLargeError(f"a query passed {max_query_bytes} bytes")
+        body = await read_body(request, max_query_bytes)
         async with compute_gate:
             if await request.is_disconnected():
                 return Response(status_code=499)
-            reply = await run_in_threadpool(server.classify, bytes(body), progress)
+            reply = await run_in_threadpool(server.classify, body, progress)
         return Response(content=reply, media_type="application/octet-stream")
 
     return app

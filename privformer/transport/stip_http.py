@@ -39,7 +39,11 @@ from privformer.errors import (
 )
 from privformer.protocols.stip.cloud import StipCloud
 from privformer.transport import tensors as wire
-from privformer.transport.http_server import install_error_handlers, quiet_accept_errors
+from privformer.transport.http_server import (
+    install_error_handlers,
+    quiet_accept_errors,
+    read_body,
+)
 
 _STATUS: dict[type[PrivformerError], int] = {
     PayloadTooLargeError: 413,
@@ -79,22 +83,8 @@ def create_app(cloud: StipCloud, *, max_body_bytes: int = wire.MAX_PAYLOAD_BYTES
     install_error_handlers(app, _STATUS)
 
     async def _payload(request: Request) -> dict:
-        declared = request.headers.get("content-length")
-        if declared is not None and not declared.isdigit():
-            raise WireFormatError(f"content-length {declared!r} is not a byte count")
-        if declared is not None and int(declared) > max_body_bytes:
-            raise PayloadTooLargeError(
-                f"payload of {declared} bytes exceeds the limit of {max_body_bytes}"
-            )
-        # Read chunk by chunk, so a chunked upload (no Content-Length) stops at the limit too.
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > max_body_bytes:
-                raise PayloadTooLargeError(
-                    f"payload passed the limit of {max_body_bytes} bytes while being read"
-                )
-        tensors, _meta = wire.decode(bytes(body), max_bytes=max_body_bytes)
+        body = await read_body(request, max_body_bytes)
+        tensors, _meta = wire.decode(body, max_bytes=max_body_bytes)
         return tensors
 
     async def _compute(request: Request, fn, *args, **kwargs) -> Response:
