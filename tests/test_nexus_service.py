@@ -86,6 +86,10 @@ def test_key_id_is_the_public_keys_digest(deployment):
     assert deployment["client"].key_id == key_set_id(eval_dir)
     assert not (eval_dir / svc.NexusClient.SECRET_FILE).exists()  # the secret stays apart
     assert (deployment["root"] / "keys" / svc.NexusClient.SECRET_FILE).is_file()
+    # uploading the same keys again names the registered set and keeps it serving
+    assert deployment["http"].upload_keys(eval_dir) == deployment["client"].key_id
+    assert deployment["http"].has_keys(deployment["client"].key_id)
+    assert _query(deployment, TEXTS[0]).scores.shape == (2,)
 
 
 def test_unknown_key_id_is_404(deployment):

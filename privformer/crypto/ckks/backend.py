@@ -85,9 +85,7 @@ class Bootstrapper(ABC):
     def pair(
         self, backend: CKKSBackend, a: Ciphertext, b: Ciphertext, bound: float
     ) -> tuple[Ciphertext, Ciphertext]:
-        """Both refreshed: in one bootstrap where the bootstrapper packs pairs, else in two."""
-        if not self.complex_packing:
-            return self(backend, a, bound), self(backend, b, bound)
+        """Both refreshed in one bootstrap (``refresh_pair``), counted once."""
         out = self.refresh_pair(backend, a, b, bound)
         self.count += 1
         return out
@@ -252,8 +250,12 @@ class CKKSBackend(ABC):
         the ``needed`` levels (default ``top``): a pair's second half has one level fewer."""
         boot = self.bootstrapper
         needed = self.top if needed is None else needed
-        pairs = boot is not None and boot.complex_packing
-        if len(cts) < 2 or boot is None or not pairs or needed > self.top - boot.pair_level_loss:
+        if (
+            len(cts) < 2
+            or boot is None
+            or not boot.complex_packing
+            or needed > self.top - boot.pair_level_loss
+        ):
             return [self.bootstrap(a, bound) for a in cts]
         self._own(*cts)
         out: list[Ciphertext] = []

@@ -2,9 +2,10 @@
 
 A key set is a folder with ``keys.json`` (which backend, its parameters, the rotation steps
 with keys, each file's size) and the backend's evaluation-key files: public, relinearisation,
-rotation and (OpenFHE) bootstrapping keys. The secret key is never in it: ``export_key_set``
-writes it to a separate path that stays with the client. A key set's id is the SHA-256 of its
-public key, so the client knows the id of what it uploads and a server can verify it.
+rotation and (OpenFHE) bootstrapping keys. The secret key is never in it: a backend's
+``export_keys`` writes it to a separate path that stays with the client. A key set's id is
+the SHA-256 of its public key, so the client knows the id of what it uploads and a server can
+verify it.
 """
 
 from __future__ import annotations

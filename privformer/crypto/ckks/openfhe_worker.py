@@ -297,9 +297,10 @@ class Worker:
 
     def bootstrap_pair(self, a: int, b: int, shift: int) -> list[int]:
         """One bootstrap for two real ciphertexts: z = (a + i b) / 2^(shift + 1) on the hidden
-        level, bootstrapped; then a = (z + z*) doubled ``shift`` times (no level) and
-        b = (z - z*) (-i 2^shift), a complex constant's product: b comes back one level lower
-        (OpenFHE's Python binding has no free multiplication by i). z* is the conjugate
+        level, bootstrapped; then a = (z + z*) doubled ``shift`` times (no level; on a
+        ``pair_level`` chain times 2^shift, spending that level) and b = (z - z*) (-i 2^shift),
+        a complex constant's product: b comes back one level lower (OpenFHE's Python binding has
+        no free multiplication by i). z* is the conjugate
         (automorphism 2N - 1, whose key bootstrapping keys include at full slots)."""
         if not self.complex_packing:
             raise ValueError("a REAL context's bootstrap drops imaginary parts: complex_packing")

@@ -100,8 +100,6 @@ class SealBackend(CKKSBackend):
                 self.context_id = hashlib.sha256(f.read()).digest()[:8].hex()
 
     # --- keys across processes ------------------------------------------------------------------
-    KEY_FILES = ("public_key.bin", "relin_keys.bin", "galois_keys.bin")
-
     def export_keys(self, folder: str | Path, secret_path: str | Path) -> dict[str, int]:
         """The evaluation keys (public, relinearisation, rotations) and ``keys.json`` into
         ``folder``, the secret key to ``secret_path``; returns each key file's size."""

@@ -108,8 +108,9 @@ def gelu_chebyshev(
     ``approx.chebyshev.depth(degree)`` levels (+1 for the scaling; ``prescaled``: the slots
     already hold x / bound, e.g. with 1 / bound folded into the matmul before)."""
     op = "gelu"
-    need = approx.chebyshev.depth(config.degree) + (0 if prescaled else 1)
-    x = he.ensure_level(backend, x, need, op, 1.0 if prescaled else config.bound)
+    x = he.ensure_level(
+        backend, x, _gelu_levels(config, prescaled), op, _gelu_bound(config, prescaled)
+    )
     t = x if prescaled else backend.multiply_plain(x, 1.0 / config.bound)
     return he.chebyshev_series(backend, t, config.coeffs, op)
 
@@ -121,9 +122,19 @@ def gelu_chebyshev_many(
     prescaled: bool = False,
 ) -> list[Ciphertext]:
     """``gelu_chebyshev`` of each ciphertext, those short of levels bootstrapped together."""
-    need = approx.chebyshev.depth(config.degree) + (0 if prescaled else 1)
-    xs = he.ensure_levels(backend, xs, need, "gelu", 1.0 if prescaled else config.bound)
+    need, bound = _gelu_levels(config, prescaled), _gelu_bound(config, prescaled)
+    xs = he.ensure_levels(backend, xs, need, "gelu", bound)
     return [gelu_chebyshev(backend, x, config, prescaled) for x in xs]
+
+
+def _gelu_levels(config: approx.gelu.ChebyshevGeluConfig, prescaled: bool) -> int:
+    """The interpolant's depth, plus the 1 / bound scaling unless it is folded in already."""
+    return approx.chebyshev.depth(config.degree) + (0 if prescaled else 1)
+
+
+def _gelu_bound(config: approx.gelu.ChebyshevGeluConfig, prescaled: bool) -> float:
+    """|input| of the Chebyshev GELU: 1 once scaled by 1 / bound, else the bound."""
+    return 1.0 if prescaled else config.bound
 
 
 def softmax(

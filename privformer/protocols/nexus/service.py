@@ -157,6 +157,11 @@ def choice_from_spec(spec: dict[str, Any]) -> BackendChoice:
 
 
 # --- server ------------------------------------------------------------------------------------
+def _is_key_id(key_id: str) -> bool:
+    """A SHA-256 in hex (also what keeps a key id from naming any other path)."""
+    return len(key_id) == 64 and all(c in "0123456789abcdef" for c in key_id)
+
+
 class NexusServer:
     """The server's role: spec, key registry (on disk, loaded lazily, ``max_loaded`` kept
     in memory: an OpenFHE key set takes ~16 GB loaded), and ``classify``."""
@@ -228,10 +233,10 @@ class NexusServer:
         It is loaded once here, so broken key files are refused now, not at the first query."""
         key_id = self.check_key_set(folder)
         target = self.keys_dir / key_id
-        if not target.exists():
-            shutil.move(str(folder), str(target))
-        else:
+        if target.exists():  # registered before: keep that copy
             shutil.rmtree(folder, ignore_errors=True)
+            return key_id
+        shutil.move(str(folder), str(target))
         try:
             self._backend(key_id)
         except Exception:
@@ -241,8 +246,7 @@ class NexusServer:
 
     def has_key_set(self, key_id: str) -> bool:
         """Whether a key set of this id is registered (loaded or on disk)."""
-        valid = len(key_id) == 64 and all(c in "0123456789abcdef" for c in key_id)
-        return valid and (key_id in self._loaded or (self.keys_dir / key_id).is_dir())
+        return _is_key_id(key_id) and (key_id in self._loaded or (self.keys_dir / key_id).is_dir())
 
     def _backend(self, key_id: str) -> CKKSBackend:
         with self._lock:
@@ -250,7 +254,7 @@ class NexusServer:
                 self._loaded.move_to_end(key_id)
                 return self._loaded[key_id]
             folder = self.keys_dir / key_id
-            if len(key_id) != 64 or not all(c in "0123456789abcdef" for c in key_id):
+            if not _is_key_id(key_id):
                 raise UnknownKeyError(f"{key_id[:80]!r} is not a key id (64 hex digits)")
             if not folder.is_dir():
                 raise UnknownKeyError(f"no key set {key_id[:16]}..: upload the keys first")
