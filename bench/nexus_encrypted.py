@@ -9,6 +9,7 @@ generation, upload and evaluation-key bytes; throughout, the peak resident memor
 process tree (its OpenFHE worker included) and of this client's.
 
     python bench/nexus_encrypted.py [--model minilm2-rt] [--sentences 1] [--output logits]
+                                    [--tokens 128]
 
 Results go to bench/results/nexus_encrypted.json after every query, so a long run that is
 stopped keeps what it finished.
@@ -68,19 +69,22 @@ def main() -> None:
     ap.add_argument("--output", default="logits", choices=svc.OUTPUTS)
     ap.add_argument("--backend", default="openfhe", choices=["openfhe", "seal"])
     ap.add_argument("--layers", type=int, help="serve the first N layers only (a smoke run)")
+    ap.add_argument("--tokens", type=int, default=128, help="positions of the encrypted layout")
     args = ap.parse_args()
     _, test = rotten_tomatoes_split()
-    model = pf.load(args.model, protocol="nexus")
+    model = pf.load(args.model, protocol="nexus", tokens=args.tokens)
     c, tok = model.classifier, model.tokenizer
     if args.layers is not None:
         c = dataclasses.replace(c, layers=c.layers[: args.layers], configs=c.configs[: args.layers])
     work = Path(tempfile.mkdtemp(prefix="nexus-bench-"))
     options = ["--backend", args.backend, "--keys-dir", str(work / "registry")]
+    options += ["--tokens", str(args.tokens)]
     if args.layers is not None:
         options += ["--layers", str(args.layers)]
     record: dict = {"benchmark": "nexus_encrypted", "machine": machine(), "model": args.model}
     record["backend"] = args.backend
-    record |= {"output": args.output, "layers": len(c.layers), "queries": []}
+    record |= {"output": args.output, "layers": len(c.layers), "positions": c.tokens}
+    record["queries"] = []
     client_memory = PeakMemory(os.getpid())
     with NexusServerProcess(args.model, options=options, log_file=work / "server.log") as server:
         assert server.proc is not None

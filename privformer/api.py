@@ -317,7 +317,10 @@ class NexusModel(PrivateModel):
         classifier: Any = None,
         tokenizer: Any = None,
         operators: str = "depth-aware",
+        tokens: int = 128,
     ):
+        """``tokens``: positions of the encrypted layout (a power of two, tokens^2 dividing the
+        slots); longer texts are truncated to it, and the server learns which layout is used."""
         from privformer.models.classifiers import FINE_TUNED_2_LAYERS, PROBE_LAYERS, load_classifier
         from privformer.protocols.nexus.model import NexusClassifier
 
@@ -325,12 +328,15 @@ class NexusModel(PrivateModel):
         if classifier is not None:
             self.classifier, self.tokenizer = classifier, tokenizer
         elif name in PROBE_LAYERS or name == FINE_TUNED_2_LAYERS:
+            if tokens < 2 or tokens & (tokens - 1):
+                raise InputError(f"tokens must be a power of two >= 2, got {tokens}")
             clf = load_classifier(name)
             self.classifier = NexusClassifier.from_hf(clf.encoder, clf.head)
+            self.classifier.tokens = tokens
             self.tokenizer = clf.tokenizer
             self.classifier.pad_id = int(self.tokenizer.pad_token_id)
             if operators == "depth-aware":
-                self.classifier.configs = _calibrated_configs(name, self.classifier, self.tokenizer)
+                _calibrate(name, self.classifier, self.tokenizer)
         else:
             known = ", ".join([*PROBE_LAYERS, FINE_TUNED_2_LAYERS])
             raise UnknownNameError(f"no NEXUS model {name!r}: use {known}")
@@ -418,27 +424,35 @@ def _nexus_queries(http: Any, client: Any, keys: Path, texts: list[str]) -> Resu
 NEXUS_CALIBRATION_SENTENCES = 256
 
 
-def _calibrated_configs(name: str, classifier: Any, tokenizer: Any) -> list[Any]:
-    """Per-layer depth-aware configs of a built-in classifier, calibrated once and cached."""
+def _calibrate(name: str, classifier: Any, tokenizer: Any) -> None:
+    """Set a built-in classifier's depth-aware per-layer configs and argmax bound, calibrated
+    once on Rotten Tomatoes training sentences and cached by model and layout."""
     import json
 
+    from privformer.approx.argmax import ArgmaxConfig
     from privformer.data import rotten_tomatoes_split
     from privformer.models.registry import cache_dir
     from privformer.protocols.nexus.layer import config_from_dict, config_to_dict
 
-    path = cache_dir() / "nexus" / f"{name}-{classifier.tokens}-tokens-configs.json"
+    path = cache_dir() / "nexus" / f"{name}-{classifier.tokens}-tokens-calibration.json"
     if path.is_file():
-        return [config_from_dict(c) for c in json.loads(path.read_text())]
+        cached = json.loads(path.read_text())
+        classifier.configs = [config_from_dict(c) for c in cached["configs"]]
+        classifier.argmax = ArgmaxConfig(bound=float(cached["argmax_bound"]))
+        return
     train = rotten_tomatoes_split()[0][:NEXUS_CALIBRATION_SENTENCES]
     ids = [
         tokenizer(t, truncation=True, max_length=classifier.tokens)["input_ids"] for t, _ in train
     ]
     classifier.calibrate(ids)
+    cached = {
+        "configs": [config_to_dict(c) for c in classifier.configs],
+        "argmax_bound": classifier.argmax.bound,
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps([config_to_dict(c) for c in classifier.configs], indent=1))
+    tmp.write_text(json.dumps(cached, indent=1))
     tmp.replace(path)  # atomic: a concurrent loader sees the whole file or none
-    return list(classifier.configs)
 
 
 # --- entry points ----------------------------------------------------------------------------

@@ -104,6 +104,32 @@ def test_nexus_deployment_round_trips(models, tmp_path):
         client.predict(TEXTS)
 
 
+def test_nexus_layouts_and_their_calibration_survive_the_cache(monkeypatch):
+    """``tokens`` picks the encrypted layout; its calibration (per-layer configs and the argmax
+    bound) is cached by model and layout, and a load from the cache gets exactly what the
+    calibrating load set (the argmax bound once fell back to 1.0 there, below the logits).
+    Calibrated on 16 sentences to keep the test fast; the file is removed afterwards so no
+    later load picks up that small calibration."""
+    import privformer.api as api
+    from privformer.models.registry import cache_dir
+
+    monkeypatch.setattr(api, "NEXUS_CALIBRATION_SENTENCES", 16)
+    cached = cache_dir() / "nexus" / "minilm2-rt-probe-16-tokens-calibration.json"
+    cached.unlink(missing_ok=True)
+    try:
+        fresh = pf.load("minilm2-rt-probe", protocol="nexus", tokens=16).classifier
+        again = pf.load("minilm2-rt-probe", protocol="nexus", tokens=16).classifier
+        assert cached.is_file()
+    finally:
+        cached.unlink(missing_ok=True)
+    assert fresh.tokens == again.tokens == 16
+    assert again.configs == fresh.configs and again.argmax == fresh.argmax
+    ids = list(range(1000, 1012))
+    assert fresh.argmax.bound >= abs(fresh.logits(ids, "plain")).max()
+    with pytest.raises(InputError, match="power of two"):
+        pf.load("minilm2-rt-probe", protocol="nexus", tokens=48)
+
+
 def test_stip_client_from_pretrained_against_a_server_process(models, tmp_path):
     from privformer.transport.stip_server import ServerProcess
 

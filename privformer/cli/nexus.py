@@ -3,7 +3,7 @@
 privformer nexus run TEXT... [--mode plain|simulate] [--model minilm-rt-probe]
                              [--operators depth-aware|paper] [--json]
 privformer nexus plan TEXT [--model minilm-rt-probe] [--window 7] [--json]
-privformer nexus serve MODEL [--backend openfhe|seal] [--keys-dir DIR] [--port 8000]
+privformer nexus serve MODEL [--backend openfhe|seal] [--tokens 128] [--keys-dir DIR] [--port 8000]
 privformer nexus keygen --server URL --keys DIR [--no-upload]
 privformer nexus query --server URL --keys DIR --model MODEL --text TEXT... [--return argmax|logits]
 
@@ -26,7 +26,7 @@ from typing import Any
 def cmd_run(args: argparse.Namespace) -> int:
     import privformer as pf
 
-    model = pf.load(args.model, protocol="nexus", operators=args.operators)
+    model = pf.load(args.model, protocol="nexus", operators=args.operators, tokens=args.tokens)
     result = model.predict(args.text, mode=args.mode)
     rows = [
         {"text": t, "label": label, "logits": logits}
@@ -51,9 +51,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from privformer.crypto.ckks.float_backend import FloatBackend
     from privformer.protocols.nexus.layer import layer_steps
 
-    model = pf.load(args.model, protocol="nexus")
+    model = pf.load(args.model, protocol="nexus", tokens=args.tokens)
     clf = model.classifier
-    slots = args.slots or 2 * clf.tokens * clf.tokens  # ring 2^16's slots at 128 tokens
+    slots = args.slots
     backend = FloatBackend(
         slots,
         args.window,
@@ -109,12 +109,18 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _server_classifier(model: str, layers: int | None):
+def _server_classifier(model: str, layers: int | None, tokens: int | None):
     import dataclasses
+    from pathlib import Path
 
     import privformer as pf
 
-    loaded = pf.load(model, protocol="nexus")
+    if Path(model).is_dir():
+        if tokens is not None:
+            raise SystemExit("--tokens is for built-in models; a saved folder keeps its own")
+        loaded = pf.load(model, protocol="nexus")
+    else:
+        loaded = pf.load(model, protocol="nexus", tokens=tokens or 128)
     clf = loaded.classifier
     if layers is not None:
         if not 0 <= layers <= len(clf.layers):
@@ -150,7 +156,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from privformer.transport.http_server import ServerLimits
     from privformer.transport.nexus_http import run_nexus_server
 
-    name, clf = _server_classifier(args.model, args.layers)
+    name, clf = _server_classifier(args.model, args.layers, args.tokens)
     choice = BackendChoice(args.backend, preset=args.preset)
     keys_dir = args.keys_dir or cache_dir() / "nexus-server-keys"
     server = NexusServer(clf, keys_dir, choice, name=name, max_loaded=args.max_loaded)
@@ -205,7 +211,7 @@ def cmd_query(args: argparse.Namespace) -> int:
         else:
             import privformer as pf
 
-            loaded = pf.load(args.model, protocol="nexus")
+            loaded = pf.load(args.model, protocol="nexus", tokens=int(spec["tokens"]))
             c = loaded.classifier
             client = NexusClient(c.tables, loaded.tokenizer, spec, c.tokens, c.pad_id)
         client.open_keys(args.keys)
@@ -238,6 +244,12 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
+TOKENS_HELP = (
+    "positions of the encrypted layout, a power of two (longer texts are truncated): fewer "
+    "positions, fewer ciphertexts"
+)
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     nexus = sub.add_parser("nexus", help="NEXUS: non-interactive CKKS inference")
     cmds = nexus.add_subparsers(dest="nexus_command", required=True)
@@ -246,6 +258,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--model", default="minilm-rt-probe")
     run.add_argument("--mode", default="simulate", choices=["plain", "simulate", "private"])
     run.add_argument("--operators", default="depth-aware", choices=["depth-aware", "paper"])
+    run.add_argument("--tokens", type=int, default=128, help=TOKENS_HELP)
     run.add_argument("--json", action="store_true", help="print one JSON object")
     run.set_defaults(func=cmd_run)
     plan = cmds.add_parser("plan", help="bootstraps per layer and stage, and the planner's plan")
@@ -260,8 +273,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "measured: docs/nexus.md)",
     )
     plan.add_argument(
-        "--slots", type=int, default=None, help="slots per ciphertext (default 2 x tokens^2)"
+        "--slots", type=int, default=32768, help="slots per ciphertext (ring 2^16: 32768)"
     )
+    plan.add_argument("--tokens", type=int, default=128, help=TOKENS_HELP)
     plan.add_argument(
         "--no-complex-packing",
         action="store_true",
@@ -287,6 +301,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="serve only the first N encoder layers (transport tests; accuracy is not kept)",
     )
+    serve.add_argument("--tokens", type=int, default=None, help=TOKENS_HELP + " (default 128)")
     serve.add_argument("--keys-dir", default=None, help="where uploaded key sets are kept")
     serve.add_argument("--max-loaded", type=int, default=1, help="key sets kept in memory")
     serve.add_argument("--host", default="127.0.0.1")
