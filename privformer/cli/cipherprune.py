@@ -37,10 +37,19 @@ def _model_dir(arg: str | None) -> Path:
     return path
 
 
-def _network(name: str | None):
+def _network(name: str | None, emulation: str = "sleep"):
+    import dataclasses
+
     from privformer.crypto.mpc.channel import LAN, WAN
 
-    return {"lan": LAN, "wan": WAN, None: None}[name]
+    model = {"lan": LAN, "wan": WAN, None: None}[name]
+    return None if model is None else dataclasses.replace(model, emulation=emulation)
+
+
+EMULATION = (
+    "sleep: stretch each round to the link's time; delay: the link's rate is real (a shaped "
+    "veth, transport.netns), add only its propagation delay"
+)
 
 
 def _cmd_train(args) -> int:
@@ -81,7 +90,7 @@ def _cmd_serve(args) -> int:
         args.port,
         args.ready_file,
         args.max_sessions,
-        _network(args.network),
+        _network(args.network, args.emulation),
         max_concurrent=args.max_concurrent,
     )
     return 0
@@ -98,6 +107,7 @@ def _print_result(text: str, result, as_json: bool) -> None:
         "bytes_sent": total.get("bytes_sent"),
         "bytes_recv": total.get("bytes_recv"),
         "rounds": total.get("rounds"),
+        "flight_bytes": total.get("flight_bytes"),
     }
     if as_json:
         print(json.dumps(out))
@@ -120,7 +130,9 @@ def _cmd_classify(args) -> int:
     from privformer.transport.cipherprune import classify_remote
 
     ids, mask = encode_text(args.text, args.max_length)
-    result = classify_remote(ids, mask, args.server, args.dealer, _network(args.network))
+    result = classify_remote(
+        ids, mask, args.server, args.dealer, _network(args.network, args.emulation)
+    )
     _print_result(args.text, result, args.json)
     return 0
 
@@ -130,7 +142,13 @@ def _cmd_run(args) -> int:
 
     clf = CipherPruneClassifier.load(_model_dir(args.model))
     ids, mask = clf.encode(args.text, args.max_length)
-    result = clf.run(ids, mask, args.mode, prune=not args.no_prune, network=_network(args.network))
+    result = clf.run(
+        ids,
+        mask,
+        args.mode,
+        prune=not args.no_prune,
+        network=_network(args.network, args.emulation),
+    )
     _print_result(args.text, result, args.json)
     return 0
 
@@ -186,6 +204,7 @@ def add_parser(sub) -> None:
         help="sessions run at once; more get a 'busy' error (default 2)",
     )
     serve.add_argument("--network", choices=["lan", "wan"], help="simulate a link (sleeps)")
+    serve.add_argument("--emulation", choices=["sleep", "delay"], default="sleep", help=EMULATION)
     serve.set_defaults(func=_cmd_serve)
 
     for name, helptext, func in (
@@ -196,6 +215,7 @@ def add_parser(sub) -> None:
         p.add_argument("text")
         p.add_argument("--max-length", type=int, default=128, help="public padded length")
         p.add_argument("--network", choices=["lan", "wan"], help="simulate a link (sleeps)")
+        p.add_argument("--emulation", choices=["sleep", "delay"], default="sleep", help=EMULATION)
         p.add_argument("--json", action="store_true", help="print one JSON object")
         if name == "classify":
             p.add_argument("--server", type=_addr, required=True, help="server HOST:PORT")

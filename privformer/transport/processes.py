@@ -41,8 +41,11 @@ class ChildProcess:
         *,
         startup_timeout_s: float = 180.0,
         log_file: str | Path | None = None,
+        wrapper: Sequence[str] = (),
     ):
+        """``wrapper``: a command prefix the child runs under (e.g. ``ip netns exec NS``)."""
         self.args, self.timeout = list(args), startup_timeout_s
+        self.wrapper = list(wrapper)
         self.log_file = log_file
         self.proc: subprocess.Popen | None = None
         self.port = 0
@@ -55,7 +58,15 @@ class ChildProcess:
         self._log_path = Path(self.log_file or workdir / "child.log")
         self._log = self._log_path.open("w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "privformer.cli.main", *self.args, "--ready-file", str(ready)],
+            [
+                *self.wrapper,
+                sys.executable,
+                "-m",
+                "privformer.cli.main",
+                *self.args,
+                "--ready-file",
+                str(ready),
+            ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},

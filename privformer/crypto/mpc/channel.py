@@ -106,11 +106,20 @@ class Stats:
 @dataclass(frozen=True)
 class NetworkModel:
     """A link with a round-trip time and a bandwidth. Each round costs one RTT (conservative:
-    a reply may not leave before the message it answers arrived) plus its bytes at the cap."""
+    a reply may not leave before the message it answers arrived) plus its bytes at the cap.
+
+    ``emulation`` says what a ``Channel`` given this model does: ``"sleep"`` stretches every round
+    to ``round_time`` (no real link); ``"delay"`` is for a real rate-capped link
+    (``transport.netns``): it only holds each received frame for RTT/2, the propagation delay."""
 
     rtt_s: float
     bandwidth_bps: float
     name: str = ""
+    emulation: str = "sleep"
+
+    def __post_init__(self) -> None:
+        if self.emulation not in ("sleep", "delay"):
+            raise ValueError(f"emulation must be 'sleep' or 'delay', not {self.emulation!r}")
 
     def round_time(self, flight_bytes: int) -> float:
         return self.rtt_s + 8.0 * flight_bytes / self.bandwidth_bps
@@ -287,7 +296,9 @@ class Channel:
                 f"protocol desynchronised: expected a {kind!r} frame, got {got_kind!r}"
             )
         self.stats.record(len(frame), nrecv)
-        if self.network is not None:
+        if self.network is not None and self.network.emulation == "delay":
+            time.sleep(self.network.rtt_s / 2)  # the frame's last byte crossing the link
+        elif self.network is not None:
             wait = self.network.round_time(max(len(frame), nrecv)) - (time.perf_counter() - start)
             if wait > 0:
                 time.sleep(wait)
