@@ -143,6 +143,33 @@ def test_secure_run_keeps_the_same_tokens_and_class(cipherprune_classifier, toke
         assert sec.stats["per_op"]["prune"]["rounds"] > 0
 
 
+def test_a_minimum_kept_count_hides_the_length_and_2pc_follows_the_rule(
+    cipherprune_classifier, tokenizer
+):
+    """min_keep = 24 of 32 rows: every pruning step reveals at least 24 rows, so a short
+    sentence's length (fewer real tokens) is hidden up to 24; the dummies are masked keys, so
+    2PC keeps exactly the rows the plaintext rule keeps and gives its class."""
+    w, _ = cipherprune_classifier
+    tok = tokenizer("minilm")
+    least = 24
+    pruning = PruningConfig(PRUNING.keep, PRUNING.high, min_keep=least)
+    clf = CipherPruneClassifier(w, pruning, tok)
+    text = _clear_texts(clf, 1)[0]
+    ids, mask = encode_text(text, N, tok)
+    assert int(mask.sum()) < least  # a sentence shorter than the count it hides behind
+    bare = CipherPruneClassifier(w, PRUNING, tok).run(ids, mask, "simulate")
+    assert min(bare.trace.tokens_per_layer) < least  # without the option, fewer rows survive
+    sim = clf.run(ids, mask, "simulate")
+    assert min(sim.trace.tokens_per_layer) >= least
+    sec = clf.run(ids, mask, "encrypted", debug=True)
+    assert sec.trace.tokens_per_layer == sim.trace.tokens_per_layer
+    assert sec.trace.high_per_layer == sim.trace.high_per_layer
+    for s_rec, d_rec in zip(sim.debug, sec.debug, strict=True):
+        assert sorted(d_rec.kept) == sorted(s_rec.kept)
+    assert (sec.logits - sim.logits).abs().max() < 5e-3  # as the test above
+    assert sec.label == sim.label
+
+
 def test_client_server_and_dealer_are_separate_processes(
     cipherprune_classifier, tokenizer, tmp_path
 ):

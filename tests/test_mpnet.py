@@ -14,6 +14,7 @@ import shutil
 import pytest
 import torch
 
+from privformer.data import rotten_tomatoes_split
 from privformer.errors import ModelNotFoundError
 from privformer.models import registry
 
@@ -57,3 +58,111 @@ def test_a_corrupted_part_is_refused_by_name(tmp_path, monkeypatch):
     with pytest.raises(ModelNotFoundError, match="corrupt"):
         registry.resolve_model_dir("mpnet")
     assert not (tmp_path / "cache" / "models" / "all-mpnet-base-v2").exists()  # nothing half-made
+
+
+# --- MPNet in CipherPrune's forward: plain equals transformers; 2PC equals simulate ----------
+#: 2PC importance scores vs simulate's: fixed-point error (test_cipherprune's bound).
+IMPORTANCE_TOL = 1e-4
+#: A review-like sentence of 21 tokens: long enough that pruning drops real tokens.
+MPNET_TEXT = "it's a charming and often affecting journey, though the third act drags a little."
+
+
+@pytest.fixture(scope="module")
+def mpnet():
+    return registry.load_model("mpnet"), registry.load_tokenizer("mpnet")
+
+
+def _first_layers(model, layers: int):
+    """MPNet cut to its first ``layers`` layers (real weights), as transformers runs it."""
+    import copy
+
+    cut = copy.deepcopy(model)
+    cut.encoder.layer = cut.encoder.layer[:layers]
+    cut.config.num_hidden_layers = layers
+    return cut
+
+
+def test_mpnet_plain_forward_equals_transformers(mpnet):
+    """All 12 layers, relative position bias included, padded and unpadded: CipherPrune's plain
+    executor (float64) against transformers run in float64, within 1e-5 (both compute the same
+    function; the only difference is padding's key mask, -1024 here vs float64's minimum there,
+    which leaves exp(-1000) = 0)."""
+    from privformer.protocols.cipherprune.model import BertClassifierWeights
+    from privformer.protocols.cipherprune.simulate import run_float
+
+    model, tok = mpnet
+    reference = copy_double(model)
+    identity = torch.nn.Linear(768, 768)  # the "head" returns [CLS]'s final state itself
+    with torch.no_grad():
+        identity.weight.copy_(torch.eye(768))
+        identity.bias.zero_()
+    w = BertClassifierWeights.from_hf(model, identity)
+    assert w.relative_max_distance == 128 and w.shape_of("rel.bias") == (32, 12)
+    for padding in ("do_not_pad", "max_length"):
+        enc = tok(MPNET_TEXT, padding=padding, max_length=32, return_tensors="pt")
+        with torch.no_grad():
+            want = reference(**enc).last_hidden_state[0, 0]
+        got, _, _ = run_float(w, enc["input_ids"][0], enc["attention_mask"][0], mode="plain")
+        assert (got - want).abs().max() < 1e-5, padding
+
+
+def copy_double(model):
+    import copy
+
+    return copy.deepcopy(model).double().eval()
+
+
+def test_mpnet_2pc_equals_simulate_with_the_bias_following_pruned_tokens(mpnet):
+    """MPNet's first two layers (real weights), a real sentence, pruning at both layers so real
+    tokens (not only padding) leave and the survivors are reordered: 2PC keeps the same tokens
+    and gives simulate's logits within fixed-point error, the relative bias following the kept
+    tokens' original positions. The control shows the test can fail: a bias computed for
+    positions 0..m-1 after pruning (ignoring which tokens were kept) moves the logits by far
+    more than that tolerance."""
+    from privformer.protocols.cipherprune import simulate
+    from privformer.protocols.cipherprune.model import BertClassifierWeights, PruningConfig
+    from privformer.protocols.cipherprune.session import CipherPruneClassifier, encode_text
+    from privformer.protocols.cipherprune.train import calibrate_layernorm
+
+    model, tok = mpnet
+    torch.manual_seed(0)
+    head = torch.nn.Linear(768, 2)
+    w = BertClassifierWeights.from_hf(_first_layers(model, 2), head)
+    train = [t for t, _ in rotten_tomatoes_split()[0][:32]]
+    calibrate_layernorm(w, tok, train, 32)  # MPNet's variances span 2^-9..2^14
+    ids, mask = encode_text(MPNET_TEXT, 32, tok)
+    real = int(mask.sum())
+    # keep tokens with more than 0.7 / n of the attention, treat up to 1.0 / n as low: 32 rows,
+    # then 15, then 12; every score clears both thresholds by >= 3.9e-4 (simulate), 4x the
+    # fixed-point error of 2PC's scores (1e-4, test_cipherprune.IMPORTANCE_TOL)
+    pruning = PruningConfig([0.7 / 32, 0.7 / 32], [1.0 / 32, 1.0 / 32])
+    clf = CipherPruneClassifier(w, pruning, tok)
+    sim = clf.run(ids, mask, "simulate")
+    kept = sim.debug[0].kept
+    assert len(kept) < real and max(kept) >= len(kept), "pruning must drop real tokens"
+    sec = clf.run(ids, mask, "encrypted", debug=True)
+    assert sec.trace.tokens_per_layer == sim.trace.tokens_per_layer
+    for s_rec, d_rec in zip(sim.debug, sec.debug, strict=True):
+        assert sorted(d_rec.kept) == sorted(s_rec.kept)
+        assert sorted(d_rec.high) == sorted(s_rec.high)
+        d_imp = torch.tensor(
+            [float(d_rec.importance[d_rec.positions.index(q)]) for q in s_rec.positions]
+        )
+        assert (d_imp - s_rec.importance).abs().max() < IMPORTANCE_TOL
+    # fixed-point rounding through two BERT-base-wide layers: measured 8e-6 from simulate (the
+    # random head's logits are ~0.2); the bound leaves room for other sentences' rounding
+    assert (sec.logits - sim.logits).abs().max() < 1e-3
+    assert sec.label == sim.label
+
+    class IgnoringPositions(simulate.FloatOps):
+        def prune(self, layer, probs, rows, keep, high, min_keep=0):
+            out = super().prune(layer, probs, rows, keep, high, min_keep)
+            self._bias = self._relative.matrix(torch.arange(len(self.records[-1].kept)))
+            return out
+
+    ops = IgnoringPositions(w, ids, mask, "simulate")
+    from privformer.protocols.cipherprune.model import forward
+
+    forward(ops, w, ids.numel(), pruning)
+    moved = (ops.records[1].importance - sim.debug[1].importance).abs().max()
+    assert moved > 10 * IMPORTANCE_TOL  # measured 0.034

@@ -155,45 +155,50 @@ def chebyshev(
 
 
 # --- CipherPrune ------------------------------------------------------------------------------
-#: The variance range of the 2PC rsqrt (MiniLM's and BERT-base's activations lie inside it).
+#: The variance range of the 2PC rsqrt (MiniLM's and BERT's activations lie inside it; a model
+#: may set a wider one: ``BertClassifierWeights.layernorm_range``).
 RSQRT_RANGE = LayerNormConfig(var_low=0.05, var_high=256.0)
 #: Relative accuracy the 2PC Newton iterations aim for (fixed point holds 2^-18 anyway).
 RSQRT_REL_TOL = 1e-4
 
 
-def rsqrt_iterations() -> int:
-    return newton_iterations(RSQRT_RANGE, rel_tol=RSQRT_REL_TOL)
+def rsqrt_iterations(config: LayerNormConfig = RSQRT_RANGE) -> int:
+    return newton_iterations(config, rel_tol=RSQRT_REL_TOL)
 
 
-def rsqrt_start() -> tuple[float, float]:
+def rsqrt_start(config: LayerNormConfig = RSQRT_RANGE) -> tuple[float, float]:
     """(a, b) of the start y0 = a - b v: ``newton_start`` on u = v / var_high, rescaled to v."""
-    high = RSQRT_RANGE.var_high
+    high = config.var_high
     a = newton_start(0.0) / math.sqrt(high)
     b = (newton_start(0.0) - newton_start(1.0)) / high**1.5
     return a, b
 
 
-def rsqrt(v: torch.Tensor) -> torch.Tensor:
+def rsqrt(v: torch.Tensor, config: LayerNormConfig = RSQRT_RANGE) -> torch.Tensor:
     """1/sqrt(v) for v in [var_low, var_high]: Newton y <- y (1.5 - (v/2 * y) * y), grouped so
     every intermediate stays far above the fixed-point resolution."""
     if v.numel():
         low, high = float(v.detach().min()), float(v.detach().max())
-        if low < RSQRT_RANGE.var_low or high > RSQRT_RANGE.var_high:
-            bad = low if low < RSQRT_RANGE.var_low else high
-            raise OutOfRangeError("layernorm.rsqrt", RSQRT_RANGE.var_low, RSQRT_RANGE.var_high, bad)
-    a, b = rsqrt_start()
+        if low < config.var_low or high > config.var_high:
+            bad = low if low < config.var_low else high
+            raise OutOfRangeError("layernorm.rsqrt", config.var_low, config.var_high, bad)
+    a, b = rsqrt_start(config)
     half_v = 0.5 * v
     y = a - b * v
-    for _ in range(rsqrt_iterations()):
+    for _ in range(rsqrt_iterations(config)):
         y = y * (1.5 - (half_v * y) * y)
     return y
 
 
 def cipherprune(
-    x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: float
+    x: torch.Tensor,
+    gamma: torch.Tensor,
+    beta: torch.Tensor,
+    eps: float,
+    config: LayerNormConfig = RSQRT_RANGE,
 ) -> torch.Tensor:
     """gamma * (x - mean) * rsqrt(var + eps) + beta over the last axis."""
     mean = x.mean(dim=-1, keepdim=True)
     xc = x - mean
     var = (xc * xc).mean(dim=-1, keepdim=True) + eps
-    return xc * rsqrt(var) * gamma + beta
+    return xc * rsqrt(var, config) * gamma + beta

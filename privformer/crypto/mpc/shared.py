@@ -143,9 +143,11 @@ def mul(x: Shared, y: Shared, fixed_point: bool = True, frac_bits: int = fixed.F
     return truncate(z, frac_bits) if fixed_point else z
 
 
-def matmul(x: Shared, y: Shared) -> Shared:
-    """x @ y of two secret fixed-point tensors (batched like torch.matmul)."""
-    return truncate(_beaver(x, y, "matmul"))
+def matmul(x: Shared, y: Shared, fixed_point: bool = True) -> Shared:
+    """x @ y of two secret tensors (batched like torch.matmul); ``fixed_point=False`` when one
+    factor holds integers (e.g. a 0/1 selection matrix), which needs no truncation."""
+    z = _beaver(x, y, "matmul")
+    return truncate(z) if fixed_point else z
 
 
 def mul_public(x: Shared, c: float) -> Shared:

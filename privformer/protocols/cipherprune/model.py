@@ -11,6 +11,13 @@ S_j <= theta_l are removed before the rest of the layer; survivors with S_j <= b
 (beta_l >= theta_l) are "low" and use the reduced GELU in this layer and the reduced exp in the
 next layer's softmax rows. [CLS] is always kept and high. After each pruning step the token rows
 are ordered [CLS, high..., low...]; the counts are public (that is what the protocol reveals).
+With ``PruningConfig.min_keep`` the first pruned rows stay, as masked dummies among the low
+rows, until that many rows survive: the count revealed is then max(kept, min_keep).
+
+MPNet encoders add a relative position bias to every layer's scores (``RelativePositionBias``,
+a server weight). ``ops.attention`` adds the bias of the current rows' original positions: the
+executor recomputes it at each pruning step, from the kept positions (float) or from the
+secret selection of kept rows (2PC, which keeps the positions secret).
 """
 
 from __future__ import annotations
@@ -21,8 +28,9 @@ from typing import Any, Protocol
 
 import torch
 
+from privformer.approx.layernorm import RSQRT_RANGE, LayerNormConfig
 from privformer.errors import InputError
-from privformer.models.encoder import read_encoder
+from privformer.models.encoder import RelativePositionBias, read_encoder
 from privformer.models.registry import HFModel
 
 #: Additive attention mask of padded keys: far below the exp clamp, far inside the ring.
@@ -37,7 +45,11 @@ DIM_FIELDS = (
     "max_positions",
     "eps",
     "classes",
+    "relative_max_distance",
+    "layernorm_ranges",
 )
+#: The relative position bias table (buckets x heads) of MPNet encoders.
+RELATIVE_BIAS = "rel.bias"
 
 
 @dataclass
@@ -47,8 +59,15 @@ class PruningConfig:
     keep: list[float | None]
     high: list[float | None]
     compaction: str = "shuffle"  # or "swap" (the paper's adjacent oblivious swaps)
+    # At least this many rows ([CLS] included) survive each pruning step: when fewer tokens
+    # clear the threshold, the first pruned rows (by position) stay as dummies (masked as keys,
+    # low), so the revealed count is max(kept, min_keep) and hides how far below it the count
+    # fell, e.g. a sentence's length. 0: off.
+    min_keep: int = 0
 
     def __post_init__(self) -> None:
+        if self.min_keep < 0:
+            raise InputError(f"min_keep must be >= 0, got {self.min_keep}")
         if len(self.keep) != len(self.high):
             raise InputError("keep and high thresholds need one entry per layer each")
         for k, h in zip(self.keep, self.high, strict=True):
@@ -84,6 +103,10 @@ class BertClassifierWeights:
     max_positions: int
     eps: float
     classes: int
+    relative_max_distance: int = 0  # MPNet's relative position bias (0: none)
+    # Variance range of each LayerNorm's rsqrt by name ("emb.ln", "l0.ln1", ...), calibrated
+    # (``train.calibrate_layernorm``); a LayerNorm not listed uses RSQRT_RANGE.
+    layernorm_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
 
     def dims(self) -> dict[str, Any]:
@@ -94,14 +117,34 @@ class BertClassifierWeights:
     def head_dim(self) -> int:
         return self.hidden // self.heads
 
+    def norm_eps(self, name: str) -> float:
+        """The eps of LayerNorm ``name``: the embedding LayerNorm's input is scaled by
+        EMBEDDING_SCALE, so its eps by EMBEDDING_SCALE^2, which keeps it exact (MPNet's 1e-5
+        would otherwise move the states by ~1e-4)."""
+        return self.eps * EMBEDDING_SCALE**2 if name == "emb.ln" else self.eps
+
+    def layernorm_range(self, name: str) -> LayerNormConfig:
+        """The variance range of LayerNorm ``name``'s rsqrt."""
+        if name not in self.layernorm_ranges:
+            return RSQRT_RANGE
+        low, high = self.layernorm_ranges[name]
+        return LayerNormConfig(var_low=float(low), var_high=float(high))
+
+    def relative_bias(self) -> RelativePositionBias | None:
+        """MPNet's relative position bias (None for BERT)."""
+        if not self.relative_max_distance:
+            return None
+        return RelativePositionBias(self.tensors[RELATIVE_BIAS], self.relative_max_distance)
+
     @classmethod
     def from_hf(cls, bert: HFModel, head: torch.nn.Linear) -> BertClassifierWeights:
-        """From a ``transformers`` ``BertModel`` and a linear head on [CLS]."""
+        """From a ``transformers`` ``BertModel`` or ``MPNetModel`` and a linear head on [CLS]."""
         cfg = bert.config
-        enc = read_encoder(bert)  # raises UnsupportedModelError unless BERT with exact GELU
+        enc = read_encoder(bert)  # raises UnsupportedModelError unless BERT/MPNet, exact GELU
         # LayerNorm is scale invariant, so scaling every embedding table by EMBEDDING_SCALE leaves
-        # the model's function unchanged (eps aside, 1e-12) and lifts the embedding LayerNorm's
-        # variance into the range of the rsqrt approximation (docs/cipherprune.md).
+        # the model's function unchanged (its eps is scaled too: ``norm_eps``) and lifts the
+        # embedding LayerNorm's variance into the range of the rsqrt approximation
+        # (docs/cipherprune.md).
         t: dict[str, torch.Tensor] = {
             "emb.word": enc.embeddings.word * EMBEDDING_SCALE,
             "emb.pos": enc.embeddings.position * EMBEDDING_SCALE,
@@ -119,6 +162,8 @@ class BertClassifierWeights:
                 t[f"l{i}.{key}.w"], t[f"l{i}.{key}.b"] = lin[key]
             for key in ("ln1", "ln2"):
                 t[f"l{i}.{key}.g"], t[f"l{i}.{key}.b"] = norms[key]
+        if enc.relative_bias is not None:
+            t[RELATIVE_BIAS] = enc.relative_bias.table
         return cls(
             t,
             cfg.num_hidden_layers,
@@ -126,9 +171,10 @@ class BertClassifierWeights:
             cfg.num_attention_heads,
             cfg.intermediate_size,
             cfg.vocab_size,
-            cfg.max_position_embeddings,
+            enc.embeddings.position.shape[0],
             float(cfg.layer_norm_eps),
             int(head.out_features),
+            enc.relative_bias.max_distance if enc.relative_bias is not None else 0,
         )
 
     def shape_of(self, name: str) -> tuple[int, ...]:
@@ -146,7 +192,13 @@ class Ops(Protocol):
     def attention(self, qkv: Any, mask: Any, n_high: int) -> tuple[Any, Any]: ...
     def gelu(self, h: Any, n_high: int) -> Any: ...
     def prune(
-        self, layer: int, probs: Any, rows: dict[str, Any], keep: float, high: float
+        self,
+        layer: int,
+        probs: Any,
+        rows: dict[str, Any],
+        keep: float,
+        high: float,
+        min_keep: int = 0,
     ) -> tuple[dict[str, Any], int]: ...
     def classify(self, x: Any) -> torch.Tensor | None: ...
 
@@ -189,7 +241,7 @@ def forward(
         keep, high = pruning.keep[i], pruning.high[i]
         if keep is not None and high is not None:  # both or neither (checked by PruningConfig)
             rows = {"x": x, "ctx": ctx, "mask": mask, "pos": pos}
-            rows, n_high = ops.prune(i, probs, rows, keep, high)
+            rows, n_high = ops.prune(i, probs, rows, keep, high, pruning.min_keep)
             x, ctx, mask, pos = rows["x"], rows["ctx"], rows["mask"], rows["pos"]
             n = ops.rows(x)
         x = ops.layernorm(ops.add(ops.linear(ctx, f"l{i}.o"), x), f"l{i}.ln1")

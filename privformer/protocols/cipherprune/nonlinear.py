@@ -13,7 +13,12 @@ import math
 import torch
 
 from privformer.approx.gelu import GELU_HIGH, GELU_LOW, GeluApprox
-from privformer.approx.layernorm import rsqrt_iterations, rsqrt_start
+from privformer.approx.layernorm import (
+    RSQRT_RANGE,
+    LayerNormConfig,
+    rsqrt_iterations,
+    rsqrt_start,
+)
 from privformer.approx.softmax import EXP_HIGH, EXP_LOW, ExpApprox, reciprocal_iterations
 from privformer.crypto.mpc import fixed
 from privformer.crypto.mpc.compare import ltz, max_lastdim, select
@@ -189,23 +194,29 @@ def softmax(x: Shared, mask_add: Shared | None, cfg: ExpApprox = EXP_HIGH) -> Sh
     return softmax_rows(x, mask_add, x.shape[0], 0, cfg, cfg)
 
 
-def rsqrt(v: Shared) -> Shared:
-    """1/sqrt(v) for v in the LayerNorm range (``approx.layernorm.rsqrt``)."""
-    a, b = rsqrt_start()
+def rsqrt(v: Shared, config: LayerNormConfig = RSQRT_RANGE) -> Shared:
+    """1/sqrt(v) for v in ``config``'s variance range (``approx.layernorm.rsqrt``)."""
+    a, b = rsqrt_start(config)
     half_v = truncate(v, 1)
     y = mul_public(v, -b).add_public(a)
-    for _ in range(rsqrt_iterations()):
+    for _ in range(rsqrt_iterations(config)):
         y = mul(y, (-mul(mul(half_v, y), y)).add_public(1.5))
     return y
 
 
 def layernorm(
-    x: Shared, name: str, gamma: torch.Tensor | None, beta: torch.Tensor | None, eps: float
+    x: Shared,
+    name: str,
+    gamma: torch.Tensor | None,
+    beta: torch.Tensor | None,
+    eps: float,
+    config: LayerNormConfig = RSQRT_RANGE,
 ) -> Shared:
-    """LayerNorm over the last axis; gamma, beta are party 1's ring tensors (party 0: None)."""
+    """LayerNorm over the last axis; gamma, beta are party 1's ring tensors (party 0: None);
+    ``config``: the variance range of its rsqrt."""
     d = x.shape[-1]
     mean = mul_public(x.sum(-1, keepdim=True), 1.0 / d)
     xc = x - mean
     var = mul_public(mul(xc, xc).sum(-1, keepdim=True), 1.0 / d).add_public(eps)
-    normed = mul(xc, rsqrt(var))
+    normed = mul(xc, rsqrt(var, config))
     return scale_by_weight(normed, name, gamma, (d,)).add_server_value(beta)

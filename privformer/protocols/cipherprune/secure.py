@@ -5,6 +5,13 @@ thresholds. Weights are party 1's private inputs to one-sided products (``shared
 thresholds enter only as party 1's additive constant in a comparison. Only the logits are revealed,
 to the client. Both parties learn the per-layer token counts (kept, and high among kept).
 
+MPNet's relative position bias is party 1's weight too. Before any pruning the rows are the
+positions 0..n-1, so party 1 adds the bias matrix to its share of the scores. Pruning keeps the
+kept positions secret, so the rows also carry a secret 0/1 selection S (kept rows x original
+positions, compacted with them); after a pruning step the bias is S B S^T per head: a one-sided
+product with party 1's (n x heads n) bias matrix, then a Beaver product with S^T, neither
+truncated (S holds integers), so the 2PC bias is exactly the fixed-point encoding of the float one.
+
 With ``debug_reveal`` the client also learns, per pruning step, the original positions of the
 kept tokens and the importance scores: that is for tests comparing against ``simulate``, and it
 leaks attention statistics of the model to the client, so it is off by default.
@@ -48,6 +55,12 @@ class SharedOps:
         self.enc: dict[str, torch.Tensor] = {}
         if self.party.role == SERVER:
             self.enc = {k: fixed.encode(v, k) for k, v in self.w.tensors.items()}
+        self._relative = self.w.relative_max_distance > 0
+        # MPNet: the rows' selection of original positions (integer shares) and their bias:
+        # party 1's plain ring tensor before the first pruning, a secret share after it.
+        self._selection: Shared | None = None
+        self._bias: Shared | torch.Tensor | None = None
+        self._matrix: torch.Tensor | None = None  # party 1's (n x heads n) bias matrix
 
     def _weight(self, name: str) -> torch.Tensor | None:
         return self.enc.get(name)
@@ -90,7 +103,36 @@ class SharedOps:
             )
             if p.role == SERVER:
                 x = x.add_server_value(self.enc["emb.pos"][:n] + self.enc["emb.type0"])
+        if self._relative:
+            self._setup_relative_bias(n)
         return self.layernorm(x, "emb.ln"), mask_s, pos_s
+
+    def _setup_relative_bias(self, n: int) -> None:
+        """The bias of positions 0..n-1 (party 1's), its (n x heads n) matrix's mask opened for
+        the products after pruning, and the identity selection (a public constant: party 0
+        holds it, party 1 zeros)."""
+        p, h = self.party, self.w.heads
+        matrix = None
+        if p.role == SERVER:
+            relative = self.w.relative_bias()
+            assert relative is not None  # _relative says the model has one
+            bias = relative.matrix(torch.arange(n))  # (h, n, n)
+            self._bias = fixed.encode(bias)
+            matrix = fixed.encode(bias.permute(1, 0, 2).reshape(n, h * n))  # [a, g n + b]
+        with p.stats.op("setup"):
+            sh.open_weight_masks(p, {"rel.matrix": matrix}, {"rel.matrix": (n, h * n)})
+        self._matrix = matrix
+        eye = torch.eye(n, dtype=torch.int64)
+        self._selection = Shared(eye if p.role == CLIENT else torch.zeros_like(eye), p)
+
+    def _pruned_bias(self, selection: Shared) -> Shared:
+        """S B S^T per head for the kept rows' selection S (m x n): (h, m, m), secret."""
+        p, h = self.party, self.w.heads
+        m, n = selection.shape
+        y = sh.onesided_product(selection, "rel.matrix", self._matrix, (n, h * n), "matmul")
+        y = y.reshape(m, h, n).transpose(0, 1)  # (h, m, n): rows of S B_g
+        s_t = Shared(selection.share.T.expand(h, n, m).contiguous(), p)
+        return sh.matmul(y, s_t, fixed_point=False)  # S holds integers: no truncation
 
     def linear(self, x: Shared, name: str) -> Shared:
         with self.party.stats.op("linear"):
@@ -108,7 +150,12 @@ class SharedOps:
     def layernorm(self, x: Shared, name: str) -> Shared:
         with self.party.stats.op("layernorm"):
             return nl.layernorm(
-                x, f"{name}.g", self._weight(f"{name}.g"), self._weight(f"{name}.b"), self.w.eps
+                x,
+                f"{name}.g",
+                self._weight(f"{name}.g"),
+                self._weight(f"{name}.b"),
+                self.w.norm_eps(name),
+                self.w.layernorm_range(name),
             )
 
     def attention(self, qkv: Shared, mask: Shared, n_high: int) -> tuple[Shared, Shared]:
@@ -118,6 +165,10 @@ class SharedOps:
                 qkv[:, i * d : (i + 1) * d].reshape(n, h, d // h).transpose(0, 1) for i in range(3)
             )
             scores = sh.matmul(q, k.transpose(1, 2))
+            if isinstance(self._bias, Shared):
+                scores = scores + self._bias
+            elif self._relative:  # party 1 adds the bias of positions 0..n-1 (None at party 0)
+                scores = scores.add_server_value(self._bias)
         with self.party.stats.op("softmax"):
             key_mask = Shared(mask.share.reshape(1, 1, n).expand(h, n, n).contiguous(), mask.party)
             # rows (queries) of high tokens get the accurate exp, the others the reduced one
@@ -130,7 +181,15 @@ class SharedOps:
         with self.party.stats.op("gelu"):
             return nl.gelu_rows(x, n_high)
 
-    def prune(self, layer: int, probs: Shared, rows: dict, keep: float, high: float):
+    def prune(
+        self,
+        layer: int,
+        probs: Shared,
+        rows: dict,
+        keep: float,
+        high: float,
+        min_keep: int = 0,
+    ):
         p = self.party
         n = probs.shape[-1]
         with p.stats.op("prune"):
@@ -142,12 +201,17 @@ class SharedOps:
             # [S_j > t] = [t - S_j < 0]; t enters as the server's additive constant
             bits = compare.ltz((-sh.cat([tail, tail], 0)).add_server_value(thresholds))
             keep_bits, high_bits = bits[: n - 1], bits[n - 1 :]
+            mask = rows["mask"]
+            if min_keep > 1:
+                keep_bits, mask = self._keep_dummies(keep_bits, mask, min_keep - 1)
             columns = [
                 rows["x"],
                 rows["ctx"],
-                Shared(rows["mask"].share.reshape(-1, 1), p),
+                Shared(mask.share.reshape(-1, 1), p),
                 Shared(rows["pos"].share.reshape(-1, 1), p),
             ]
+            if self._selection is not None:
+                columns.append(self._selection)
             table = sh.cat(columns, dim=1)
             high_rows, low_rows = compact(self.compaction, table[1:], keep_bits, high_bits)
             table = sh.cat([table[0:1], high_rows, low_rows], 0)
@@ -158,9 +222,32 @@ class SharedOps:
                 "mask": Shared(table.share[:, 2 * d].contiguous(), p),
                 "pos": Shared(table.share[:, 2 * d + 1].contiguous(), p),
             }
+            if self._selection is not None:
+                self._selection = table[:, 2 * d + 2 :]
+                self._bias = self._pruned_bias(self._selection)
             if self.debug_reveal:
                 self._debug(layer, rows["pos"], importance, new["pos"], 1 + high_rows.shape[0])
         return new, 1 + high_rows.shape[0]
+
+    def _keep_dummies(self, keep: Shared, mask: Shared, least: int) -> tuple[Shared, Shared]:
+        """Keep bits of the rows after [CLS] with the first pruned rows added until ``least``
+        are kept, and the mask with those dummies masked as keys; nothing is opened. Pruned row
+        j is the r_j-th pruned one (r_j = prefix count of zeros), and it stays iff
+        r_j <= least - K (K kept): one comparison per row, then two bit products."""
+        p = self.party
+        one = torch.ones_like(keep.share) if p.role == CLIENT else torch.zeros_like(keep.share)
+        pruned = Shared(one - keep.share, p)  # integer shares of 1 - k_j
+        rank = Shared(pruned.share.cumsum(0), p)
+        kept = keep.sum(0, keepdim=True)
+        # [r_j + K - least - 1 < 0]  <=>  r_j <= least - K
+        slack = Shared(rank.share + kept.share.expand_as(rank.share), p).add_public(
+            -(least + 1), encoded=True
+        )
+        dummy = sh.mul(pruned, compare.ltz(slack), fixed_point=False)
+        tail = mask[1:]
+        dummy_mask = dummy.mul_int(int(fixed.encode(torch.tensor(MASK_VALUE))))
+        masked = tail - sh.mul(dummy, tail, fixed_point=False) + dummy_mask
+        return keep + dummy, sh.cat([mask[0:1], masked], 0)
 
     def _debug(self, layer: int, pos: Shared, importance: Shared, new_pos: Shared, n_high: int):
         with self.party.stats.op("debug"):
@@ -199,6 +286,7 @@ def model_card(w: BertClassifierWeights, pruning: PruningConfig) -> dict:
         "shapes": {k: list(v.shape) for k, v in w.tensors.items()},
         "prunes": [k is not None for k in pruning.keep],
         "compaction": pruning.compaction,
+        "min_keep": pruning.min_keep,
     }
 
 
@@ -206,7 +294,7 @@ def public_pruning(card: dict) -> PruningConfig:
     """The client's view of the pruning config: which layers prune (thresholds stay private;
     any placeholder works because the client never adds them)."""
     marks = [0.0 if on else None for on in card["prunes"]]
-    return PruningConfig(marks, marks, card["compaction"])
+    return PruningConfig(marks, marks, card["compaction"], int(card.get("min_keep", 0)))
 
 
 def run_party(

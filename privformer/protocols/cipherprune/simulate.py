@@ -31,6 +31,8 @@ class FloatOps:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise InputError(f"unknown mode {self.mode!r}; choose one of {MODES}")
+        self._relative = self.w.relative_bias()
+        self._bias: torch.Tensor | None = None  # (heads, n, n) of the current rows (MPNet)
 
     @property
     def approximate(self) -> bool:
@@ -43,6 +45,8 @@ class FloatOps:
         t = self.w.tensors
         x = t["emb.word"][self.input_ids] + t["emb.pos"][:n] + t["emb.type0"]
         mask = (1.0 - self.attention_mask.to(torch.float64)) * cp.MASK_VALUE
+        if self._relative is not None:
+            self._bias = self._relative.matrix(torch.arange(n))
         return self.layernorm(x, "emb.ln"), mask, torch.arange(n, dtype=torch.float64)
 
     def linear(self, x: torch.Tensor, name: str) -> torch.Tensor:
@@ -53,9 +57,10 @@ class FloatOps:
 
     def layernorm(self, x: torch.Tensor, name: str) -> torch.Tensor:
         g, b = self.w.tensors[f"{name}.g"], self.w.tensors[f"{name}.b"]
+        eps = self.w.norm_eps(name)
         if self.approximate:
-            return approx.layernorm.cipherprune(x, g, b, self.w.eps)
-        return F.layer_norm(x, (x.shape[-1],), g, b, self.w.eps)
+            return approx.layernorm.cipherprune(x, g, b, eps, self.w.layernorm_range(name))
+        return F.layer_norm(x, (x.shape[-1],), g, b, eps)
 
     def _split_rows(self, x: torch.Tensor, n_high: int, high_fn, low_fn, dim: int) -> torch.Tensor:
         hi, lo = x.narrow(dim, 0, n_high), x.narrow(dim, n_high, x.shape[dim] - n_high)
@@ -67,6 +72,8 @@ class FloatOps:
             qkv[:, i * d : (i + 1) * d].reshape(n, h, d // h).transpose(0, 1) for i in range(3)
         )
         scores = q @ k.transpose(1, 2)  # (h, n, n); 1/sqrt(d/h) is folded into W_Q
+        if self._bias is not None:
+            scores = scores + self._bias  # MPNet: the bias of the rows' original positions
         if self.approximate:
             probs = self._split_rows(
                 scores,
@@ -91,12 +98,27 @@ class FloatOps:
             dim=0,
         )
 
-    def prune(self, layer: int, probs: torch.Tensor, rows: dict, keep: float, high: float):
+    def prune(
+        self,
+        layer: int,
+        probs: torch.Tensor,
+        rows: dict,
+        keep: float,
+        high: float,
+        min_keep: int = 0,
+    ):
         n = probs.shape[-1]
         importance = probs.sum(dim=(0, 1)) / (self.w.heads * n)
         order = [0] + [j for j in range(1, n) if importance[j] > high]
         low = [j for j in range(1, n) if keep < importance[j] <= high]
-        index = torch.tensor(order + low)
+        # min_keep: the first pruned rows stay, as dummies (masked keys), up to min_keep rows
+        pruned = [j for j in range(1, n) if importance[j] <= keep]
+        dummies = pruned[: max(0, min_keep - len(order) - len(low))]
+        if dummies:
+            rows = dict(rows)
+            rows["mask"] = rows["mask"].clone()
+            rows["mask"][dummies] = cp.MASK_VALUE
+        index = torch.tensor(order + low + dummies)
         positions = rows["pos"].round().long().tolist()
         self.records.append(
             cp.PruneRecord(
@@ -107,6 +129,8 @@ class FloatOps:
                 [positions[j] for j in order],
             )
         )
+        if self._relative is not None:
+            self._bias = self._relative.matrix(torch.tensor(self.records[-1].kept))
         return {k: v[index] for k, v in rows.items()}, len(order)
 
     def classify(self, x: torch.Tensor) -> torch.Tensor:

@@ -107,6 +107,13 @@ class SoftThresholds:
         return keep, keep + F.softplus(self.psi) / self.n
 
 
+def _layernorm(
+    w: BertClassifierWeights, t: dict[str, torch.Tensor], name: str, x: torch.Tensor
+) -> torch.Tensor:
+    g, b = t[f"{name}.g"], t[f"{name}.b"]
+    return approx.layernorm.cipherprune(x, g, b, w.norm_eps(name), w.layernorm_range(name))
+
+
 def soft_forward(
     w: BertClassifierWeights,
     tensors: dict[str, torch.Tensor],
@@ -121,10 +128,13 @@ def soft_forward(
     t = tensors
     b, n = ids.shape
     heads, d = w.heads, w.hidden
+    emb = t["emb.word"][ids] + t["emb.pos"][:n] + t["emb.type0"]
     x = approx.layernorm.cipherprune(
-        t["emb.word"][ids] + t["emb.pos"][:n] + t["emb.type0"], t["emb.ln.g"], t["emb.ln.b"], w.eps
+        emb, t["emb.ln.g"], t["emb.ln.b"], w.norm_eps("emb.ln"), w.layernorm_range("emb.ln")
     )
     key_bias = (1.0 - valid) * MASK_VALUE
+    relative = w.relative_bias()  # MPNet; soft pruning keeps every row, so positions stay put
+    position_bias = 0.0 if relative is None else relative.matrix(torch.arange(n)).to(x.dtype)
     alive = torch.ones(b, n)
     hi = torch.ones(b, n)
     cls_one = torch.zeros(b, n)  # [CLS] is always kept and high
@@ -142,6 +152,7 @@ def soft_forward(
         )
         scores = (
             q @ k.transpose(-1, -2)
+            + position_bias
             + (key_bias + torch.log(alive.clamp_min(1e-9)))[:, None, None, :]
         )
         row_hi = hi[:, None, :, None]
@@ -155,22 +166,83 @@ def soft_forward(
         )
         alive = alive * torch.maximum(torch.sigmoid((importance - keep[i]) / tau), cls_one)
         hi = torch.maximum(torch.sigmoid((importance - high[i]) / tau), cls_one)
-        x = approx.layernorm.cipherprune(
-            ctx @ t[f"l{i}.o.w"] + t[f"l{i}.o.b"] + x, t[f"l{i}.ln1.g"], t[f"l{i}.ln1.b"], w.eps
-        )
+        x = _layernorm(w, t, f"l{i}.ln1", ctx @ t[f"l{i}.o.w"] + t[f"l{i}.o.b"] + x)
         h = x @ t[f"l{i}.ffn1.w"] + t[f"l{i}.ffn1.b"]
         g_high = approx.gelu.cipherprune(h, approx.gelu.GELU_HIGH)
         g_low = approx.gelu.cipherprune(h, approx.gelu.GELU_LOW)
         g = hi[..., None] * g_high + (1 - hi[..., None]) * g_low
-        x = approx.layernorm.cipherprune(
-            g @ t[f"l{i}.ffn2.w"] + t[f"l{i}.ffn2.b"] + x, t[f"l{i}.ln2.g"], t[f"l{i}.ln2.b"], w.eps
-        )
+        x = _layernorm(w, t, f"l{i}.ln2", g @ t[f"l{i}.ffn2.w"] + t[f"l{i}.ffn2.b"] + x)
         n_alive = alive.sum(-1)
         layer_cost = (
             COST_TOKEN * n_alive + COST_PAIR * n_alive**2 + COST_HIGH * (alive * hi).sum(-1)
         )
         cost = cost + (layer_cost / full).mean() / w.layers
     return x[:, 0] @ t["head.w"] + t["head.b"], cost
+
+
+def calibrate_layernorm(
+    w: BertClassifierWeights,
+    tokenizer,
+    texts: Sequence[str],
+    n: int = 128,
+    margin: float = 4.0,
+) -> dict[str, tuple[float, float]]:
+    """Per-LayerNorm variance ranges for the rsqrt, set on ``w`` and returned: the variances the
+    plain model sees on ``texts`` padded to ``n`` (padding rows included: 2PC normalises them
+    too, before they are pruned), widened by ``margin`` each way and rounded out to powers of
+    two. A narrower range needs fewer Newton steps, each 3 rounds per LayerNorm."""
+    seen: dict[str, list[float]] = {}
+
+    def record(name: str, var: torch.Tensor) -> None:
+        low, high = float(var.min()), float(var.max())
+        old = seen.get(name, [low, high])
+        seen[name] = [min(old[0], low), max(old[1], high)]
+
+    t = w.tensors
+    for start in range(0, len(texts), 16):
+        enc = tokenizer(
+            list(texts[start : start + 16]),
+            padding="max_length",
+            truncation=True,
+            max_length=n,
+            return_tensors="pt",
+        )
+        x = t["emb.word"][enc["input_ids"]] + t["emb.pos"][:n] + t["emb.type0"]
+        valid = enc["attention_mask"].to(torch.float64)
+        relative = w.relative_bias()
+        bias = 0.0 if relative is None else relative.matrix(torch.arange(n))
+        heads, d = w.heads, w.hidden
+        for name, step in [("emb.ln", None)] + [
+            (f"l{i}.{k}", (i, k)) for i in range(w.layers) for k in ("ln1", "ln2")
+        ]:
+            if step is not None:
+                i, k = step
+                if k == "ln1":
+                    qkv = x @ t[f"l{i}.qkv.w"] + t[f"l{i}.qkv.b"]
+                    b = qkv.shape[0]
+                    q, key, v = (
+                        qkv[..., j * d : (j + 1) * d].reshape(b, n, heads, -1).transpose(1, 2)
+                        for j in range(3)
+                    )
+                    scores = q @ key.transpose(-1, -2) + bias
+                    scores = scores + ((1.0 - valid) * MASK_VALUE)[:, None, None, :]
+                    ctx = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, n, d)
+                    x = ctx @ t[f"l{i}.o.w"] + t[f"l{i}.o.b"] + x
+                else:
+                    h = F.gelu(x @ t[f"l{i}.ffn1.w"] + t[f"l{i}.ffn1.b"])
+                    x = h @ t[f"l{i}.ffn2.w"] + t[f"l{i}.ffn2.b"] + x
+            eps = w.norm_eps(name)
+            record(name, x.var(-1, unbiased=False) + eps)
+            x = F.layer_norm(x, (d,), t[f"{name}.g"], t[f"{name}.b"], eps)
+    ranges = {
+        name: (
+            2.0 ** math.floor(math.log2(low / margin)),
+            2.0 ** math.ceil(math.log2(high * margin)),
+        )
+        for name, (low, high) in seen.items()
+    }
+    w.layernorm_ranges = ranges
+    return ranges
 
 
 def learn_thresholds(

@@ -34,7 +34,7 @@ from privformer import approx
 from privformer.artifacts import read_manifest, write_manifest
 from privformer.crypto.ckks import circuits as he
 from privformer.crypto.ckks.backend import Ciphertext, CKKSBackend
-from privformer.errors import InputError
+from privformer.errors import InputError, UnsupportedModelError
 from privformer.models.encoder import EmbeddingTables, read_encoder
 from privformer.models.registry import HFModel
 from privformer.protocols.nexus import calibrate as cal
@@ -76,6 +76,10 @@ class NexusClassifier:
     def from_hf(cls, bert: HFModel, head: torch.nn.Linear) -> NexusClassifier:
         """From a ``transformers`` ``BertModel`` and a linear head on [CLS]."""
         enc = read_encoder(bert)
+        if enc.relative_bias is not None:
+            raise UnsupportedModelError(
+                "NEXUS runs BERT encoders; this one adds a relative position bias (MPNet)"
+            )
         layers = [
             EncoderLayerWeights(
                 {key: w.numpy() for key, (w, _b) in t.linear.items()},
