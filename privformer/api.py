@@ -422,6 +422,8 @@ def _nexus_queries(http: Any, client: Any, keys: Path, texts: list[str]) -> Resu
 
 #: Rotten Tomatoes training sentences the depth-aware NEXUS ranges are calibrated on.
 NEXUS_CALIBRATION_SENTENCES = 256
+#: Bumped when calibration's rules change, so cached calibrations made by older rules are redone.
+NEXUS_CALIBRATION_VERSION = 2
 
 
 def _calibrate(name: str, classifier: Any, tokenizer: Any) -> None:
@@ -437,15 +439,17 @@ def _calibrate(name: str, classifier: Any, tokenizer: Any) -> None:
     path = cache_dir() / "nexus" / f"{name}-{classifier.tokens}-tokens-calibration.json"
     if path.is_file():
         cached = json.loads(path.read_text())
-        classifier.configs = [config_from_dict(c) for c in cached["configs"]]
-        classifier.argmax = ArgmaxConfig(bound=float(cached["argmax_bound"]))
-        return
+        if cached.get("version") == NEXUS_CALIBRATION_VERSION:
+            classifier.configs = [config_from_dict(c) for c in cached["configs"]]
+            classifier.argmax = ArgmaxConfig(bound=float(cached["argmax_bound"]))
+            return
     train = rotten_tomatoes_split()[0][:NEXUS_CALIBRATION_SENTENCES]
     ids = [
         tokenizer(t, truncation=True, max_length=classifier.tokens)["input_ids"] for t, _ in train
     ]
     classifier.calibrate(ids)
     cached = {
+        "version": NEXUS_CALIBRATION_VERSION,
         "configs": [config_to_dict(c) for c in classifier.configs],
         "argmax_bound": classifier.argmax.bound,
     }

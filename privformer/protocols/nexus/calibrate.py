@@ -33,8 +33,23 @@ MARGIN = 1.25
 #: degree 119 (depth 7; max error 1.6e-5 at 28, 1.5e-4 at 32). Wider than 32 is refused.
 GELU_DEGREE_63_BOUND = 16.0
 GELU_MAX_BOUND = 32.0
-#: 1/sqrt starts from a degree-63 interpolant (depth 6): 2-3 Newton steps on MiniLM's ranges.
-LAYERNORM_START_DEGREE = 63
+#: 1/sqrt starts from a degree-63 interpolant (depth 6) where that needs no Newton step, else
+#: from degree 127 (depth 7, the whole window): on MiniLM's layer 0 (variances 0.09..194) 127
+#: needs 1 step where 63 needs 3, each 3 levels, i.e. 2 bootstraps fewer per LayerNorm.
+LAYERNORM_START_DEGREES = (63, 127)
+
+
+def layernorm_start_degree(var_low: float, var_high: float) -> int:
+    """The start degree for a variance range: the lowest that needs no Newton step, else the
+    highest (whose few steps cost fewer levels than the lower degree's)."""
+    for degree in LAYERNORM_START_DEGREES:
+        if approx.layernorm.chebyshev_start(
+            approx.layernorm.LayerNormConfig(
+                var_low=var_low, var_high=var_high, start_degree=degree
+            )
+        )[1] == 0:
+            return degree
+    return LAYERNORM_START_DEGREES[-1]
 
 
 def padded(ids: Sequence[int], tokens: int, pad_id: int) -> np.ndarray:
@@ -110,7 +125,7 @@ def layer_config(ranges: RangeRecorder, tokens: int, margin: float = MARGIN) -> 
             var_low=var_low,
             var_high=var_high,
             input_bound=_round_up(margin * ranges.magnitude("layernorm_input"), 4.0),
-            start_degree=LAYERNORM_START_DEGREE,
+            start_degree=layernorm_start_degree(var_low, var_high),
         ),
         activation_bound=_round_up(margin * ranges.magnitude("activation"), 4.0),
     )
