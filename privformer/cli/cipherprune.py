@@ -53,13 +53,18 @@ EMULATION = (
 
 
 def _cmd_train(args) -> int:
-    from privformer.protocols.cipherprune.train import build_classifier, relearn_thresholds
+    from privformer.protocols.cipherprune.train import (
+        build_classifier,
+        default_classifier_dir,
+        relearn_thresholds,
+    )
 
     if args.thresholds_only:
-        path = relearn_thresholds(_model_dir(args.out), lam=args.lam, threshold_steps=args.steps)
+        folder = args.out or str(default_classifier_dir(args.base))
+        path = relearn_thresholds(_model_dir(folder), lam=args.lam, threshold_steps=args.steps)
     else:
         path = build_classifier(
-            args.out, epochs=args.epochs, threshold_steps=args.steps, lam=args.lam
+            args.out, epochs=args.epochs, threshold_steps=args.steps, lam=args.lam, base=args.base
         )
     print(f"classifier with learned thresholds: {path}")
     print((path / "pruning.json").read_text())
@@ -157,8 +162,16 @@ def add_parser(sub) -> None:
     cp = sub.add_parser("cipherprune", help="CipherPrune: 2PC BERT with token pruning")
     cmds = cp.add_subparsers(dest="cipherprune_command", required=True)
 
-    train = cmds.add_parser("train", help="fine-tune MiniLM on Rotten Tomatoes, learn thresholds")
+    train = cmds.add_parser(
+        "train", help="fine-tune an encoder on Rotten Tomatoes, learn thresholds"
+    )
     train.add_argument("--out", help="output folder (default: privformer's cache)")
+    train.add_argument(
+        "--base",
+        default="minilm",
+        choices=["minilm", "mpnet"],
+        help="the encoder: MiniLM (6 layers, ~15 min on 2 cores) or MPNet (12 layers, BERT-base)",
+    )
     train.add_argument("--epochs", type=int, default=2)
     train.add_argument("--steps", type=int, default=150, help="threshold-learning steps")
     train.add_argument(

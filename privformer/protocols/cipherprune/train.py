@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from privformer import approx
 from privformer.data import SPLIT_SEED, TEST_SIZE, imdb_split, rotten_tomatoes_split
+from privformer.errors import InputError
 from privformer.models.classifiers import cls_states
 from privformer.models.registry import HFModel, cache_dir
 from privformer.protocols.cipherprune.model import MASK_VALUE, BertClassifierWeights, PruningConfig
@@ -69,7 +70,8 @@ def finetune(
     steps = epochs * math.ceil(len(train) / batch)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / steps))
     bert.train()
-    bar = tqdm(total=steps, desc="fine-tune MiniLM on Rotten Tomatoes", unit="step")
+    name = getattr(bert.config, "model_type", "encoder")
+    bar = tqdm(total=steps, desc=f"fine-tune {name} on Rotten Tomatoes", unit="step")
     for epoch in range(epochs):
         for chunk in _batches(train, batch, seed + epoch):
             cls = cls_states(bert, tokenizer, [t for t, _ in chunk], max_length)
@@ -322,9 +324,16 @@ def evaluate(
     )
 
 
-def default_classifier_dir() -> Path:
-    """Where ``build_classifier`` keeps the fine-tuned MiniLM with learned thresholds."""
-    return cache_dir() / "cipherprune" / "minilm-rotten-tomatoes"
+#: Encoders ``build_classifier`` fine-tunes: registry name -> the base model's name.
+BASES = {"minilm": "all-MiniLM-L6-v2", "mpnet": "all-mpnet-base-v2"}
+#: Sentences (Rotten Tomatoes at 128 tokens, IMDB at 512) the LayerNorm ranges of an encoder
+#: that needs its own (MPNet) are calibrated on.
+LAYERNORM_CALIBRATION = (64, 8)
+
+
+def default_classifier_dir(base: str = "minilm") -> Path:
+    """Where ``build_classifier`` keeps the fine-tuned ``base`` with learned thresholds."""
+    return cache_dir() / "cipherprune" / f"{base}-rotten-tomatoes"
 
 
 def build_classifier(
@@ -334,21 +343,31 @@ def build_classifier(
     lam: float = DEFAULT_LAMBDA,
     n: int = 128,
     seed: int = 0,
+    base: str = "minilm",
 ) -> Path:
-    """Fine-tune MiniLM on Rotten Tomatoes, learn thresholds, save (atomically) and return the
-    folder; an existing folder is returned as is."""
+    """Fine-tune ``base`` (``BASES``) on Rotten Tomatoes, learn thresholds, save (atomically)
+    and return the folder; an existing folder is returned as is."""
     from privformer.models.registry import atomic_materialize, load_model, load_tokenizer
     from privformer.protocols.cipherprune.format import save_classifier
 
-    target = Path(out) if out is not None else default_classifier_dir()
+    if base not in BASES:
+        raise InputError(f"unknown base {base!r}; choose one of {sorted(BASES)}")
+    target = Path(out) if out is not None else default_classifier_dir(base)
 
     def build(tmp: Path) -> None:
         start = time.perf_counter()
-        tok = load_tokenizer("minilm")
-        bert = load_model("minilm")
+        tok = load_tokenizer(base)
+        bert = load_model(base)
         train, _test = rotten_tomatoes_split()
         head = finetune(bert, tok, train, epochs=epochs, seed=seed)
         w = BertClassifierWeights.from_hf(bert, head)
+        if w.relative_max_distance:  # MPNet: LayerNorm inputs beyond MiniLM's rsqrt range
+            short, long = LAYERNORM_CALIBRATION
+            ranges = calibrate_layernorm(w, tok, [t for t, _ in train[:short]], n)
+            wide = calibrate_layernorm(w, tok, [t for t, _ in imdb_split()[0][:long]], LONG_N)
+            w.layernorm_ranges = {
+                k: (min(ranges[k][0], wide[k][0]), max(ranges[k][1], wide[k][1])) for k in ranges
+            }
         pruning = learn_thresholds(w, tok, train, n=n, lam=lam, steps=threshold_steps, seed=seed)
         # long inputs get their own thresholds, learned on IMDB training reviews at 512 tokens
         pruning_long = learn_thresholds(
@@ -362,7 +381,7 @@ def build_classifier(
             seed=seed,
         )
         w.meta = {
-            "base": "all-MiniLM-L6-v2",
+            "base": BASES[base],
             "task": "rotten_tomatoes",
             "test_size": TEST_SIZE,
             "split_seed": SPLIT_SEED,

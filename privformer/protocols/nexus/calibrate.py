@@ -43,11 +43,14 @@ def layernorm_start_degree(var_low: float, var_high: float) -> int:
     """The start degree for a variance range: the lowest that needs no Newton step, else the
     highest (whose few steps cost fewer levels than the lower degree's)."""
     for degree in LAYERNORM_START_DEGREES:
-        if approx.layernorm.chebyshev_start(
-            approx.layernorm.LayerNormConfig(
-                var_low=var_low, var_high=var_high, start_degree=degree
-            )
-        )[1] == 0:
+        if (
+            approx.layernorm.chebyshev_start(
+                approx.layernorm.LayerNormConfig(
+                    var_low=var_low, var_high=var_high, start_degree=degree
+                )
+            )[1]
+            == 0
+        ):
             return degree
     return LAYERNORM_START_DEGREES[-1]
 
