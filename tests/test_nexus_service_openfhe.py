@@ -61,8 +61,9 @@ def _query_through(url: str, tmp_path) -> None:
 @pytest.mark.slow
 def test_the_2_layer_classifier_end_to_end_through_processes(tmp_path):
     """The acceptance run: ``minilm2-rt`` (both layers, the head) on a real Rotten Tomatoes
-    sentence, encrypted on OpenFHE through the server process. Hours on 2 cores (75
-    bootstraps plus ring-2^16 attention and softmax), so it is ``slow`` as well as ``openfhe``.
+    sentence (30 tokens), encrypted on OpenFHE through the server process, in the 32-position
+    layout (one score ciphertext per layer; 128 positions take about 3 hours here). About 1.5
+    hours on 2 cores (36 bootstraps and ring-2^16 work), so it is ``slow`` as well as ``openfhe``.
 
     Tolerance 1e-3 on the logits against ``simulate``: FloatBackend runs the same circuit with
     uniform bootstrap error of 2^-20 of each input's largest slot (OpenFHE's measured ~21 bits)
@@ -71,7 +72,7 @@ def test_the_2_layer_classifier_end_to_end_through_processes(tmp_path):
     from privformer.data import rotten_tomatoes_split
 
     text = rotten_tomatoes_split()[1][0][0]
-    options = ["--backend", "openfhe", "--keys-dir", str(tmp_path / "reg")]
+    options = ["--backend", "openfhe", "--tokens", "32", "--keys-dir", str(tmp_path / "reg")]
     with (
         NexusServerProcess("minilm2-rt", options=options, log_file=tmp_path / "log") as server,
         NexusHttpClient(server.url) as http,
@@ -80,7 +81,7 @@ def test_the_2_layer_classifier_end_to_end_through_processes(tmp_path):
         assert spec["layers"] == 2
         svc.NexusClient.make_keys(spec, tmp_path / "keys")
         http.upload_keys(tmp_path / "keys" / svc.NexusClient.EVAL_DIR)
-        loaded = pf.load("minilm2-rt", protocol="nexus")
+        loaded = pf.load("minilm2-rt", protocol="nexus", tokens=32)
         c = loaded.classifier
         client = svc.NexusClient(c.tables, loaded.tokenizer, spec, c.tokens, c.pad_id)
         client.open_keys(tmp_path / "keys")
