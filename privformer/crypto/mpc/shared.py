@@ -117,6 +117,12 @@ def reveal_to(x: Shared, role: int) -> torch.Tensor | None:
 
 
 # -- truncation and products ---------------------------------------------------------------
+def one_minus_bit(bit: Shared) -> Shared:
+    """1 - b for integer-shared bits (party 0 adds the integer 1, not a fixed-point 1)."""
+    one = torch.ones_like(bit.share) if bit.party.role == CLIENT else torch.zeros_like(bit.share)
+    return Shared(one - bit.share, bit.party)
+
+
 def truncate(x: Shared, bits: int = fixed.FRAC_BITS) -> Shared:
     """x / 2^bits (floor, +-1 unit), valid for |x| < 2^62."""
     p = x.party

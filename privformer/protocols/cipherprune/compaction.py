@@ -15,10 +15,15 @@ Which tokens they are stays secret.
 
 from __future__ import annotations
 
-import torch
-
 from privformer.crypto.mpc.party import CLIENT, SERVER
-from privformer.crypto.mpc.shared import Shared, beaver_with, cat, open_, permute_rows
+from privformer.crypto.mpc.shared import (
+    Shared,
+    beaver_with,
+    cat,
+    one_minus_bit,
+    open_,
+    permute_rows,
+)
 
 
 def shuffle_compact(rows: Shared, keep: Shared, high: Shared) -> tuple[Shared, Shared]:
@@ -44,7 +49,7 @@ def _bubble(table: Shared, key_col: int, length: int, passes: int) -> None:
         t_row = p.dealer.get("mul", a=(steps, 1), b=(steps, width))
         for i in range(steps):
             here, below = table.share[i], table.share[i + 1]
-            not_key_here = _one_minus(Shared(here[key_col : key_col + 1], p))
+            not_key_here = one_minus_bit(Shared(here[key_col : key_col + 1], p))
             swap = beaver_with(
                 not_key_here,
                 Shared(below[key_col : key_col + 1], p),
@@ -53,12 +58,6 @@ def _bubble(table: Shared, key_col: int, length: int, passes: int) -> None:
             diff = beaver_with(swap, Shared(below - here, p), {k: v[i] for k, v in t_row.items()})
             table.share[i] = here + diff.share
             table.share[i + 1] = below - diff.share
-
-
-def _one_minus(bit: Shared) -> Shared:
-    """1 - b for an integer-shared bit (party 0 adds the integer 1, not a fixed-point 1)."""
-    one = torch.ones_like(bit.share) if bit.party.role == CLIENT else torch.zeros_like(bit.share)
-    return Shared(one - bit.share, bit.party)
 
 
 def swap_compact(rows: Shared, keep: Shared, high: Shared) -> tuple[Shared, Shared]:

@@ -235,8 +235,7 @@ class SharedOps:
         j is the r_j-th pruned one (r_j = prefix count of zeros), and it stays iff
         r_j <= least - K (K kept): one comparison per row, then two bit products."""
         p = self.party
-        one = torch.ones_like(keep.share) if p.role == CLIENT else torch.zeros_like(keep.share)
-        pruned = Shared(one - keep.share, p)  # integer shares of 1 - k_j
+        pruned = sh.one_minus_bit(keep)  # integer shares of 1 - k_j
         rank = Shared(pruned.share.cumsum(0), p)
         kept = keep.sum(0, keepdim=True)
         # [r_j + K - least - 1 < 0]  <=>  r_j <= least - K
