@@ -1,33 +1,39 @@
-"""CipherPrune benchmark: 2PC BERT inference unpruned vs pruned vs pruned + reduced.
+"""CipherPrune benchmark: 2PC BERT inference against honest baselines, MiniLM and MPNet.
 
-Uses the MiniLM classifier fine-tuned on Rotten Tomatoes with learned thresholds (built by
-``privformer cipherprune train`` if missing, ~10 minutes). For 128 tokens (Rotten Tomatoes test
-sentences padded to 128) and 512 tokens (IMDB test reviews, truncated to 512) it measures:
+For each classifier (``--models``: the 6-layer MiniLM and the 12-layer MPNet, BERT-base shapes,
+each fine-tuned on Rotten Tomatoes with learned thresholds; built by ``privformer cipherprune
+train [--base mpnet]`` if missing) and each length (128 tokens: Rotten Tomatoes test sentences;
+512 tokens: IMDB test reviews long enough to fill 512 tokens, so padding is not what is pruned):
 
-- time, bytes and rounds of the 2PC run, unpruned / pruned (every kept token accurate) /
-  pruned + reduced (learned high threshold), and the two compactions (shuffle vs swap);
-- tokens entering each layer;
-- test accuracy in plain mode and in simulate mode with and without pruning (the whole 1,066-
-  sentence test split at 128 tokens; the first IMDB test reviews at 512);
-- modelled time on the paper's LAN (3 Gbps, 0.8 ms) and WAN (200 Mbps, 40 ms): the measured
-  localhost wall time plus one RTT per round plus the bytes at the bandwidth cap;
-- BERT-base shapes (random weights) at 128 tokens, unpruned and pruned.
+- time, bytes and rounds of the 2PC run in six configurations: unpruned at the padded length (the
+  paper's baseline); unpruned at the true length (it reveals the length, as pruning's counts
+  do); pruned (every kept token accurate); pruned + reduced (learned high thresholds); pruned +
+  reduced with a minimum kept count (``MIN_KEEP``: hides the length up to that count); and, for
+  MiniLM, the paper's swap compaction;
+- tokens entering each layer, and test accuracy (plain, simulate, simulate pruned, simulate
+  pruned + reduced) on the whole Rotten Tomatoes test split and on long IMDB reviews;
+- the paper's LAN (3 Gbps, 0.8 ms) and WAN (200 Mbps, 40 ms) by the analytic model (the
+  localhost wall time plus one RTT per round plus the bytes at the cap) and, with ``--netns``,
+  measured through network namespaces (``bench/cipherprune_netns.py``'s runner: client, server
+  and dealer as processes, the link rate-capped by tc). A shaped run the model puts above
+  ``--max-shaped-s`` is not run; its time comes from the model scaled by the measured/model ratio
+  of the runs that were, and the row says so.
 
-Both parties and the dealer run as threads of this process over localhost TCP, sharing the
-machine's cores; the weight-mask setup (once per session) is reported apart from the online
-phase, as CrypTen and SPU report their offline phase apart.
+In the in-process runs both parties and the dealer are threads of this process over localhost
+TCP; the weight-mask setup (once per session) is reported apart from the online phase, as CrypTen
+and SPU report their offline phase apart.
 
-    python bench/cipherprune.py [--texts K] [--eval-size N] [--quick]
+    python bench/cipherprune.py [--models minilm,mpnet] [--texts K] [--eval-size N] [--quick]
+                                [--netns] [--max-shaped-s 1800]
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
-
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, print_table, write_results  # noqa: E402
@@ -39,12 +45,17 @@ from privformer.models.registry import load_tokenizer  # noqa: E402
 from privformer.protocols.cipherprune import train as tr  # noqa: E402
 from privformer.protocols.cipherprune.format import load_classifier  # noqa: E402
 from privformer.protocols.cipherprune.model import (  # noqa: E402
-    BertClassifierWeights,
     PruningConfig,
 )
 from privformer.protocols.cipherprune.session import CipherPruneClassifier, encode_text  # noqa: E402
+from privformer.protocols.cipherprune.train import LONG_N  # noqa: E402
 
 PAPER = {"speedup_128": 6.1, "speedup_512": 10.6, "accuracy_drop_points": 0.35}
+LABELS = {"minilm": "MiniLM-L6 (fine-tuned)", "mpnet": "MPNet-base (fine-tuned)"}
+#: The minimum kept count per padded length: a quarter of the positions (70.6% of Rotten
+#: Tomatoes test sentences are shorter than 32 tokens, so their counts reveal only "< 32").
+MIN_KEEP = {128: 32, 512: 128}
+PADDED, TRUE_LENGTH = "unpruned", "unpruned, true length"
 
 
 def online(stats: dict) -> dict:
@@ -53,13 +64,35 @@ def online(stats: dict) -> dict:
     return {k: tot[k] - setup.get(k, 0) for k in tot}
 
 
+def true_length(text: str, n: int, tok) -> int:
+    return len(tok(text, truncation=True, max_length=n)["input_ids"])
+
+
+def long_reviews(reviews: list[tuple[str, int]], n: int, k: int, tok) -> list[tuple[str, int]]:
+    """The first ``k`` reviews of at least ``n`` tokens."""
+    out = []
+    for text, label in reviews:
+        if len(tok(text)["input_ids"]) >= n:
+            out.append((text, label))
+            if len(out) == k:
+                break
+    return out
+
+
 def secure_row(
-    clf: CipherPruneClassifier, name: str, texts: list[str], n: int, pruning: PruningConfig
+    clf: CipherPruneClassifier,
+    name: str,
+    texts: list[str],
+    n: int,
+    pruning: PruningConfig,
+    at_true_length: bool = False,
 ) -> dict:
+    """Mean cost of the 2PC run over ``texts`` padded to ``n`` (or cut to their true length)."""
     clf.pruning = pruning
-    runs, agree = [], []
+    runs, agree, lengths = [], [], []
     for text in texts:
-        ids, mask = encode_text(text, n, clf.tokenizer)
+        lengths.append(true_length(text, n, clf.tokenizer) if at_true_length else n)
+        ids, mask = encode_text(text, lengths[-1], clf.tokenizer)
         runs.append(clf.run(ids, mask, "encrypted", prune=True))
         sim = clf.run(ids, mask, "simulate", prune=True)
         # the 2PC run must keep as many tokens per layer and predict the same class as simulate
@@ -76,9 +109,12 @@ def secure_row(
     lan = wall + sum(LAN.time(o) for o in on) / k
     wan = wall + sum(WAN.time(o) for o in on) / k
     setup = runs[0].stats["per_op"].get("setup", {})
+    ops = sorted({op for r in runs for op in r.stats["per_op"]})
     return {
         "config": name,
         "tokens": n,
+        "mean_length": sum(lengths) / k,
+        "min_keep": pruning.min_keep,
         "wall_s": wall,
         "online_MB": mb,
         "rounds": rounds,
@@ -93,19 +129,16 @@ def secure_row(
         ],
         "per_op_MB": {
             op: sum(
-                (
-                    r.stats["per_op"].get(op, {}).get("bytes_sent", 0)
-                    + r.stats["per_op"].get(op, {}).get("bytes_recv", 0)
-                )
+                r.stats["per_op"].get(op, {}).get("bytes_sent", 0)
+                + r.stats["per_op"].get(op, {}).get("bytes_recv", 0)
                 for r in runs
             )
             / k
             / 1e6
-            for op in sorted({op for r in runs for op in r.stats["per_op"]})
+            for op in ops
         },
         "per_op_rounds": {
-            op: sum(r.stats["per_op"].get(op, {}).get("rounds", 0) for r in runs) / k
-            for op in sorted({op for r in runs for op in r.stats["per_op"]})
+            op: sum(r.stats["per_op"].get(op, {}).get("rounds", 0) for r in runs) / k for op in ops
         },
         "per_op_s": {
             op: sum(r.stats["seconds"].get(op, 0.0) for r in runs) / k
@@ -121,27 +154,53 @@ def no_reduction(p: PruningConfig) -> PruningConfig:
     return PruningConfig(list(p.keep), list(p.keep), p.compaction)
 
 
-def with_compaction(p: PruningConfig, method: str) -> PruningConfig:
-    return PruningConfig(list(p.keep), list(p.high), method)
+def variant(p: PruningConfig, **change) -> PruningConfig:
+    return PruningConfig(**{**p.__dict__, **change})
+
+
+def configurations(model: str, pruning: PruningConfig, n: int) -> list[tuple[str, PruningConfig]]:
+    """(name, pruning) of each 2PC run at padded length ``n`` (``TRUE_LENGTH`` cuts instead)."""
+    layers = len(pruning.keep)
+    rows = [
+        (PADDED, PruningConfig.none(layers)),
+        (TRUE_LENGTH, PruningConfig.none(layers)),
+        ("pruned", no_reduction(pruning)),
+        ("pruned+reduced", pruning),
+        (f"pruned+reduced, min_keep={MIN_KEEP[n]}", variant(pruning, min_keep=MIN_KEEP[n])),
+    ]
+    if model == "minilm":  # the paper's compaction: one configuration shows its rounds' cost
+        rows.append(("pruned+reduced, swap", variant(pruning, compaction="swap")))
+    return rows
 
 
 def speedups(rows: list[dict]) -> dict:
-    base = {r["tokens"]: r for r in rows if r["config"] == "unpruned"}
+    """Each run against the padded unpruned run (the paper's baseline) and the true-length one."""
     out = {}
     for r in rows:
-        b = base[r["tokens"]]
-        if r is b:
+        key = (r["model"], r["tokens"])
+        base = next(b for b in rows if (b["model"], b["tokens"]) == key and b["config"] == PADDED)
+        true = next(
+            b for b in rows if (b["model"], b["tokens"]) == key and b["config"] == TRUE_LENGTH
+        )
+        if r["config"] in (PADDED, TRUE_LENGTH):
             continue
-        out[f"{r['config']}@{r['tokens']}"] = {
-            "LAN": b["LAN_s"] / r["LAN_s"],
-            "WAN": b["WAN_s"] / r["WAN_s"],
-            "bytes": b["online_MB"] / r["online_MB"],
-            "wall": b["wall_s"] / r["wall_s"],
+        out[f"{r['model']}: {r['config']}@{r['tokens']}"] = {
+            "LAN": base["LAN_s"] / r["LAN_s"],
+            "WAN": base["WAN_s"] / r["WAN_s"],
+            "bytes": base["online_MB"] / r["online_MB"],
+            "wall": base["wall_s"] / r["wall_s"],
+            "LAN_vs_true_length": true["LAN_s"] / r["LAN_s"],
+            "WAN_vs_true_length": true["WAN_s"] / r["WAN_s"],
+            **{
+                f"{link}_measured": base[f"{link}_measured_s"] / r[f"{link}_measured_s"]
+                for link in ("LAN", "WAN")
+                if r.get(f"{link}_measured_s") and base.get(f"{link}_measured_s")
+            },
         }
     return out
 
 
-def accuracy_rows(w, tok, data, n, pruning, label) -> list[dict]:
+def accuracy_rows(w, tok, data, n, pruning, model, label) -> list[dict]:
     rows = []
     for name, mode, prune in (
         ("plain", "plain", None),
@@ -149,9 +208,10 @@ def accuracy_rows(w, tok, data, n, pruning, label) -> list[dict]:
         ("simulate pruned", "simulate", no_reduction(pruning)),
         ("simulate pruned+reduced", "simulate", pruning),
     ):
-        ev = tr.evaluate(w, tok, data, prune, mode, n=n, desc=f"{label} {name}")
+        ev = tr.evaluate(w, tok, data, prune, mode, n=n, desc=f"{model} {label} {name}")
         rows.append(
             {
+                "model": LABELS[model],
                 "data": label,
                 "tokens": n,
                 "mode": name,
@@ -163,86 +223,128 @@ def accuracy_rows(w, tok, data, n, pruning, label) -> list[dict]:
     return rows
 
 
-def bert_base_rows(n: int, texts: list[str], tok) -> list[dict]:
-    from transformers import BertConfig, BertModel
+def measure_shaped(
+    model: str,
+    model_dir: Path,
+    rows: list[dict],
+    texts: dict[int, list[str]],
+    tok,
+    max_shaped_s: float,
+) -> list[dict]:
+    """Run ``rows``' configurations through network namespaces (unshaped, LAN, WAN) and set
+    ``{link}_measured_s`` on each row: measured where the analytic model puts the run under
+    ``max_shaped_s``, else the model's time scaled by the mean measured/model ratio of that link
+    (``{link}_source`` says which). Times are the client's whole session, weight masks included,
+    since a shaped run cannot leave them out; speedups compare like with like."""
+    import cipherprune_netns as cn
 
-    torch.manual_seed(0)
-    bert = BertModel(BertConfig()).eval()  # BERT-base shapes, random weights
-    w = BertClassifierWeights.from_hf(bert, torch.nn.Linear(768, 2))
-    clf = CipherPruneClassifier(w, PruningConfig.none(12), tok)
-    rows = [secure_row(clf, "unpruned", texts, n, PruningConfig.none(12))]
-    keep = [0.5 / n] * 12  # random attention is near uniform: this drops padding, little else
-    rows.append(secure_row(clf, "pruned", texts, n, PruningConfig(keep, keep)))
+    work = Path(tempfile.mkdtemp(prefix=f"cipherprune-{model}-"))
+    folders: dict[str, Path] = {}
+    jobs: dict[str, list] = {"none": [], "LAN": [], "WAN": []}
     for r in rows:
-        r["model"] = "BERT-base shapes (random)"
-    return rows
+        key = f"{r['config']}@{r['tokens']}"
+        folders[key] = cn.server_folder(model_dir, r["pruning"], work / f"server-{len(folders)}")
+        for text in texts[r["tokens"]]:
+            n = true_length(text, r["tokens"], tok) if r["config"] == TRUE_LENGTH else r["tokens"]
+            for link in jobs:
+                if link == "none" or r[f"{link}_s"] <= max_shaped_s:
+                    jobs[link].append((key, key, text, n))
+    shaped = []
+    for link, link_jobs in jobs.items():
+        shaped += cn.run_link(link, folders, link_jobs, model)
+    cn.add_model(shaped)
+    for link in ("none", "LAN", "WAN"):
+        ratios = [x["measured_over_model"] for x in shaped if x["link"] == link and "model_s" in x]
+        ratio = sum(ratios) / len(ratios) if ratios else 1.0
+        for r in rows:
+            key = f"{r['config']}@{r['tokens']}"
+            got = [x for x in shaped if x["link"] == link and x["config"] == key]
+            if got:
+                r[f"{link}_measured_s"] = sum(x["seconds"] for x in got) / len(got)
+                r[f"{link}_source"] = "measured"
+            else:  # over max_shaped_s: the model, corrected by this link's measured runs
+                base = [x for x in shaped if x["link"] == "none" and x["config"] == key]
+                model_s = sum(x["seconds"] for x in base) / len(base)
+                model_s += r["rounds"] * cn.MODELS[link].rtt_s
+                model_s += 8 * max(x["flight_bytes"] for x in base) / cn.MODELS[link].bandwidth_bps
+                r[f"{link}_measured_s"] = model_s * ratio
+                r[f"{link}_source"] = f"model x {ratio:.2f} (measured/model of {link}'s runs)"
+    return shaped
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--texts", type=int, default=2, help="2PC runs per configuration")
+    ap.add_argument("--models", default="minilm,mpnet", help="comma-separated: minilm, mpnet")
+    ap.add_argument("--texts", type=int, default=2, help="2PC runs per configuration at 128")
     ap.add_argument(
         "--eval-size", type=int, default=data.TEST_SIZE, help="accuracy examples at 128"
     )
     ap.add_argument("--imdb-eval-size", type=int, default=200)
-    ap.add_argument("--quick", action="store_true", help="skip 512 tokens and BERT-base")
+    ap.add_argument("--quick", action="store_true", help="skip 512 tokens")
+    ap.add_argument("--netns", action="store_true", help="also run through network namespaces")
+    ap.add_argument("--max-shaped-s", type=float, default=1800.0)
     args = ap.parse_args()
 
     start = time.time()
-    model_dir = tr.build_classifier()
-    w, pruning128 = load_classifier(model_dir)
-    pruning512 = PruningConfig.from_json((model_dir / "pruning-512.json").read_text())
-    tok = load_tokenizer("minilm")
-    clf = CipherPruneClassifier(w, pruning128, tok)
     _train, test = data.rotten_tomatoes_split()
     imdb_test = data.imdb_split()[1]
+    rows, acc, shaped, classifiers = [], [], [], {}
+    for model in args.models.split(","):
+        if model not in LABELS:
+            raise SystemExit(f"unknown model {model!r}: choose from {sorted(LABELS)}")
+        model_dir = tr.build_classifier(base=model)
+        w, pruning128 = load_classifier(model_dir)
+        pruning = {128: pruning128}
+        tok = load_tokenizer(model)
+        clf = CipherPruneClassifier(w, pruning128, tok)
+        texts = {128: [t for t, _ in test[: args.texts]]}
+        long = long_reviews(imdb_test, LONG_N, max(args.imdb_eval_size, 1), tok)
+        if not args.quick:
+            pruning[LONG_N] = PruningConfig.from_json(
+                (model_dir / f"pruning-{LONG_N}.json").read_text()
+            )
+            texts[LONG_N] = [t for t, _ in long[: max(1, args.texts // 2)]]
+        model_rows = []
+        for n, p in pruning.items():
+            for name, config in configurations(model, p, n):
+                few = texts[n][:1] if "swap" in name else texts[n]
+                row = secure_row(clf, name, few, n, config, at_true_length=name == TRUE_LENGTH)
+                model_rows.append({"model": LABELS[model], **row, "pruning": config})
+        if args.netns:
+            shaped += measure_shaped(model, model_dir, model_rows, texts, tok, args.max_shaped_s)
+        for r in model_rows:
+            r["pruning"] = r["pruning"].__dict__
+        rows += model_rows
+        acc += accuracy_rows(w, tok, test[: args.eval_size], 128, pruning128, model, "rotten")
+        if not args.quick:
+            acc += accuracy_rows(
+                w, tok, long[: args.imdb_eval_size], LONG_N, pruning[LONG_N], model, "imdb long"
+            )
+        classifiers[model] = {"dir": str(model_dir), "meta": w.meta}
+        classifiers[model]["pruning"] = {n: p.__dict__ for n, p in pruning.items()}
 
-    rows = []
-    texts128 = [t for t, _ in test[: args.texts]]
-    for name, p in (
-        ("unpruned", PruningConfig.none(w.layers)),
-        ("pruned", no_reduction(pruning128)),
-        ("pruned+reduced", pruning128),
-        ("pruned+reduced, swap", with_compaction(pruning128, "swap")),
-    ):
-        rows.append(secure_row(clf, name, texts128 if "swap" not in name else texts128[:1], 128, p))
-    if not args.quick:
-        texts512 = [t for t, _ in imdb_test[: max(1, args.texts // 2)]]
-        for name, p in (
-            ("unpruned", PruningConfig.none(w.layers)),
-            ("pruned", no_reduction(pruning512)),
-            ("pruned+reduced", pruning512),
-            ("pruned+reduced, swap", with_compaction(pruning512, "swap")),
-        ):
-            rows.append(secure_row(clf, name, texts512[:1] if "swap" in name else texts512, 512, p))
-    for r in rows:
-        r["model"] = "MiniLM (fine-tuned)"
-    base_rows = [] if args.quick else bert_base_rows(128, texts128[:1], tok)
-
-    acc = accuracy_rows(w, tok, test[: args.eval_size], 128, pruning128, "rotten_tomatoes")
-    if not args.quick:
-        acc += accuracy_rows(w, tok, imdb_test[: args.imdb_eval_size], 512, pruning512, "imdb")
-
-    cols = [
-        "model",
-        "config",
-        "tokens",
-        "wall_s",
-        "online_MB",
-        "rounds",
-        "LAN_s",
-        "WAN_s",
-        "setup_MB",
-        "agrees_with_simulate",
-    ]
-    print_table("2PC runs (per input; LAN/WAN = wall + modelled network)", rows + base_rows, cols)
-    print_table(
-        "tokens entering each layer",
-        rows + base_rows,
-        ["model", "config", "tokens", "tokens_per_layer"],
-    )
+    cols = ["model", "config", "tokens", "mean_length", "wall_s", "online_MB", "rounds"]
+    cols += ["LAN_s", "WAN_s", "setup_MB", "agrees_with_simulate"]
+    print_table("2PC runs (per input; LAN/WAN = wall + modelled network)", rows, cols)
+    if args.netns:
+        print_table(
+            "through network namespaces (client's session, weight masks included)",
+            rows,
+            [
+                "model",
+                "config",
+                "tokens",
+                "none_measured_s",
+                "LAN_measured_s",
+                "WAN_measured_s",
+                "WAN_source",
+            ],  # fmt: skip
+        )
+    layer_cols = ["model", "config", "tokens", "tokens_per_layer"]
+    print_table("tokens entering each layer", rows, layer_cols)
     prune_rows = [
         {
+            "model": r["model"],
             "config": r["config"],
             "tokens": r["tokens"],
             "prune_rounds": r["per_op_rounds"].get("prune"),
@@ -255,26 +357,25 @@ def main() -> None:
     print_table(
         "token removal (importance, comparisons, compaction)",
         prune_rows,
-        ["config", "tokens", "prune_rounds", "prune_MB", "prune_s"],
+        ["model", "config", "tokens", "prune_rounds", "prune_MB", "prune_s"],
     )
-    print_table("accuracy", acc, ["data", "tokens", "mode", "examples", "accuracy"])
+    print_table("accuracy", acc, ["model", "data", "tokens", "mode", "examples", "accuracy"])
     sp = speedups(rows)
     print_table(
-        "speedup over unpruned 2PC",
+        "speedup over unpruned 2PC (padded; and over the true-length run)",
         [{"run": k, **v} for k, v in sp.items()],
-        ["run", "LAN", "WAN", "bytes", "wall"],
+        ["run", "LAN", "WAN", "LAN_vs_true_length", "WAN_vs_true_length", "bytes", "LAN_measured"],
     )
     payload = {
         "machine": machine(),
         "paper": PAPER,
-        "classifier": w.meta,
-        "pruning_128": pruning128.__dict__,
-        "pruning_512": pruning512.__dict__,
+        "classifiers": classifiers,
+        "min_keep": MIN_KEEP,
         "networks": {
             m.name: {"rtt_s": m.rtt_s, "bandwidth_bps": m.bandwidth_bps} for m in (LAN, WAN)
         },
         "runs": rows,
-        "bert_base_random": base_rows,
+        "shaped_runs": shaped,
         "accuracy": acc,
         "speedups": sp,
         "seconds": time.time() - start,

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -40,11 +39,13 @@ LINKS = {"none": None, "LAN": netns.LAN, "WAN": netns.WAN}
 MODELS = {"LAN": LAN_MODEL, "WAN": WAN_MODEL}
 
 
-def unpruned_copy(model_dir: Path, out: Path) -> Path:
-    """The classifier folder with pruning switched off (the unpruned server)."""
-    shutil.copytree(model_dir, out)
-    layers = len(PruningConfig.from_json((model_dir / PRUNING).read_text()).keep)
-    (out / PRUNING).write_text(PruningConfig.none(layers).to_json())
+def server_folder(model_dir: Path, pruning: PruningConfig, out: Path) -> Path:
+    """A server folder serving ``model_dir``'s weights (linked, not copied) with ``pruning``."""
+    out.mkdir(parents=True)
+    for item in model_dir.iterdir():
+        if item.name != PRUNING:
+            (out / item.name).symlink_to(item.resolve())
+    (out / PRUNING).write_text(pruning.to_json())
     return out
 
 
@@ -52,7 +53,12 @@ def network_flags(link: str) -> list[str]:
     return [] if link == "none" else ["--network", link.lower(), "--emulation", "delay"]
 
 
-def run_link(link: str, servers: dict[str, Path], jobs: list[tuple[str, str, str, int]]) -> list:
+def run_link(
+    link: str,
+    servers: dict[str, Path],
+    jobs: list[tuple[str, str, str, int]],
+    tokenizer: str = "minilm",
+) -> list:
     """Start the dealer and one server per folder in their namespaces, then run each client
     job (config, server key, text, length) in the client's namespace; returns its JSON rows."""
     profile = LINKS[link] or netns.LinkProfile("none", 0.0, 0.0)
@@ -63,6 +69,8 @@ def run_link(link: str, servers: dict[str, Path], jobs: list[tuple[str, str, str
             started = {}
             try:
                 for key, folder in servers.items():
+                    if not any(job[1] == key for job in jobs):
+                        continue
                     args = ["cipherprune", "serve", "--model", str(folder), "--host", "0.0.0.0"]
                     args += ["--port", "0", "--dealer", f"{net.address('dealer', 'server')}:"
                              f"{dealer.port}", *network_flags(link)]  # fmt: skip
@@ -73,7 +81,7 @@ def run_link(link: str, servers: dict[str, Path], jobs: list[tuple[str, str, str
                     argv += [text, "--json", "--max-length", str(length)]
                     argv += ["--server", f"{net.address('server', 'client')}:{started[key].port}"]
                     argv += ["--dealer", f"{net.address('dealer', 'client')}:{dealer.port}"]
-                    argv += network_flags(link)
+                    argv += ["--tokenizer", tokenizer, *network_flags(link)]
                     done = subprocess.run(
                         net.wrap("client", argv), capture_output=True, text=True, check=True
                     )
@@ -86,19 +94,40 @@ def run_link(link: str, servers: dict[str, Path], jobs: list[tuple[str, str, str
     return rows
 
 
+def add_model(rows: list[dict]) -> None:
+    """Next to each shaped row, the analytic model's time: the unshaped run's time plus one RTT
+    per round plus, per round, the larger direction's bytes at the cap (full duplex)."""
+    base = {(r["config"], r["text"]): r for r in rows if r["link"] == "none"}
+    for r in rows:
+        ref = base.get((r["config"], r["text"]))
+        if r["link"] in MODELS and ref is not None:
+            model = MODELS[r["link"]]
+            r["model_s"] = (
+                ref["seconds"]
+                + ref["rounds"] * model.rtt_s
+                + 8 * ref["flight_bytes"] / model.bandwidth_bps
+            )
+            r["measured_over_model"] = r["seconds"] / r["model_s"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--texts", type=int, default=1, help="Rotten Tomatoes test sentences")
     ap.add_argument("--links", default="none,LAN,WAN")
     ap.add_argument("--model", help="classifier folder (default: the trained MiniLM)")
+    ap.add_argument("--tokenizer", default="minilm", help="the classifier's encoder")
     args = ap.parse_args()
     netns.remove_stale()
     model_dir = Path(args.model) if args.model else tr.build_classifier()
-    tok = load_tokenizer("minilm")
+    tok = load_tokenizer(args.tokenizer)
     _, test = data.rotten_tomatoes_split()
     texts = [t for t, _ in test[: args.texts]]
     work = Path(tempfile.mkdtemp(prefix="cipherprune-netns-"))
-    servers = {"pruned": model_dir, "unpruned": unpruned_copy(model_dir, work / "unpruned")}
+    layers = len(PruningConfig.from_json((model_dir / PRUNING).read_text()).keep)
+    servers = {
+        "pruned": model_dir,
+        "unpruned": server_folder(model_dir, PruningConfig.none(layers), work / "unpruned"),
+    }
     jobs = []
     for text in texts:
         true_length = len(tok(text, truncation=True, max_length=128)["input_ids"])
@@ -109,18 +138,8 @@ def main() -> None:
         ]
     rows = []
     for link in args.links.split(","):
-        rows += run_link(link, servers, jobs)
-    # the analytic model: the unshaped run's time plus one RTT per round plus bytes at the cap
-    base = {(r["config"], r["text"]): r for r in rows if r["link"] == "none"}
-    for r in rows:
-        ref = base.get((r["config"], r["text"]))
-        if r["link"] in MODELS and ref is not None:
-            model = MODELS[r["link"]]
-            flight = ref["flight_bytes"]  # per round the larger direction (full duplex)
-            r["model_s"] = (
-                ref["seconds"] + ref["rounds"] * model.rtt_s + 8 * flight / (model.bandwidth_bps)
-            )
-            r["measured_over_model"] = r["seconds"] / r["model_s"]
+        rows += run_link(link, servers, jobs, args.tokenizer)
+    add_model(rows)
     record = {
         "benchmark": "cipherprune_netns",
         "machine": machine(),

@@ -11,9 +11,13 @@ and per-layer ranges calibrated on Rotten Tomatoes training sentences:
   accuracy, agreement, out-of-range inputs (counted, never hidden);
 - the time the bootstraps alone would take at OpenFHE's measured speed
   (bench/results/openfhe_bootstrap.json): a lower bound on an encrypted run, which also spends
-  time in matmuls and rotations (not measured end to end yet).
+  time in matmuls and rotations;
+- the encrypted queries ``bench/nexus_encrypted.py`` measured for the model at the same layout
+  (client and server processes, OpenFHE; bench/results/nexus_encrypted.json): seconds and real
+  bootstraps per layer, seconds per query, bytes up and down, evaluation-key bytes, the server's
+  peak memory, the class against plaintext, against the issue's targets.
 
-    python bench/nexus_e2e.py [--models minilm2-rt minilm-rt-probe] [--limit N]
+    python bench/nexus_e2e.py [--models minilm2-rt minilm-rt-probe] [--tokens 128] [--limit N]
 
 Rows of models not run this time are kept from the previous results file (each row carries the
 date it was measured), so models can be measured one run at a time.
@@ -38,14 +42,14 @@ from privformer.crypto.ckks.float_backend import FloatBackend  # noqa: E402
 from privformer.data import rotten_tomatoes_split  # noqa: E402
 from privformer.protocols.nexus.layer import layer_steps  # noqa: E402
 
-TOKENS = 128
-SLOTS = 2 * TOKENS * TOKENS  # ring 2^16, all slots: two heads per score ciphertext
-SLOTS_ONE_HEAD = TOKENS * TOKENS
+SLOTS = 1 << 15  # ring 2^16, all slots (at 128 positions: two heads per score ciphertext)
 WINDOW = 7  # OpenFHE's default chain: levels left after a bootstrap
 PLAN_SENTENCES = 4
 #: Today's NEXUS-paper operators on one MiniLM layer (bench/results/nexus_layer.json).
 PAPER_BOOTSTRAPS_PER_LAYER = 322
 TARGET_BOOTSTRAPS_PER_LAYER = 24
+#: The issue's time targets for a whole encrypted query (2 cores, 128 tokens): minutes by layers.
+TARGET_MINUTES = {2: 20.0, 6: 60.0}
 
 
 def _openfhe_bootstrap_seconds() -> float:
@@ -60,7 +64,7 @@ def _plan(model, texts: list[str], slots: int = SLOTS, **backend_options) -> dic
     per_layer: list[dict[str, int]] = []
     diffs, seconds = [], []
     for text in texts:
-        ids = tok(text, truncation=True, max_length=TOKENS)["input_ids"]
+        ids = tok(text, truncation=True, max_length=clf.tokens)["input_ids"]
         backend = FloatBackend(slots, WINDOW, **backend_options)
         backend.generate_rotation_keys(clf.rotation_steps(slots))
         x, real = clf.embed(ids)
@@ -120,11 +124,52 @@ def _accuracy(model, test: list[tuple[str, int]]) -> dict:
     }
 
 
-def _report(rows: list[dict], boot_s: float) -> None:
+def _encrypted(model: str, tokens: int) -> dict | None:
+    """The encrypted queries ``bench/nexus_encrypted.py`` last measured for ``model`` at
+    ``tokens`` positions (None if it measured another model or layout)."""
+    path = RESULTS / "nexus_encrypted.json"
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    if record.get("model") != model or record.get("positions") != tokens:
+        return None
+    queries = record["queries"]
+    if not queries:
+        return None
+    layers = [q["layers_detail"] for q in queries]
+    per_layer_s = [
+        float(np.mean([sum(q[i]["seconds"].values()) for q in layers]))
+        for i in range(len(layers[0]))
+    ]
+    minutes = float(np.mean([q["seconds"] for q in queries])) / 60
+    target = TARGET_MINUTES.get(record["layers"])
+    return {
+        "machine": record["machine"]["cpu"],
+        "backend": record["backend"],
+        "positions": tokens,
+        "queries": len(queries),
+        "same_class_as_plain": sum(q["encrypted_class"] == q["plain_class"] for q in queries),
+        "max_logit_diff_vs_simulate": max(
+            (q["max_diff_vs_simulate"] for q in queries if q["max_diff_vs_simulate"] is not None),
+            default=None,
+        ),
+        "minutes_per_query": minutes,
+        "target_minutes": target,
+        "over_target": None if target is None else minutes / target,
+        "seconds_per_layer": per_layer_s,
+        "bootstraps_per_layer": [sum(layer["bootstraps"].values()) for layer in layers[0]],
+        "bytes_up": queries[0]["bytes_up"],
+        "bytes_down": queries[0]["bytes_down"],
+        "evaluation_key_bytes": sum(record["evaluation_key_bytes"].values()),
+        "server_peak_gb": record.get("server_peak_rss_bytes", 0) / 1e9,
+    }
+
+
+def _report(rows: list[dict], boot_s: float, tokens: int) -> None:
     """Print the table and (re)write the JSON: called after each model, so a long run that is
     stopped keeps the models it finished."""
     print_table(
-        f"NEXUS depth-aware operators: {TOKENS} tokens, {SLOTS} slots, {WINDOW}-level windows "
+        f"NEXUS depth-aware operators: {tokens} positions, {SLOTS} slots, {WINDOW}-level windows "
         f"(OpenFHE bootstrap {boot_s:.1f} s)",
         rows,
         [
@@ -145,6 +190,28 @@ def _report(rows: list[dict], boot_s: float) -> None:
             "accuracy_out_of_range",
         ],
     )
+    measured = [{"model": r["model"], **r["encrypted"]} for r in rows if r.get("encrypted")]
+    if measured:
+        print_table(
+            "encrypted queries (bench/nexus_encrypted.py: client and server processes, OpenFHE)",
+            measured,
+            [
+                "model",
+                "positions",
+                "queries",
+                "same_class_as_plain",
+                "max_logit_diff_vs_simulate",
+                "minutes_per_query",
+                "target_minutes",
+                "over_target",
+                "bootstraps_per_layer",
+                "seconds_per_layer",
+                "bytes_up",
+                "bytes_down",
+                "evaluation_key_bytes",
+                "server_peak_gb",
+            ],
+        )
     for row in rows:
         print(f"\n{row['model']}: the planner's plan of layer 1's main chain")
         print(row["plan_planner_table_layer_1"])
@@ -156,12 +223,12 @@ def _report(rows: list[dict], boot_s: float) -> None:
         {
             "benchmark": "nexus_e2e",
             "machine": machine(),
-            "tokens": TOKENS,
+            "tokens": tokens,
             "slots": SLOTS,
             "window_levels": WINDOW,
             "openfhe_bootstrap_s": boot_s,
             "complex_packing": "default chain: pairs where a step leaves a level spare",
-            "not_measured": "encrypted queries: bench/nexus_encrypted.py (nexus_encrypted.json)",
+            "encrypted": "each row's 'encrypted': bench/nexus_encrypted.py's last queries",
             "rows": rows,
         },
     )
@@ -172,19 +239,20 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", nargs="+", default=["minilm2-rt", "minilm-rt-probe"])
     ap.add_argument("--limit", type=int, help="first N test sentences only (accuracy)")
+    ap.add_argument("--tokens", type=int, default=128, help="positions of the layout")
     args = ap.parse_args()
     train, test = rotten_tomatoes_split()
     boot_s = _openfhe_bootstrap_seconds()
     previous = RESULTS / "nexus_e2e.json"
     rows = []
-    if previous.is_file():
+    if previous.is_file() and json.loads(previous.read_text()).get("tokens") == args.tokens:
         rows = [
             r for r in json.loads(previous.read_text())["rows"] if r["model"] not in args.models
         ]
     for name in args.models:
-        model = pf.load(name, protocol="nexus")
+        model = pf.load(name, protocol="nexus", tokens=args.tokens)
         plan = _plan(model, [t for t, _ in test[:PLAN_SENTENCES]])
-        one_head = _plan(model, [t for t, _ in test[:1]], SLOTS_ONE_HEAD)
+        one_head = _plan(model, [t for t, _ in test[:1]], SLOTS // 2)
         one = [t for t, _ in test[:1]]
         unpacked = _plan(model, one, complex_packing=False)
         whole_windows = _plan(model, one, pair_level_loss=0)
@@ -205,10 +273,11 @@ def main() -> None:
                 "bootstraps_pair_level": whole_windows["bootstraps_per_layer"],
                 **{f"plan_{k}": v for k, v in plan.items()},
                 **{f"accuracy_{k}": v for k, v in acc.items()},
+                "encrypted": _encrypted(name, args.tokens),
             }
         )
-        _report(rows, boot_s)
-    _report(rows, boot_s)
+        _report(rows, boot_s, args.tokens)
+    _report(rows, boot_s, args.tokens)
 
 
 if __name__ == "__main__":

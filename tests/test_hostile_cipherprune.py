@@ -199,3 +199,19 @@ def test_the_dealer_survives_descriptor_exhaustion(processes, tokenizer):
     assert dealer.proc.poll() is None
     assert "cannot accept a connection" in dealer.log()
     _correct_client_still_served(processes, tokenizer)
+
+
+def test_a_client_tokenizing_for_another_vocabulary_is_stopped_before_any_input(
+    processes, tokenizer
+):
+    """Ids from another encoder's tokenizer (MPNet's 30,527 tokens against this MiniLM-shaped
+    model's) would run and classify a different text: the client checks the server's card."""
+    from privformer.errors import InputError
+
+    w, dealer, server = processes
+    ids, mask = encode_text(TEXT, N, tokenizer("minilm"))
+    with pytest.raises(InputError, match=f"vocabulary of {w.vocab} tokens"):
+        classify_remote(
+            ids, mask, ("127.0.0.1", server.port), ("127.0.0.1", dealer.port), vocab=w.vocab + 5
+        )
+    _correct_client_still_served(processes, tokenizer)

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from privformer.errors import InputError, ModelNotFoundError
-from privformer.protocols.cipherprune.train import DEFAULT_LAMBDA
+from privformer.protocols.cipherprune.train import BASES, DEFAULT_LAMBDA
 
 
 def _addr(text: str) -> tuple[str, int]:
@@ -131,13 +131,14 @@ def _print_result(text: str, result, as_json: bool) -> None:
 
 
 def _cmd_classify(args) -> int:
+    from privformer.models.registry import load_tokenizer
     from privformer.protocols.cipherprune.session import encode_text
     from privformer.transport.cipherprune import classify_remote
 
-    ids, mask = encode_text(args.text, args.max_length)
-    result = classify_remote(
-        ids, mask, args.server, args.dealer, _network(args.network, args.emulation)
-    )
+    tokenizer = load_tokenizer(args.tokenizer)
+    ids, mask = encode_text(args.text, args.max_length, tokenizer)
+    network = _network(args.network, args.emulation)
+    result = classify_remote(ids, mask, args.server, args.dealer, network, len(tokenizer))
     _print_result(args.text, result, args.json)
     return 0
 
@@ -233,6 +234,12 @@ def add_parser(sub) -> None:
         if name == "classify":
             p.add_argument("--server", type=_addr, required=True, help="server HOST:PORT")
             p.add_argument("--dealer", type=_addr, required=True, help="dealer HOST:PORT")
+            p.add_argument(
+                "--tokenizer",
+                default="minilm",
+                choices=sorted(BASES),
+                help="the server's encoder, whose tokenizer the client uses",
+            )
         else:
             p.add_argument("--model", help="classifier folder (default: the trained one)")
             p.add_argument(

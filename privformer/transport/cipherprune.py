@@ -157,12 +157,14 @@ def classify_remote(
     server: tuple[str, int],
     dealer: tuple[str, int],
     network: NetworkModel | None = None,
+    vocab: int | None = None,
 ) -> SecureResult:
-    """The client's side of one secure classification against a running server and dealer."""
+    """The client's side of one secure classification against a running server and dealer;
+    ``vocab`` is the client tokenizer's size, checked against the server's model."""
     start = time.perf_counter()
     party = connect_client(server, dealer, network)
     try:
-        logits, trace, _ops = client_session(party, input_ids, attention_mask)
+        logits, trace, _ops = client_session(party, input_ids, attention_mask, vocab=vocab)
     finally:
         party.close()
     return SecureResult(logits, trace, party.stats.snapshot(), time.perf_counter() - start)

@@ -54,8 +54,15 @@ def server_session(party: Party, w: BertClassifierWeights, pruning: PruningConfi
 
 
 def client_session(
-    party: Party, input_ids: torch.Tensor, attention_mask: torch.Tensor, debug: bool = False
+    party: Party,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    debug: bool = False,
+    vocab: int | None = None,
 ) -> tuple[torch.Tensor, ForwardTrace, secure.SharedOps]:
+    """The client's side: ``vocab``, if given, is the size of the vocabulary ``input_ids`` come
+    from, checked against the server's model card (ids of another tokenizer would run, and
+    silently classify a different text)."""
     with party.stats.op("setup"):
         (card_bytes,) = party.peer.exchange(
             [torch.tensor([input_ids.numel()], dtype=torch.int64)], "card"
@@ -66,6 +73,11 @@ def client_session(
         pruning = secure.public_pruning(card)
     except (ValueError, KeyError, TypeError) as exc:
         raise WireFormatError(f"server sent a malformed model card: {exc}") from exc
+    if vocab is not None and vocab != w.vocab:
+        raise InputError(
+            f"the server's model has a vocabulary of {w.vocab} tokens, this client's tokenizer "
+            f"{vocab}: tokenize with the server's encoder (e.g. --tokenizer mpnet)"
+        )
     logits, trace, ops = secure.run_party(
         party, w, pruning, input_ids, attention_mask, debug_reveal=debug
     )
@@ -88,7 +100,8 @@ class SecureResult:
 def encode_text(
     text: str, max_length: int = 128, tokenizer=None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """MiniLM token ids and attention mask of ``text``, padded or truncated to ``max_length``."""
+    """Token ids and attention mask of ``text`` (``tokenizer``, default MiniLM's), padded or
+    truncated to ``max_length``."""
     if max_length < 2:
         raise InputError("max_length must be at least 2 ([CLS] and [SEP])")
     if tokenizer is None:

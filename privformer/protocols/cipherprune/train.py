@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,16 +124,16 @@ def soft_forward(
     keep: torch.Tensor,
     high: torch.Tensor,
     tau: float,
+    layernorm: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Batched soft pruned forward with the 2PC approximations; returns (logits, expected cost
-    relative to the unpruned model on the real tokens)."""
+    relative to the unpruned model on the real tokens). ``layernorm(name, x)`` replaces the 2PC
+    LayerNorm (``calibrate_layernorm`` passes an exact one that records its inputs)."""
     t = tensors
     b, n = ids.shape
     heads, d = w.heads, w.hidden
-    emb = t["emb.word"][ids] + t["emb.pos"][:n] + t["emb.type0"]
-    x = approx.layernorm.cipherprune(
-        emb, t["emb.ln.g"], t["emb.ln.b"], w.norm_eps("emb.ln"), w.layernorm_range("emb.ln")
-    )
+    norm = layernorm or (lambda name, v: _layernorm(w, t, name, v))
+    x = norm("emb.ln", t["emb.word"][ids] + t["emb.pos"][:n] + t["emb.type0"])
     key_bias = (1.0 - valid) * MASK_VALUE
     relative = w.relative_bias()  # MPNet; soft pruning keeps every row, so positions stay put
     position_bias = 0.0 if relative is None else relative.matrix(torch.arange(n)).to(x.dtype)
@@ -168,12 +168,12 @@ def soft_forward(
         )
         alive = alive * torch.maximum(torch.sigmoid((importance - keep[i]) / tau), cls_one)
         hi = torch.maximum(torch.sigmoid((importance - high[i]) / tau), cls_one)
-        x = _layernorm(w, t, f"l{i}.ln1", ctx @ t[f"l{i}.o.w"] + t[f"l{i}.o.b"] + x)
+        x = norm(f"l{i}.ln1", ctx @ t[f"l{i}.o.w"] + t[f"l{i}.o.b"] + x)
         h = x @ t[f"l{i}.ffn1.w"] + t[f"l{i}.ffn1.b"]
         g_high = approx.gelu.cipherprune(h, approx.gelu.GELU_HIGH)
         g_low = approx.gelu.cipherprune(h, approx.gelu.GELU_LOW)
         g = hi[..., None] * g_high + (1 - hi[..., None]) * g_low
-        x = _layernorm(w, t, f"l{i}.ln2", g @ t[f"l{i}.ffn2.w"] + t[f"l{i}.ffn2.b"] + x)
+        x = norm(f"l{i}.ln2", g @ t[f"l{i}.ffn2.w"] + t[f"l{i}.ffn2.b"] + x)
         n_alive = alive.sum(-1)
         layer_cost = (
             COST_TOKEN * n_alive + COST_PAIR * n_alive**2 + COST_HIGH * (alive * hi).sum(-1)
@@ -190,17 +190,21 @@ def calibrate_layernorm(
     margin: float = 4.0,
 ) -> dict[str, tuple[float, float]]:
     """Per-LayerNorm variance ranges for the rsqrt, set on ``w`` and returned: the variances the
-    plain model sees on ``texts`` padded to ``n`` (padding rows included: 2PC normalises them
-    too, before they are pruned), widened by ``margin`` each way and rounded out to powers of
-    two. A narrower range needs fewer Newton steps, each 3 rounds per LayerNorm."""
+    model sees on ``texts`` padded to ``n`` (padding rows included: 2PC normalises them too,
+    before they are pruned; softmax and GELU as 2PC approximates them, nothing pruned), widened by
+    ``margin`` each way and rounded out to powers of two. A narrower range needs fewer Newton
+    steps, each 3 rounds per LayerNorm."""
     seen: dict[str, list[float]] = {}
-
-    def record(name: str, var: torch.Tensor) -> None:
-        low, high = float(var.min()), float(var.max())
-        old = seen.get(name, [low, high])
-        seen[name] = [min(old[0], low), max(old[1], high)]
-
     t = w.tensors
+
+    def exact_recording(name: str, x: torch.Tensor) -> torch.Tensor:
+        eps = w.norm_eps(name)
+        var = x.var(-1, unbiased=False) + eps
+        old = seen.get(name, [float(var.min()), float(var.max())])
+        seen[name] = [min(old[0], float(var.min())), max(old[1], float(var.max()))]
+        return F.layer_norm(x, (w.hidden,), t[f"{name}.g"], t[f"{name}.b"], eps)
+
+    keep_all = torch.full((w.layers,), -1.0)  # importance >= 0 > -1: every row stays, all high
     for start in range(0, len(texts), 16):
         enc = tokenizer(
             list(texts[start : start + 16]),
@@ -209,33 +213,9 @@ def calibrate_layernorm(
             max_length=n,
             return_tensors="pt",
         )
-        x = t["emb.word"][enc["input_ids"]] + t["emb.pos"][:n] + t["emb.type0"]
         valid = enc["attention_mask"].to(torch.float64)
-        relative = w.relative_bias()
-        bias = 0.0 if relative is None else relative.matrix(torch.arange(n))
-        heads, d = w.heads, w.hidden
-        for name, step in [("emb.ln", None)] + [
-            (f"l{i}.{k}", (i, k)) for i in range(w.layers) for k in ("ln1", "ln2")
-        ]:
-            if step is not None:
-                i, k = step
-                if k == "ln1":
-                    qkv = x @ t[f"l{i}.qkv.w"] + t[f"l{i}.qkv.b"]
-                    b = qkv.shape[0]
-                    q, key, v = (
-                        qkv[..., j * d : (j + 1) * d].reshape(b, n, heads, -1).transpose(1, 2)
-                        for j in range(3)
-                    )
-                    scores = q @ key.transpose(-1, -2) + bias
-                    scores = scores + ((1.0 - valid) * MASK_VALUE)[:, None, None, :]
-                    ctx = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, n, d)
-                    x = ctx @ t[f"l{i}.o.w"] + t[f"l{i}.o.b"] + x
-                else:
-                    h = F.gelu(x @ t[f"l{i}.ffn1.w"] + t[f"l{i}.ffn1.b"])
-                    x = h @ t[f"l{i}.ffn2.w"] + t[f"l{i}.ffn2.b"] + x
-            eps = w.norm_eps(name)
-            record(name, x.var(-1, unbiased=False) + eps)
-            x = F.layer_norm(x, (d,), t[f"{name}.g"], t[f"{name}.b"], eps)
+        with torch.no_grad():
+            soft_forward(w, t, enc["input_ids"], valid, keep_all, keep_all, 1e-3, exact_recording)
     ranges = {
         name: (
             2.0 ** math.floor(math.log2(low / margin)),
@@ -346,8 +326,10 @@ def build_classifier(
     base: str = "minilm",
 ) -> Path:
     """Fine-tune ``base`` (``BASES``) on Rotten Tomatoes, learn thresholds, save (atomically)
-    and return the folder; an existing folder is returned as is."""
-    from privformer.models.registry import atomic_materialize, load_model, load_tokenizer
+    and return the folder; an existing folder is returned as is. The fine-tuned weights are
+    kept in a sibling folder first (``finetuned_classifier``), so a build stopped while
+    learning thresholds resumes there instead of fine-tuning again."""
+    from privformer.models.registry import atomic_materialize, load_tokenizer
     from privformer.protocols.cipherprune.format import save_classifier
 
     if base not in BASES:
@@ -357,10 +339,9 @@ def build_classifier(
     def build(tmp: Path) -> None:
         start = time.perf_counter()
         tok = load_tokenizer(base)
-        bert = load_model(base)
         train, _test = rotten_tomatoes_split()
-        head = finetune(bert, tok, train, epochs=epochs, seed=seed)
-        w = BertClassifierWeights.from_hf(bert, head)
+        w = finetuned_classifier(target, base, epochs, seed)
+        finetune_seconds = w.meta.get("finetune_seconds")
         if w.relative_max_distance:  # MPNet: LayerNorm inputs beyond MiniLM's rsqrt range
             short, long = LAYERNORM_CALIBRATION
             ranges = calibrate_layernorm(w, tok, [t for t, _ in train[:short]], n)
@@ -390,12 +371,41 @@ def build_classifier(
             "lambda": lam,
             "n": n,
             "seed": seed,
-            "train_seconds": time.perf_counter() - start,
+            "finetune_seconds": finetune_seconds,
+            "threshold_seconds": time.perf_counter() - start,
         }
         save_classifier(w, pruning, tmp)
         (tmp / f"pruning-{LONG_N}.json").write_text(pruning_long.to_json())
 
     return atomic_materialize(target, build)
+
+
+def finetuned_classifier(
+    target: Path, base: str = "minilm", epochs: int = 2, seed: int = 0
+) -> BertClassifierWeights:
+    """``base`` fine-tuned on Rotten Tomatoes (no thresholds), built once into the sibling
+    folder ``<target>.finetuned-e<epochs>-s<seed>`` and loaded from there afterwards."""
+    from privformer.models.registry import atomic_materialize, load_model, load_tokenizer
+    from privformer.protocols.cipherprune.format import load_classifier, save_classifier
+
+    stage = target.parent / f"{target.name}.finetuned-e{epochs}-s{seed}"
+
+    def build(tmp: Path) -> None:
+        start = time.perf_counter()
+        bert = load_model(base)
+        head = finetune(bert, load_tokenizer(base), rotten_tomatoes_split()[0], epochs, seed=seed)
+        w = BertClassifierWeights.from_hf(bert, head)
+        w.meta = {"base": BASES[base], "finetune_seconds": time.perf_counter() - start}
+        save_classifier(w, PruningConfig.none(w.layers), tmp)
+
+    w, _none = load_classifier(atomic_materialize(stage, build))
+    return w
+
+
+def base_of(w: BertClassifierWeights) -> str:
+    """The registry name (``BASES``) of the encoder a classifier was fine-tuned from."""
+    names = {model: name for name, model in BASES.items()}
+    return names.get(str(w.meta.get("base")), "minilm")
 
 
 def relearn_thresholds(
@@ -408,7 +418,7 @@ def relearn_thresholds(
 
     path = Path(path)
     w, _old = load_classifier(path)
-    tok = load_tokenizer("minilm")
+    tok = load_tokenizer(base_of(w))
     pruning = learn_thresholds(
         w,
         tok,
