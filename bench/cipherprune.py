@@ -268,7 +268,11 @@ def measure_shaped(
                 model_s += r["rounds"] * cn.MODELS[link].rtt_s
                 model_s += 8 * max(x["flight_bytes"] for x in base) / cn.MODELS[link].bandwidth_bps
                 r[f"{link}_measured_s"] = model_s * ratio
-                r[f"{link}_source"] = f"model x {ratio:.2f} (measured/model of {link}'s runs)"
+                r[f"{link}_source"] = (
+                    f"model x {ratio:.2f} (measured/model of {len(ratios)} {link} runs)"
+                    if ratios
+                    else f"model (no {link} run measured to calibrate it)"
+                )
     return shaped
 
 
