@@ -15,8 +15,9 @@ pruning); ``private`` runs the protocol (STIP: an HTTP server in a child process
 ``Result`` is the same for every protocol: outputs (logits, or sentence embeddings for a STIP
 encoder), seconds, the client's bytes and rounds, and what the protocol revealed.
 
-Model names: ``minilm-rt-probe`` (a sentence classifier, all three protocols), ``minilm-rt``
-(CipherPrune's fine-tuned classifier, after ``privformer cipherprune train``), and for STIP any
+Model names: ``minilm-rt-probe`` (a sentence classifier, all three protocols), ``minilm-rt`` and
+``mpnet-rt`` (CipherPrune's fine-tuned classifiers, after ``privformer cipherprune train
+[--base mpnet]``), and for STIP any
 name the model registry resolves (``minilm``, ``smollm2``, ``random:NAME``, a local folder).
 """
 
@@ -230,6 +231,11 @@ class StipModel(PrivateModel):
 
 
 # --- CipherPrune -----------------------------------------------------------------------------
+#: CipherPrune's fine-tuned classifiers (``privformer cipherprune train --base BASE``): name ->
+#: base encoder.
+CIPHERPRUNE_TRAINED = {"minilm-rt": "minilm", "mpnet-rt": "mpnet"}
+
+
 class CipherPruneModel(PrivateModel):
     """CipherPrune's classifier: 2PC with encrypted token pruning."""
 
@@ -248,15 +254,22 @@ class CipherPruneModel(PrivateModel):
             # receive more than 0.4/32 of the attention, accurate above 1/32).
             pruning = PruningConfig([0.4 / 32] * weights.layers, [1.0 / 32] * weights.layers)
             self.classifier = CipherPruneClassifier(weights, pruning, clf.tokenizer)
-        elif name == "minilm-rt":
+        elif name in CIPHERPRUNE_TRAINED:
             from privformer.protocols.cipherprune.train import default_classifier_dir
 
-            self.classifier = CipherPruneClassifier.load(default_classifier_dir())
+            folder = default_classifier_dir(CIPHERPRUNE_TRAINED[name])
+            if not (folder / "config.json").is_file():
+                raise UnknownNameError(
+                    f"{name!r} is not built yet: run `privformer cipherprune train --base "
+                    f"{CIPHERPRUNE_TRAINED[name]}` first"
+                )
+            self.classifier = CipherPruneClassifier.load(folder)
         elif Path(name).is_dir():
             self.classifier = CipherPruneClassifier.load(name)
         else:
             raise UnknownNameError(
-                f"no CipherPrune model {name!r}: use {PROBE}, minilm-rt or a classifier folder"
+                f"no CipherPrune model {name!r}: use {PROBE}, {', '.join(CIPHERPRUNE_TRAINED)} "
+                "or a classifier folder"
             )
 
     def _predict(self, texts: list[str], mode: Mode) -> Result:
@@ -287,6 +300,7 @@ class CipherPruneModel(PrivateModel):
         from privformer.models.registry import load_tokenizer
         from privformer.protocols.cipherprune import secure
         from privformer.protocols.cipherprune.format import (
+            encoder_name,
             save_classifier,
             save_client,
             save_dealer,
@@ -296,7 +310,8 @@ class CipherPruneModel(PrivateModel):
         clf = self.classifier
         save_classifier(clf.weights, clf.pruning, out / "server")
         card = {**secure.model_card(clf.weights, clf.pruning), "max_length": self.max_length}
-        save_client(out / "client", card, clf.tokenizer or load_tokenizer("minilm"))
+        tokenizer = clf.tokenizer or load_tokenizer(encoder_name(clf.weights))
+        save_client(out / "client", card, tokenizer)
         save_dealer(out / "dealer")
         self._write_root(out, server="server", client="client", dealer="dealer")
         return out
@@ -570,7 +585,7 @@ class Client:
         logits, sent, recv, rounds, kept = [], 0, 0, 0, []
         for text in texts:
             ids, mask = encode_text(text, int(card.get("max_length", 128)), tokenizer)
-            out = classify_remote(ids, mask, server, dealer)
+            out = classify_remote(ids, mask, server, dealer, vocab=len(tokenizer))
             logits.append(out.logits.to(torch.float64))
             total = out.stats.get("total", {})
             sent += int(total.get("bytes_sent", 0))

@@ -166,3 +166,24 @@ def test_mpnet_2pc_equals_simulate_with_the_bias_following_pruned_tokens(mpnet):
     forward(ops, w, ids.numel(), pruning)
     moved = (ops.records[1].importance - sim.debug[1].importance).abs().max()
     assert moved > 10 * IMPORTANCE_TOL  # measured 0.034
+
+
+def test_an_mpnet_classifier_folder_loads_with_mpnets_tokenizer(mpnet, tmp_path):
+    """MiniLM's tokenizer on an MPNet classifier would run and classify another text (the
+    vocabularies differ by 5 tokens): a folder loads with its encoder's tokenizer."""
+    from privformer.protocols.cipherprune.format import encoder_name, save_classifier
+    from privformer.protocols.cipherprune.model import BertClassifierWeights, PruningConfig
+    from privformer.protocols.cipherprune.session import CipherPruneClassifier
+
+    model, tok = mpnet
+    w = BertClassifierWeights.from_hf(_first_layers(model, 1), torch.nn.Linear(768, 2))
+    assert encoder_name(w) == "mpnet"  # no metadata: known by its relative position bias
+    w.meta = {"base": "all-mpnet-base-v2"}
+    folder = save_classifier(w, PruningConfig.none(1), tmp_path / "mpnet-1")
+    clf = CipherPruneClassifier.load(folder)
+    assert len(clf.tokenizer) == w.vocab == len(tok) == 30527
+    text = "the rhythms of a city at night"
+    assert (
+        clf.encode(text, 16)[0].tolist()
+        == tok(text, padding="max_length", max_length=16)["input_ids"]
+    )

@@ -14,7 +14,8 @@ import json
 from pathlib import Path
 
 from privformer.errors import InputError, ModelNotFoundError
-from privformer.protocols.cipherprune.train import BASES, DEFAULT_LAMBDA
+from privformer.protocols.cipherprune.format import BASES
+from privformer.protocols.cipherprune.train import DEFAULT_LAMBDA
 
 
 def _addr(text: str) -> tuple[str, int]:

@@ -25,6 +25,9 @@ from privformer.protocols.cipherprune.model import BertClassifierWeights, Prunin
 
 PROTOCOL = "cipherprune"
 FORMAT_VERSION = 1
+#: Encoders a classifier is fine-tuned from: registry name -> the base model's name (the
+#: ``base`` in a classifier's metadata).
+BASES = {"minilm": "all-MiniLM-L6-v2", "mpnet": "all-mpnet-base-v2"}
 WEIGHTS, CONFIG, PRUNING, CARD = (
     "weights.safetensors",
     "config.json",
@@ -90,3 +93,11 @@ def save_dealer(out: str | Path) -> Path:
 
 
 __all__ = ["load_classifier", "load_client_card", "save_classifier", "save_client", "save_dealer"]
+
+
+def encoder_name(w: BertClassifierWeights) -> str:
+    """The registry name (``BASES``) of the encoder ``w`` was fine-tuned from, whose tokenizer
+    its inputs need: from its metadata, else MPNet if it has a relative position bias."""
+    names = {model: name for name, model in BASES.items()}
+    base = names.get(str(w.meta.get("base")))
+    return base or ("mpnet" if w.relative_max_distance else "minilm")

@@ -27,7 +27,7 @@ from privformer.crypto.mpc.party import (
 )
 from privformer.errors import InputError, UnknownNameError, WireFormatError
 from privformer.protocols.cipherprune import secure
-from privformer.protocols.cipherprune.format import load_classifier
+from privformer.protocols.cipherprune.format import encoder_name, load_classifier
 from privformer.protocols.cipherprune.model import (
     BertClassifierWeights,
     ForwardTrace,
@@ -124,7 +124,12 @@ class CipherPruneClassifier:
 
     @classmethod
     def load(cls, path: str | Path, tokenizer=None) -> CipherPruneClassifier:
+        """The classifier folder ``path``; ``tokenizer`` defaults to its encoder's."""
         w, pruning = load_classifier(path)
+        if tokenizer is None:
+            from privformer.models.registry import load_tokenizer
+
+            tokenizer = load_tokenizer(encoder_name(w))
         return cls(w, pruning, tokenizer)
 
     def encode(self, text: str, max_length: int = 128) -> tuple[torch.Tensor, torch.Tensor]:

@@ -35,6 +35,7 @@ from privformer.data import SPLIT_SEED, TEST_SIZE, imdb_split, rotten_tomatoes_s
 from privformer.errors import InputError
 from privformer.models.classifiers import cls_states
 from privformer.models.registry import HFModel, cache_dir
+from privformer.protocols.cipherprune.format import BASES
 from privformer.protocols.cipherprune.model import MASK_VALUE, BertClassifierWeights, PruningConfig
 from privformer.protocols.cipherprune.simulate import run_float
 
@@ -304,8 +305,6 @@ def evaluate(
     )
 
 
-#: Encoders ``build_classifier`` fine-tunes: registry name -> the base model's name.
-BASES = {"minilm": "all-MiniLM-L6-v2", "mpnet": "all-mpnet-base-v2"}
 #: Sentences (Rotten Tomatoes at 128 tokens, IMDB at 512) the LayerNorm ranges of an encoder
 #: that needs its own (MPNet) are calibrated on.
 LAYERNORM_CALIBRATION = (64, 8)
@@ -402,23 +401,17 @@ def finetuned_classifier(
     return w
 
 
-def base_of(w: BertClassifierWeights) -> str:
-    """The registry name (``BASES``) of the encoder a classifier was fine-tuned from."""
-    names = {model: name for name, model in BASES.items()}
-    return names.get(str(w.meta.get("base")), "minilm")
-
-
 def relearn_thresholds(
     path: str | Path, lam: float = DEFAULT_LAMBDA, threshold_steps: int = 150, seed: int = 0
 ) -> Path:
     """Learn new thresholds (128 and 512 tokens) for an existing classifier folder, in place:
     how to try another lambda without fine-tuning again."""
     from privformer.models.registry import load_tokenizer
-    from privformer.protocols.cipherprune.format import load_classifier
+    from privformer.protocols.cipherprune.format import encoder_name, load_classifier
 
     path = Path(path)
     w, _old = load_classifier(path)
-    tok = load_tokenizer(base_of(w))
+    tok = load_tokenizer(encoder_name(w))
     pruning = learn_thresholds(
         w,
         tok,
