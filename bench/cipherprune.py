@@ -25,6 +25,9 @@ and SPU report their offline phase apart.
 
     python bench/cipherprune.py [--models minilm,mpnet] [--texts K] [--eval-size N] [--quick]
                                 [--netns] [--max-shaped-s 1800]
+
+A whole run writes bench/results/cipherprune.json; a partial one (``--models`` a subset, or
+``--quick``) writes bench/results/cipherprune_<models>[_quick].json.
 """
 
 from __future__ import annotations
@@ -384,7 +387,13 @@ def main() -> None:
         "speedups": sp,
         "seconds": time.time() - start,
     }
-    print(f"\nwrote {write_results('cipherprune', payload)}")
+    # A partial run (some models, or --quick) gets its own file, so it never replaces the
+    # results of a whole one.
+    models = args.models.split(",")
+    name = "cipherprune"
+    if sorted(models) != sorted(LABELS) or args.quick:
+        name += "_" + "_".join(models) + ("_quick" if args.quick else "")
+    print(f"\nwrote {write_results(name, payload)}")
 
 
 if __name__ == "__main__":
