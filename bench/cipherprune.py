@@ -13,7 +13,7 @@ train [--base mpnet]`` if missing) and each length (128 tokens: Rotten Tomatoes 
 - tokens entering each layer, and test accuracy (plain, simulate, simulate pruned, simulate
   pruned + reduced) on the whole Rotten Tomatoes test split and on long IMDB reviews;
 - the paper's LAN (3 Gbps, 0.8 ms) and WAN (200 Mbps, 40 ms) by the analytic model (the
-  localhost wall time plus one RTT per round plus the bytes at the cap) and, with ``--netns``,
+  localhost wall time plus RTT/2 per round plus the bytes at the cap) and, with ``--netns``,
   measured through network namespaces (``bench/cipherprune_netns.py``'s runner: client, server
   and dealer as processes, the link rate-capped by tc). A shaped run the model puts above
   ``--max-shaped-s`` is not run; its time comes from the model scaled by the measured/model ratio
@@ -267,9 +267,7 @@ def measure_shaped(
                 r[f"{link}_source"] = "measured"
             else:  # over max_shaped_s: the model, corrected by this link's measured runs
                 base = [x for x in shaped if x["link"] == "none" and x["config"] == key]
-                model_s = sum(x["seconds"] for x in base) / len(base)
-                model_s += r["rounds"] * cn.MODELS[link].rtt_s
-                model_s += 8 * max(x["flight_bytes"] for x in base) / cn.MODELS[link].bandwidth_bps
+                model_s = sum(x["seconds"] + cn.MODELS[link].time(x) for x in base) / len(base)
                 r[f"{link}_measured_s"] = model_s * ratio
                 r[f"{link}_source"] = (
                     f"model x {ratio:.2f} (measured/model of {len(ratios)} {link} runs)"

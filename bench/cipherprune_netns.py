@@ -1,7 +1,7 @@
 """CipherPrune through an emulated network: client, server and dealer as processes in their own
 network namespaces (``privformer.transport.netns``), the client-server link rate-capped in the
 kernel and its propagation delay added by the parties (this kernel has no netem), next to the
-analytic model the main bench uses (unshaped wall time + one RTT per round + bytes at the cap).
+analytic model the main bench uses (unshaped wall time + RTT/2 per round + bytes at the cap).
 
 For each Rotten Tomatoes test sentence and each link (none, LAN, WAN) it runs the session three
 ways: unpruned at the padded length (the paper's baseline), unpruned at the true length (which
@@ -95,18 +95,13 @@ def run_link(
 
 
 def add_model(rows: list[dict]) -> None:
-    """Next to each shaped row, the analytic model's time: the unshaped run's time plus one RTT
-    per round plus, per round, the larger direction's bytes at the cap (full duplex)."""
+    """Next to each shaped row, the analytic model's time (``NetworkModel.time``): the unshaped
+    run's time plus RTT/2 per round plus, per round, the larger direction's bytes at the cap."""
     base = {(r["config"], r["text"]): r for r in rows if r["link"] == "none"}
     for r in rows:
         ref = base.get((r["config"], r["text"]))
         if r["link"] in MODELS and ref is not None:
-            model = MODELS[r["link"]]
-            r["model_s"] = (
-                ref["seconds"]
-                + ref["rounds"] * model.rtt_s
-                + 8 * ref["flight_bytes"] / model.bandwidth_bps
-            )
+            r["model_s"] = ref["seconds"] + MODELS[r["link"]].time(ref)
             r["measured_over_model"] = r["seconds"] / r["model_s"]
 
 
