@@ -106,3 +106,22 @@ def test_encrypted_sgn_matches_its_simulate_twin():
     out = backend.decrypt(he_ops.sgn(backend, backend.encrypt(x)))
     assert backend.levels_left(he_ops.sgn(backend, backend.encrypt(x[:4]))) == 19 - 16
     assert np.abs(out - approx.sign.sgn(x)).max() < 1e-5
+
+
+@pytest.mark.parametrize(
+    ("chain", "fragment"),
+    [
+        ({"sparse_periods": (12,)}, "sparse period 12"),
+        ({"sparse_periods": (8,)}, "sparse period 8"),
+        ({"sparse_periods": (1 << 15,)}, "below the slots"),
+        ({"sparse_periods": (16,), "slots": 1 << 14, "complex_packing": False}, "full-slot"),
+    ],
+)
+def test_openfhe_sparse_periods_are_checked_before_a_worker_starts(chain, fragment):
+    """Sparse-slot bootstrapping keys exist for powers of two from 16 to half the slots, on a
+    full-slot context; anything else is refused with the reason (no 3.10 worker needed)."""
+    from privformer.crypto.ckks.openfhe_backend import chain_parameters
+
+    with pytest.raises(CryptoError, match=fragment):
+        chain_parameters(**chain)
+    assert chain_parameters(sparse_periods=(32, 16, 16))["sparse_periods"] == [16, 32]

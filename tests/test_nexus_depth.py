@@ -188,6 +188,43 @@ def test_chebyshev_layernorm_circuit_is_its_twin(activations):
     assert be.bootstraps <= 2 + A.layernorm.chebyshev_start(LN)[1]
 
 
+def test_layernorm_refreshes_its_per_token_ciphertexts_as_sparse_ones(activations):
+    """t and y hold one value per token in every feature slot, so they repeat every N slots:
+    with sparse keys for period N every one of their bootstraps is a sparse-slot one (the
+    refresh checks the promise on the values), and the result is unchanged."""
+    x = activations["layernorm"][:N]
+    rng = np.random.default_rng(3)
+    gamma, beta = rng.normal(1, 0.3, x.shape[1]), rng.normal(0, 0.1, x.shape[1])
+    layout = TokenInterleaved(N, N * N)
+    outs, counts = [], []
+    for periods in ((), (N,)):
+        be = FloatBackend(N * N, top=7, sparse_periods=periods)
+        be.generate_rotation_keys(he.quick_sum_steps(layout.features, N))
+        out = H.layernorm_chebyshev(
+            be, [be.encrypt(v) for v in layout.pack(x)], layout, gamma, beta, 1e-12, LN
+        )
+        outs.append(layout.unpack([be.decrypt(c) for c in out], x.shape[1]))
+        counts.append((be.bootstraps, be.sparse_bootstraps))
+    assert np.array_equal(outs[0], outs[1])
+    assert counts[0][1] == 0 and counts[1][0] == counts[1][1] == counts[0][0] > 0
+
+
+def test_a_broken_period_promise_is_refused():
+    """A sparse bootstrap of a vector that does not repeat would return its repeats' average:
+    the test refresh refuses the promise, and keeps it for vectors that do repeat."""
+    from privformer.errors import BootstrapRangeError
+
+    be = FloatBackend(64, top=2, sparse_periods=(16,))
+    ramp = be.drop_to(be.encrypt(np.linspace(-1, 1, 64)), 0)
+    with pytest.raises(BootstrapRangeError, match="repeat every 16 slots"):
+        be.bootstrap(ramp, 1.0, period=16)
+    tiled = be.drop_to(be.encrypt(np.tile(np.linspace(-1, 1, 16), 4)), 0)
+    assert be.levels_left(be.bootstrap(tiled, 1.0, period=16)) == 2
+    assert (be.bootstraps, be.sparse_bootstraps) == (1, 1)
+    be.bootstrap(tiled, 1.0, period=32)  # a period without sparse keys: a full bootstrap
+    assert (be.bootstraps, be.sparse_bootstraps) == (2, 1)
+
+
 # --- a real MiniLM layer ------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def minilm_layers(plain_model, tokenizer):

@@ -59,6 +59,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         args.window,
         complex_packing=not args.no_complex_packing,
         pair_level_loss=0 if args.pair_level else 1,
+        sparse_periods=(clf.tokens,) if args.sparse_bootstrap else (),
     )
     backend.generate_rotation_keys(clf.rotation_steps(slots))
     ids = model.tokenizer(args.text, truncation=True, max_length=clf.tokens)["input_ids"]
@@ -91,6 +92,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
                 {
                     "bootstraps": per_layer,
                     "total": backend.bootstraps,
+                    "sparse": backend.sparse_bootstraps,
                     "logits": logits.tolist(),
                     "planner_bootstraps": best.bootstraps,
                 }
@@ -103,7 +105,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     for i, stages in enumerate(per_layer):
         parts = ", ".join(f"{k} {v}" for k, v in stages.items() if v)
         print(f"layer {i}: {sum(stages.values())} bootstraps ({parts})")
-    print(f"total: {backend.bootstraps} bootstraps; logits {np.round(logits, 4).tolist()}")
+    sparse = f" ({backend.sparse_bootstraps} sparse-slot)" if args.sparse_bootstrap else ""
+    print(f"total: {backend.bootstraps} bootstraps{sparse}; logits {np.round(logits, 4).tolist()}")
     print("\nthe planner's plan of one layer's main chain (side chains not included):")
     print(best.table())
     return 0
@@ -157,7 +160,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from privformer.transport.nexus_http import run_nexus_server
 
     name, clf = _server_classifier(args.model, args.layers, args.tokens)
-    choice = BackendChoice(args.backend, preset=args.preset)
+    chain = (("sparse_periods", [clf.tokens]),) if args.sparse_bootstrap else ()
+    choice = BackendChoice(args.backend, preset=args.preset, chain=chain)
     keys_dir = args.keys_dir or cache_dir() / "nexus-server-keys"
     server = NexusServer(clf, keys_dir, choice, name=name, max_loaded=args.max_loaded)
     stages = 10 * len(clf.layers)  # a layer's stages (layer.encrypted_layer's clock)
@@ -250,6 +254,12 @@ TOKENS_HELP = (
 )
 
 
+SPARSE_HELP = (
+    "bootstrap per-token ciphertexts (LayerNorm's) as sparse-packed ones of `tokens` slots, "
+    "with their own bootstrapping keys (OpenFHE; docs/nexus.md)"
+)
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     nexus = sub.add_parser("nexus", help="NEXUS: non-interactive CKKS inference")
     cmds = nexus.add_subparsers(dest="nexus_command", required=True)
@@ -286,6 +296,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="both halves of a pair keep whole windows (OpenFHE's pair_level chain)",
     )
+    plan.add_argument("--sparse-bootstrap", action="store_true", help=SPARSE_HELP)
     plan.add_argument("--json", action="store_true", help="print one JSON object")
     plan.set_defaults(func=cmd_plan)
 
@@ -302,6 +313,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="serve only the first N encoder layers (transport tests; accuracy is not kept)",
     )
     serve.add_argument("--tokens", type=int, default=None, help=TOKENS_HELP + " (default 128)")
+    serve.add_argument("--sparse-bootstrap", action="store_true", help=SPARSE_HELP)
     serve.add_argument("--keys-dir", default=None, help="where uploaded key sets are kept")
     serve.add_argument("--max-loaded", type=int, default=1, help="key sets kept in memory")
     serve.add_argument("--host", default="127.0.0.1")

@@ -74,13 +74,30 @@ class Bootstrapper(ABC):
     complex_packing = False
     pair_level_loss = 1
 
-    def __init__(self) -> None:
+    def __init__(self, sparse_periods: Sequence[int] = ()) -> None:
+        """``sparse_periods``: periods for which this bootstrapper has a sparse-slot bootstrap
+        (a ciphertext whose slot i equals slot i mod p is a sparse-packed one of p slots)."""
         self.count = 0
+        self.sparse_count = 0  # of ``count``, the sparse-slot bootstraps
+        self.sparse_periods = frozenset(int(p) for p in sparse_periods)
 
-    def __call__(self, backend: CKKSBackend, a: Ciphertext, bound: float) -> Ciphertext:
-        out = self.refresh(backend, a, bound)
+    def __call__(
+        self, backend: CKKSBackend, a: Ciphertext, bound: float, period: int | None = None
+    ) -> Ciphertext:
+        """``period``: the caller's promise that slot i of ``a`` equals slot i mod ``period``;
+        a period this bootstrapper has sparse keys for gets the sparse bootstrap."""
+        if period is not None:
+            self.check_period(backend, a, period)
+        sparse = period if period in self.sparse_periods else None
+        out = self.refresh(backend, a, bound, sparse)
         self.count += 1
+        self.sparse_count += sparse is not None
         return out
+
+    def check_period(self, backend: CKKSBackend, a: Ciphertext, period: int) -> None:
+        """Refuse a broken ``period`` promise where the values can be seen (test
+        bootstrappers); a real bootstrap cannot see them."""
+        return None
 
     def pair(
         self, backend: CKKSBackend, a: Ciphertext, b: Ciphertext, bound: float
@@ -91,7 +108,11 @@ class Bootstrapper(ABC):
         return out
 
     @abstractmethod
-    def refresh(self, backend: CKKSBackend, a: Ciphertext, bound: float) -> Ciphertext: ...
+    def refresh(
+        self, backend: CKKSBackend, a: Ciphertext, bound: float, period: int | None = None
+    ) -> Ciphertext:
+        """``a`` at ``backend.top``; ``period`` (one of ``sparse_periods``, or None for a full
+        bootstrap) as promised to ``__call__``."""
 
     def refresh_pair(
         self, backend: CKKSBackend, a: Ciphertext, b: Ciphertext, bound: float
@@ -226,9 +247,14 @@ class CKKSBackend(ABC):
             a = self.multiply_plain(a, 1.0)
         return a
 
-    def bootstrap(self, a: Ciphertext, bound: float = 1.0) -> Ciphertext:
+    def bootstrap(self, a: Ciphertext, bound: float = 1.0, period: int | None = None) -> Ciphertext:
         """Refresh a ciphertext to ``top`` levels through ``bootstrapper``; raises
         ``BootstrapUnavailableError`` where the backend has none.
+
+        ``period``: the caller's promise that slot i equals slot i mod ``period`` (a value per
+        token broadcast over the features of the token-interleaved layout repeats every
+        ``tokens`` slots). A bootstrapper with sparse keys for that period refreshes it as a
+        sparse-packed ciphertext of ``period`` slots, which is much faster.
 
         ``bound``: the caller's promise that every slot lies in [-bound, bound]. A real CKKS
         bootstrap only works on small encoded coefficients (docs/nexus.md), so a bootstrapper
@@ -240,7 +266,12 @@ class CKKSBackend(ABC):
                 f"{type(self).__name__} has no bootstrapper: use OpenFHEBackend for real "
                 "bootstrapping (SEAL has none), or SecretKeyRefresh in tests"
             )
-        return self.bootstrapper(self, a, bound)
+        return self.bootstrapper(self, a, bound, period)
+
+    @property
+    def sparse_bootstraps(self) -> int:
+        """Of ``bootstraps``, those run as sparse-slot bootstraps."""
+        return self.bootstrapper.sparse_count if self.bootstrapper is not None else 0
 
     def bootstrap_many(
         self, cts: Sequence[Ciphertext], bound: float = 1.0, needed: int | None = None

@@ -21,11 +21,17 @@ from privformer.errors import BootstrapRangeError, BootstrapUnavailableError, In
 
 
 def ensure_level(
-    backend: CKKSBackend, x: Ciphertext, needed: int, operator: str, bound: float = 1.0
+    backend: CKKSBackend,
+    x: Ciphertext,
+    needed: int,
+    operator: str,
+    bound: float = 1.0,
+    period: int | None = None,
 ) -> Ciphertext:
     """``x`` if it has ``needed`` levels left, else ``x`` bootstrapped (which must give them).
-    ``bound``: every slot of ``x`` lies in [-bound, bound] (see ``CKKSBackend.bootstrap``)."""
-    return ensure_levels(backend, [x], needed, operator, bound)[0]
+    ``bound``: every slot of ``x`` lies in [-bound, bound]; ``period``: slot i equals slot
+    i mod ``period`` (see ``CKKSBackend.bootstrap``)."""
+    return ensure_levels(backend, [x], needed, operator, bound, period)[0]
 
 
 def ensure_levels(
@@ -34,10 +40,12 @@ def ensure_levels(
     needed: int | Sequence[int],
     operator: str,
     bound: float = 1.0,
+    period: int | None = None,
 ) -> list[Ciphertext]:
     """``ensure_level`` for every ciphertext of ``xs`` (``needed``: one count for all, or one
     each): those short of levels are bootstrapped together, so a bootstrapper that packs
-    pairs refreshes two at a time."""
+    pairs refreshes two at a time; with ``period`` (all of ``xs`` repeat with it), one by one,
+    each a sparse-slot bootstrap where the backend has keys for it."""
     wants = [needed] * len(xs) if isinstance(needed, int) else list(needed)
     if len(wants) != len(xs):
         raise InputError(f"{operator}: {len(wants)} level counts for {len(xs)} ciphertexts")
@@ -45,7 +53,10 @@ def ensure_levels(
     if not low:
         return list(xs)
     try:
-        fresh = backend.bootstrap_many([xs[i] for i in low], bound, max(wants[i] for i in low))
+        if period is None:
+            fresh = backend.bootstrap_many([xs[i] for i in low], bound, max(wants[i] for i in low))
+        else:
+            fresh = [backend.bootstrap(xs[i], bound, period) for i in low]
     except BootstrapUnavailableError as exc:
         got = backend.levels_left(xs[low[0]])
         raise BootstrapUnavailableError(
@@ -215,6 +226,7 @@ def chebyshev_series(
     coeffs: np.ndarray,
     operator: str = "chebyshev",
     weights: np.ndarray | None = None,
+    period: int | None = None,
 ) -> Ciphertext:
     """sum_k coeffs[k] T_k(t) for slots t in [-1, 1], by Paterson-Stockmeyer in the Chebyshev
     basis: baby steps T_1 .. T_{m-1}, giant steps T_m, T_2m, ..., and p = q T_n + r recursively
@@ -226,13 +238,14 @@ def chebyshev_series(
 
     ``weights`` (a slot vector): the result is weights * p(t), at no extra level: every scalar
     of the leaves and of the split is multiplied by it (a key mask, for instance).
+    ``period``: t's slots repeat with it (for its bootstrap; see ``CKKSBackend.bootstrap``).
     """
     coeffs = np.asarray(coeffs, dtype=np.float64)
     degree = len(coeffs) - 1
     if degree < 1:
         raise InputError("chebyshev_series needs a polynomial of degree >= 1")
     m = approx.chebyshev.baby_step_count(degree)
-    t = ensure_level(backend, t, approx.chebyshev.depth(degree, m), operator)
+    t = ensure_level(backend, t, approx.chebyshev.depth(degree, m), operator, 1.0, period)
     powers: dict[int, Ciphertext] = {1: t}
 
     def power(i: int) -> Ciphertext:  # T_i, i >= 1

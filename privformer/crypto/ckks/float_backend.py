@@ -58,7 +58,9 @@ class FloatBackend(CKKSBackend):
     slot (None: exact), to study how an operator tolerates a real bootstrap's error.
     ``complex_packing``: two ciphertexts refreshed together share one bootstrap, as on
     ``OpenFHEBackend`` (so the counts are a real backend's), the second ``pair_level_loss``
-    levels lower (0: OpenFHE's ``pair_level`` chain).
+    levels lower (0: OpenFHE's ``pair_level`` chain). ``sparse_periods``: bootstraps of
+    ciphertexts promised to repeat with one of these periods count as sparse-slot ones
+    (``sparse_bootstraps``), as on ``OpenFHEBackend`` with those keys.
     """
 
     def __init__(
@@ -68,6 +70,7 @@ class FloatBackend(CKKSBackend):
         bootstrap_error_bits: float | None = None,
         complex_packing: bool = True,
         pair_level_loss: int = 1,
+        sparse_periods: Sequence[int] = (),
     ):
         if slots < 2 or slots & (slots - 1):
             raise InputError(f"slots must be a power of two >= 2, got {slots}")
@@ -80,6 +83,7 @@ class FloatBackend(CKKSBackend):
             float("inf") if bootstrap_error_bits is None else bootstrap_error_bits,
             complex_packing=complex_packing,
             pair_level_loss=pair_level_loss,
+            sparse_periods=sparse_periods,
         )
         self._rotation_keys: set[int] = set()
         self.operations = 0  # products and rotations done (a cost counter for plans and tests)

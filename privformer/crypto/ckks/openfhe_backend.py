@@ -107,6 +107,10 @@ DEFAULT_CHAIN: dict[str, Any] = {
     # One more level after each bootstrap so both halves of a pair keep ``levels``: at 7
     # levels it needs num_large_digits=6 and ~22 GB (docs/nexus.md), beyond a 24 GB machine.
     "pair_level": False,
+    # Periods with sparse-slot bootstrapping keys: a full-slot ciphertext whose slot i equals
+    # slot i mod p is a sparse-packed one of p slots, and bootstraps as such (much faster;
+    # NEXUS's per-token values repeat every ``tokens`` slots). Each period adds its keys.
+    "sparse_periods": (),
 }
 
 
@@ -135,6 +139,16 @@ def chain_parameters(**overrides: Any) -> dict[str, Any]:
         raise CryptoError("pair_level serves complex_packing: set both or neither")
     if slots is not None and chain["complex_packing"]:
         raise CryptoError("complex_packing needs full slots (slots=None): set one or the other")
+    periods = sorted({int(p) for p in chain["sparse_periods"]})
+    full = (chain["ring_dim"] or 1 << 16) // 2
+    for p in periods:
+        if p < 16 or p & (p - 1) or p >= full:
+            raise CryptoError(
+                f"sparse period {p}: a power of two from 16 to {full // 2} (below the slots)"
+            )
+    if periods and slots is not None:
+        raise CryptoError("sparse_periods serve full-slot contexts (slots=None)")
+    chain["sparse_periods"] = periods
     chain["level_budget"] = list(chain["level_budget"])
     chain["iterations"] = chain.pop("bootstrap_iterations")
     return chain
@@ -217,7 +231,7 @@ class OpenFHEBackend(CKKSBackend):
         self.context_id = hashlib.sha256(str(info["key_tag"]).encode()).digest()[:8].hex()
         self.top = levels
         self.bootstrapper: Bootstrapper | None = OpenFHEBootstrapper(
-            params["complex_packing"], 0 if params["pair_level"] else 1
+            params["complex_packing"], 0 if params["pair_level"] else 1, params["sparse_periods"]
         )
         self._rotation_keys: set[int] = set()
 
@@ -403,9 +417,14 @@ class OpenFHEBackend(CKKSBackend):
         self._own(a)
         return self._call("level", a.handle.id)
 
-    def native_bootstrap(self, a: Ciphertext, bound: float) -> Ciphertext:
-        """OpenFHE's EvalBootstrap, inputs scaled into [-1, 1] by 2^-shift on the hidden level."""
-        return self._wrap(self._call("bootstrap", a.handle.id, _shift(bound)), a.length)
+    def native_bootstrap(
+        self, a: Ciphertext, bound: float, period: int | None = None
+    ) -> Ciphertext:
+        """OpenFHE's EvalBootstrap, inputs scaled into [-1, 1] by 2^-shift on the hidden level;
+        with ``period`` (one of the chain's ``sparse_periods``), the sparse-slot bootstrap."""
+        self._own(a)
+        handle = self._call("bootstrap", a.handle.id, _shift(bound), int(period or 0))
+        return self._wrap(handle, a.length)
 
     def native_bootstrap_pair(
         self, a: Ciphertext, b: Ciphertext, bound: float
@@ -436,8 +455,13 @@ class OpenFHEBootstrapper(Bootstrapper):
     """The real CKKS bootstrap of an ``OpenFHEBackend`` (its default bootstrapper); with
     ``complex_packing``, two ciphertexts refreshed together share one bootstrap."""
 
-    def __init__(self, complex_packing: bool = False, pair_level_loss: int = 1) -> None:
-        super().__init__()
+    def __init__(
+        self,
+        complex_packing: bool = False,
+        pair_level_loss: int = 1,
+        sparse_periods: Sequence[int] = (),
+    ) -> None:
+        super().__init__(sparse_periods)
         self.complex_packing, self.pair_level_loss = complex_packing, pair_level_loss
 
     @staticmethod
@@ -446,8 +470,10 @@ class OpenFHEBootstrapper(Bootstrapper):
             raise CryptoError("OpenFHEBootstrapper refreshes OpenFHEBackend ciphertexts only")
         return backend
 
-    def refresh(self, backend: CKKSBackend, a: Ciphertext, bound: float) -> Ciphertext:
-        return self._backend(backend).native_bootstrap(a, bound)
+    def refresh(
+        self, backend: CKKSBackend, a: Ciphertext, bound: float, period: int | None = None
+    ) -> Ciphertext:
+        return self._backend(backend).native_bootstrap(a, bound, period)
 
     def refresh_pair(
         self, backend: CKKSBackend, a: Ciphertext, b: Ciphertext, bound: float

@@ -105,11 +105,19 @@ class Worker:
             cc.Enable(getattr(o.PKESchemeFeature, feature))
         self.cc = cc
         self.slots = chain.get("slots") or cc.GetRingDimension() // 2
-        cc.EvalBootstrapSetup(list(chain["level_budget"]), [0, 0], self.slots)
+        self._bootstrap_setup(chain)
         self.keys = cc.KeyGen()
         cc.EvalMultKeyGen(self.keys.secretKey)
-        cc.EvalBootstrapKeyGen(self.keys.secretKey, self.slots)
+        for slots in [self.slots] + self.sparse_periods:
+            cc.EvalBootstrapKeyGen(self.keys.secretKey, slots)
         return self._info()
+
+    def _bootstrap_setup(self, chain: dict) -> None:
+        """The bootstrap's linear maps (public precomputation, no key) for the full slots and
+        each sparse period."""
+        self.sparse_periods = [int(p) for p in chain.get("sparse_periods", [])]
+        for slots in [self.slots] + self.sparse_periods:
+            self.cc.EvalBootstrapSetup(list(chain["level_budget"]), [0, 0], slots)
 
     # --- keys across processes ------------------------------------------------------------
     # The client generates every key (``setup``) and exports what the server evaluates with;
@@ -168,8 +176,8 @@ class Worker:
         self.cc = cc
         self._chain_state(levels, chain, precision)
         self.slots = chain.get("slots") or cc.GetRingDimension() // 2
-        if not secret:  # the bootstrap's linear maps (public precomputation, no key)
-            cc.EvalBootstrapSetup(list(chain["level_budget"]), [0, 0], self.slots)
+        if not secret:
+            self._bootstrap_setup(chain)
         return self._info()
 
     def max_levels(self, chain: dict, upper: int = 40) -> int:
@@ -284,13 +292,27 @@ class Worker:
     def _constant(self, value: complex, level: int):
         return self.cc.MakeCKKSPackedPlaintext([value] * self.slots, 1, level, None, self.slots)
 
-    def bootstrap(self, a: int, shift: int) -> int:
+    def bootstrap(self, a: int, shift: int, period: int = 0) -> int:
         """Bootstrap x / 2^shift (the hidden level pays for the scaling), then double the
-        result ``shift`` times, which costs no level and scales the error by 2^shift too."""
+        result ``shift`` times, which costs no level and scales the error by 2^shift too.
+
+        ``period`` (one of ``sparse_periods``): x repeats every ``period`` slots, so it is a
+        sparse-packed ciphertext of that many slots and takes that sparse bootstrap; the
+        result is full-slot again and brought to the level a full bootstrap leaves."""
         ct = self.cts[a]
+        if period and period not in self.sparse_periods:
+            raise ValueError(f"no sparse bootstrapping keys for period {period}")
         if shift:
             ct = self.cc.EvalMult(ct, 2.0**-shift)
+        if period:
+            ct = ct if shift else self.cc.EvalAdd(ct, 0.0)  # the handle's keeps its slots
+            ct.SetSlots(period)
         ct = self._eval_bootstrap(ct)
+        if period:
+            ct.SetSlots(self.slots)
+            top = self.consumed_at_top - self.pair_level  # where a full bootstrap leaves it
+            if ct.GetLevel() < top:
+                ct = self.cc.LevelReduce(ct, None, top - ct.GetLevel())
         if self.pair_level:  # spend it as a pair does: x 2^shift (LevelReduce is a no-op here)
             return self._new(self.cc.EvalMult(ct, 2.0**shift))
         return self._new(self._doubled(ct, shift))

@@ -14,6 +14,7 @@ checks every caller's stated bound (a real bootstrap cannot), raising ``Bootstra
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -30,20 +31,38 @@ class SecretKeyRefresh(Bootstrapper):
         window: int | None = None,
         complex_packing: bool = False,
         pair_level_loss: int = 1,
+        sparse_periods: Sequence[int] = (),
     ):
         """``window``: refreshed ciphertexts are dropped to this many levels (e.g. 7, what
         OpenFHE's default chain leaves after a real bootstrap); None: the backend's top.
         ``complex_packing``: pairs share a bootstrap and its error, which is relative to the
         larger of the two, and the second comes back ``pair_level_loss`` levels lower (as in
-        one bootstrap of a + i b)."""
-        super().__init__()
+        one bootstrap of a + i b). ``sparse_periods``: periods counted as sparse-slot
+        bootstraps (as a real backend with those keys would run them; the refresh is the same)."""
+        super().__init__(sparse_periods)
         self.precision_bits, self.window = precision_bits, window
         self.complex_packing, self.pair_level_loss = complex_packing, pair_level_loss
         self.levels_spent = 0  # levels used up by refreshed ciphertexts (a level-cost counter)
         self._noise = np.random.default_rng(secrets.randbits(64))  # noise, not key material
 
-    def refresh(self, backend: CKKSBackend, a: Ciphertext, bound: float) -> Ciphertext:
+    def refresh(
+        self, backend: CKKSBackend, a: Ciphertext, bound: float, period: int | None = None
+    ) -> Ciphertext:
         return self._refreshed(backend, [a], bound)[0]
+
+    def check_period(self, backend: CKKSBackend, a: Ciphertext, period: int) -> None:
+        """A sparse bootstrap of a vector that does not repeat with ``period`` would return the
+        average of its repeats: refuse the promise, within CKKS's noise."""
+        values = backend.decrypt(a)
+        if period < 1 or values.size % period:
+            raise BootstrapRangeError(f"period {period} does not divide {values.size} slots")
+        repeats = values.reshape(-1, period)
+        spread = float(np.abs(repeats - repeats[0]).max())
+        if spread > 1e-6 * max(1.0, float(np.abs(values).max())):
+            raise BootstrapRangeError(
+                f"a bootstrap input promised to repeat every {period} slots differs from its "
+                f"first period by {spread:.3g}"
+            )
 
     def refresh_pair(
         self, backend: CKKSBackend, a: Ciphertext, b: Ciphertext, bound: float

@@ -182,8 +182,10 @@ def inv_sqrt(
     iters: int,
     y_bound: float,
     operator: str = "layernorm",
+    period: int | None = None,
 ) -> Ciphertext:
-    """1/sqrt(u) for u = c * total in (0, 1], by Newton, y <- 1.5 y - 0.5 y (u y^2).
+    """1/sqrt(u) for u = c * total in (0, 1], by Newton, y <- 1.5 y - 0.5 y (u y^2);
+    ``period``: total's slots repeat with it (one value per token), as y's then do.
 
     CKKS noise is absolute (about 1e-8 after a rescale at a 2^40 scale), so u itself, as small
     as 2e-4, is only good to ~5e-5 relative, and that error moves Newton's fixed point. The
@@ -194,17 +196,17 @@ def inv_sqrt(
     bring the small variances' problem back.
     """
     a = approx.layernorm.NEWTON_START_SCALE  # the twin's start: a (1.5 - u)
-    total = he.ensure_level(backend, total, 3, operator, 1.0 / c)
-    u = he.ensure_level(backend, backend.multiply_plain(total, c), 2, operator)
+    total = he.ensure_level(backend, total, 3, operator, 1.0 / c, period)
+    u = he.ensure_level(backend, backend.multiply_plain(total, c), 2, operator, 1.0, period)
     y = backend.add_plain(backend.multiply_plain(u, -a), 1.5 * a)
     for _ in range(iters - 1):
-        y = he.ensure_level(backend, y, 3, operator, y_bound)
+        y = he.ensure_level(backend, y, 3, operator, y_bound, period)
         uy2 = backend.multiply(u, backend.multiply(y, y))
         y = backend.add(
             backend.multiply_plain(y, 1.5),
             backend.multiply(backend.multiply_plain(y, -0.5), uy2),
         )
-    y = he.ensure_level(backend, y, 4, operator, y_bound)
+    y = he.ensure_level(backend, y, 4, operator, y_bound, period)
     t = backend.multiply(total, backend.multiply(y, y))  # ~1/c = hidden * var_high
     return backend.multiply(y, backend.add_plain(backend.multiply_plain(t, -0.5 * c), 1.5))
 
@@ -386,8 +388,9 @@ def layernorm(
     c = 1.0 / (hidden * config.var_high)
     # Newton from below rises monotonically to 1/sqrt(u) <= sqrt(var_high / var_low).
     y_bound = 1.01 * math.sqrt(config.var_high / config.var_low)
-    y = inv_sqrt(backend, total, c, approx.layernorm.newton_iterations(config), y_bound, op)
-    y = he.ensure_level(backend, y, 2, op, y_bound)
+    iters, n = approx.layernorm.newton_iterations(config), layout.tokens
+    y = inv_sqrt(backend, total, c, iters, y_bound, op, n)
+    y = he.ensure_level(backend, y, 2, op, y_bound, n)
     return _normalised(backend, z, y, layout, gamma, beta, config.var_high, 2, 2.0 * x_bound)
 
 
@@ -420,14 +423,15 @@ def layernorm_chebyshev(
         backend.multiply_plain(total, 2.0 * c / (1.0 - low)), -(1.0 + low) / (1.0 - low)
     )
     y_bound = 1.01 / math.sqrt(low)
-    y = he.chebyshev_series(backend, t, coeffs, op)
+    per_token = layout.tokens  # t and y hold one value per token in every feature slot
+    y = he.chebyshev_series(backend, t, coeffs, op, period=per_token)
     for _ in range(steps):  # y <- 1.5 y - 0.5 y (u y^2)
-        y = he.ensure_level(backend, y, 3, op, y_bound)
+        y = he.ensure_level(backend, y, 3, op, y_bound, per_token)
         correction = backend.multiply(y, backend.multiply(neg_half_u, backend.multiply(y, y)))
         y = backend.add(backend.multiply_plain(y, 1.5), correction)
     # The output keeps one level (z y, then gamma: two below min(z, y)), so the next matmul
     # (Q, K, V or FFN in) needs no bootstrap of the hidden state; z has 4 levels here.
-    y = he.ensure_level(backend, y, 3, op, y_bound)
+    y = he.ensure_level(backend, y, 3, op, y_bound, per_token)
     return _normalised(
         backend, z, y, layout, gamma, beta, config.var_high, 3, 2.0 * config.input_bound
     )

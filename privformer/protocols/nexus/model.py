@@ -26,6 +26,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -149,7 +150,7 @@ class NexusClassifier:
         x: list[Ciphertext],
         real: int,
         progress: Callable[[int, str], None] | None = None,
-        stats: list[dict[str, dict[str, float]]] | None = None,
+        stats: list[dict[str, Any]] | None = None,
         output: str = "logits",
     ) -> Ciphertext:
         """Every layer and the head on the encrypted, packed embeddings ``x``; returns one
@@ -158,13 +159,15 @@ class NexusClassifier:
         the logits (``argmax_onehot``'s twin), and the client learns only the class.
 
         ``progress(layer, stage)`` is called after each stage; ``stats``, if given, gets one
-        ``{"seconds": ..., "bootstraps": ...}`` per layer."""
+        ``{"seconds": ..., "bootstraps": ..., "sparse": ...}`` per layer (per stage, then the
+        layer's sparse-slot bootstraps among them)."""
         if self.configs is None:
             raise InputError("the encrypted forward needs per-layer configs: call calibrate()")
         layout = self.layout(backend)
         for i, layer in enumerate(self.layers):
             seconds: dict[str, float] = {}
             boots: dict[str, int] = {}
+            sparse_before = backend.sparse_bootstraps
             x = encrypted_layer(
                 backend,
                 x,
@@ -177,7 +180,8 @@ class NexusClassifier:
                 on_stage=None if progress is None else functools.partial(progress, i),
             )
             if stats is not None:
-                stats.append({"seconds": seconds, "bootstraps": dict(boots)})
+                sparse = backend.sparse_bootstraps - sparse_before
+                stats.append({"seconds": seconds, "bootstraps": dict(boots), "sparse": sparse})
         # The head on every token at once, then only [CLS]'s logits are kept: the client must
         # not get the head applied to the other tokens' states.
         bound = (self.configs[-1] if self.configs else DEFAULT_LAYER).activation_bound
