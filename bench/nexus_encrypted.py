@@ -9,7 +9,7 @@ generation, upload and evaluation-key bytes; throughout, the peak resident memor
 process tree (its OpenFHE worker included) and of this client's.
 
     python bench/nexus_encrypted.py [--model minilm2-rt] [--sentences 1] [--output logits]
-                                    [--tokens 128]
+                                    [--tokens 128] [--fit] [--sparse-bootstrap]
 
 Results go to bench/results/nexus_encrypted.json after every query, so a long run that is
 stopped keeps what it finished.
@@ -76,6 +76,11 @@ def main() -> None:
         help="take the first test sentences that fill more than half the positions without "
         "truncation (default: the first sentences, truncated to the positions)",
     )
+    ap.add_argument(
+        "--sparse-bootstrap",
+        action="store_true",
+        help="per-token ciphertexts take sparse-slot bootstraps (serve --sparse-bootstrap)",
+    )
     args = ap.parse_args()
     _, test = rotten_tomatoes_split()
     model = pf.load(args.model, protocol="nexus", tokens=args.tokens)
@@ -87,10 +92,13 @@ def main() -> None:
     options += ["--tokens", str(args.tokens)]
     if args.layers is not None:
         options += ["--layers", str(args.layers)]
+    if args.sparse_bootstrap:
+        options.append("--sparse-bootstrap")
     record: dict = {"benchmark": "nexus_encrypted", "machine": machine(), "model": args.model}
     record["backend"] = args.backend
     record |= {"output": args.output, "layers": len(c.layers), "positions": c.tokens}
     record["sentences"] = "first fitting" if args.fit else "first, truncated"
+    record["sparse_bootstrap"] = args.sparse_bootstrap
     record["queries"] = []
     client_memory = PeakMemory(os.getpid())
     with NexusServerProcess(args.model, options=options, log_file=work / "server.log") as server:
