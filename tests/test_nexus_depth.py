@@ -191,7 +191,8 @@ def test_chebyshev_layernorm_circuit_is_its_twin(activations):
 def test_layernorm_refreshes_its_per_token_ciphertexts_as_sparse_ones(activations):
     """t and y hold one value per token in every feature slot, so they repeat every N slots:
     with sparse keys for period N every one of their bootstraps is a sparse-slot one (the
-    refresh checks the promise on the values), and the result is unchanged."""
+    refresh checks the promise on the values), and the result is unchanged (to rounding: a
+    sparse refresh returns the average of the repeats)."""
     x = activations["layernorm"][:N]
     rng = np.random.default_rng(3)
     gamma, beta = rng.normal(1, 0.3, x.shape[1]), rng.normal(0, 0.1, x.shape[1])
@@ -205,7 +206,7 @@ def test_layernorm_refreshes_its_per_token_ciphertexts_as_sparse_ones(activation
         )
         outs.append(layout.unpack([be.decrypt(c) for c in out], x.shape[1]))
         counts.append((be.bootstraps, be.sparse_bootstraps))
-    assert np.array_equal(outs[0], outs[1])
+    assert np.abs(outs[0] - outs[1]).max() <= 1e-12  # a sparse refresh averages the repeats
     assert counts[0][1] == 0 and counts[1][0] == counts[1][1] == counts[0][0] > 0
 
 

@@ -48,20 +48,22 @@ class SecretKeyRefresh(Bootstrapper):
     def refresh(
         self, backend: CKKSBackend, a: Ciphertext, bound: float, period: int | None = None
     ) -> Ciphertext:
-        return self._refreshed(backend, [a], bound)[0]
+        return self._refreshed(backend, [a], bound, period)[0]
 
     def check_period(self, backend: CKKSBackend, a: Ciphertext, period: int) -> None:
-        """A sparse bootstrap of a vector that does not repeat with ``period`` would return the
-        average of its repeats: refuse the promise, within CKKS's noise."""
+        """A sparse bootstrap of a vector that does not repeat with ``period`` returns the
+        average of its repeats: refuse the promise unless the repeats differ by no more than
+        noise (here, a thousand times the refresh error, 2^-precision_bits of the peak)."""
         values = backend.decrypt(a)
         if period < 1 or values.size % period:
             raise BootstrapRangeError(f"period {period} does not divide {values.size} slots")
         repeats = values.reshape(-1, period)
         spread = float(np.abs(repeats - repeats[0]).max())
-        if spread > 1e-6 * max(1.0, float(np.abs(values).max())):
+        peak = max(1.0, float(np.abs(values).max()))
+        if spread > max(1e-6, 2.0 ** (10 - self.precision_bits)) * peak:
             raise BootstrapRangeError(
                 f"a bootstrap input promised to repeat every {period} slots differs from its "
-                f"first period by {spread:.3g}"
+                f"first period by {spread:.3g} (largest slot {peak:.3g})"
             )
 
     def refresh_pair(
@@ -72,9 +74,11 @@ class SecretKeyRefresh(Bootstrapper):
         return fresh_a, backend.drop_to(fresh_b, top - self.pair_level_loss)
 
     def _refreshed(
-        self, backend: CKKSBackend, cts: list[Ciphertext], bound: float
+        self, backend: CKKSBackend, cts: list[Ciphertext], bound: float, period: int | None = None
     ) -> list[Ciphertext]:
-        """Each of ``cts`` re-encrypted with noise relative to the largest slot of them all."""
+        """Each of ``cts`` re-encrypted with noise relative to the largest slot of them all;
+        with ``period`` (a sparse bootstrap), as a sparse bootstrap returns it: the average
+        of the repeats, and noise that repeats too."""
         values = []
         for a in cts:
             self.levels_spent += (self.window or backend.top) - backend.levels_left(a)
@@ -89,6 +93,12 @@ class SecretKeyRefresh(Bootstrapper):
         amplitude = 2.0**-self.precision_bits * max(1.0, peak)
         out = []
         for v in values:
-            fresh = backend.encrypt(v + self._noise.uniform(-amplitude, amplitude, v.shape))
+            if period is None:
+                noisy = v + self._noise.uniform(-amplitude, amplitude, v.shape)
+            else:
+                repeats = v.reshape(-1, period)
+                noise = self._noise.uniform(-amplitude, amplitude, period)
+                noisy = np.tile(repeats.mean(axis=0) + noise, repeats.shape[0])
+            fresh = backend.encrypt(noisy)
             out.append(fresh if self.window is None else backend.drop_to(fresh, self.window))
         return out
