@@ -310,7 +310,9 @@ class Worker:
         ct = self._eval_bootstrap(ct)
         if period:
             ct.SetSlots(self.slots)
-            top = self.consumed_at_top - self.pair_level  # where a full bootstrap leaves it
+            # The level a full bootstrap's output counts as (tests/test_openfhe.py checks that
+            # the sparse output has the same operator levels).
+            top = self.consumed_at_top - self.pair_level
             if ct.GetLevel() < top:
                 ct = self.cc.LevelReduce(ct, None, top - ct.GetLevel())
         if self.pair_level:  # spend it as a pair does: x 2^shift (LevelReduce is a no-op here)
