@@ -243,12 +243,11 @@ def main() -> None:
     args = ap.parse_args()
     train, test = rotten_tomatoes_split()
     boot_s = _openfhe_bootstrap_seconds()
-    previous = RESULTS / "nexus_e2e.json"
+    path = RESULTS / "nexus_e2e.json"
+    previous = json.loads(path.read_text()) if path.is_file() else {}
     rows = []
-    if previous.is_file() and json.loads(previous.read_text()).get("tokens") == args.tokens:
-        rows = [
-            r for r in json.loads(previous.read_text())["rows"] if r["model"] not in args.models
-        ]
+    if previous.get("tokens") == args.tokens:  # rows of another layout are not comparable
+        rows = [r for r in previous["rows"] if r["model"] not in args.models]
     for name in args.models:
         model = pf.load(name, protocol="nexus", tokens=args.tokens)
         plan = _plan(model, [t for t, _ in test[:PLAN_SENTENCES]])
