@@ -23,11 +23,14 @@ In the in-process runs both parties and the dealer are threads of this process o
 TCP; the weight-mask setup (once per session) is reported apart from the online phase, as CrypTen
 and SPU report their offline phase apart.
 
-    python bench/cipherprune.py [--models minilm,mpnet] [--texts K] [--eval-size N] [--quick]
-                                [--netns] [--max-shaped-s 1800]
+    python bench/cipherprune.py [--models minilm,mpnet] [--lengths 128,512] [--texts K]
+                                [--eval-size N] [--quick] [--netns] [--max-shaped-s 1800]
+    python bench/cipherprune.py --combine PART.json [PART.json ...]
 
-A whole run writes bench/results/cipherprune.json; a partial one (``--models`` a subset, or
-``--quick``) writes bench/results/cipherprune_<models>[_quick].json.
+A whole run writes bench/results/cipherprune.json; a partial one (``--models`` or ``--lengths`` a
+subset) writes bench/results/cipherprune_<models>_<lengths>.json, and ``--combine`` merges such
+parts (each keeps its machine and duration under ``parts``) into cipherprune.json, so the hours of
+a whole run can be spread over several sittings.
 """
 
 from __future__ import annotations
@@ -245,6 +248,8 @@ def measure_shaped(
     folders: dict[str, Path] = {}
     jobs: dict[str, list] = {"none": [], "LAN": [], "WAN": []}
     for r in rows:
+        if "same_run_as" in r:  # measured once, under the run it duplicates
+            continue
         key = f"{r['config']}@{r['tokens']}"
         folders[key] = cn.server_folder(model_dir, r["pruning"], work / f"server-{len(folders)}")
         for text in texts[r["tokens"]]:
@@ -260,7 +265,7 @@ def measure_shaped(
         ratios = [x["measured_over_model"] for x in shaped if x["link"] == link and "model_s" in x]
         ratio = sum(ratios) / len(ratios) if ratios else 1.0
         for r in rows:
-            key = f"{r['config']}@{r['tokens']}"
+            key = f"{r.get('same_run_as', r['config'])}@{r['tokens']}"
             got = [x for x in shaped if x["link"] == link and x["config"] == key]
             if got:
                 r[f"{link}_measured_s"] = sum(x["seconds"] for x in got) / len(got)
@@ -277,42 +282,71 @@ def measure_shaped(
     return shaped
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="minilm,mpnet", help="comma-separated: minilm, mpnet")
+    ap.add_argument(
+        "--lengths", default=f"128,{LONG_N}", help=f"comma-separated padded lengths: 128, {LONG_N}"
+    )
     ap.add_argument("--texts", type=int, default=2, help="2PC runs per configuration at 128")
     ap.add_argument(
         "--eval-size", type=int, default=data.TEST_SIZE, help="accuracy examples at 128"
     )
     ap.add_argument("--imdb-eval-size", type=int, default=200)
-    ap.add_argument("--quick", action="store_true", help="skip 512 tokens")
+    ap.add_argument("--quick", action="store_true", help="128 tokens only (--lengths 128)")
     ap.add_argument("--netns", action="store_true", help="also run through network namespaces")
     ap.add_argument("--max-shaped-s", type=float, default=1800.0)
+    ap.add_argument(
+        "--combine",
+        nargs="+",
+        metavar="PART",
+        help="merge the results of partial runs (JSON files) into cipherprune.json; runs nothing",
+    )
     args = ap.parse_args()
+    args.models = args.models.split(",")
+    args.lengths = [128] if args.quick else [int(n) for n in args.lengths.split(",")]
+    for model in args.models:
+        if model not in LABELS:
+            ap.error(f"unknown model {model!r}: choose from {sorted(LABELS)}")
+    for n in args.lengths:
+        if n not in MIN_KEEP:
+            ap.error(f"unknown length {n}: choose from {sorted(MIN_KEEP)}")
+    return args
 
+
+def measure(args: argparse.Namespace) -> dict:
+    """The 2PC configurations, shaped runs and accuracy of ``args.models`` x ``args.lengths``."""
     start = time.time()
     _train, test = data.rotten_tomatoes_split()
     imdb_test = data.imdb_split()[1]
     rows, acc, shaped, classifiers = [], [], [], {}
-    for model in args.models.split(","):
-        if model not in LABELS:
-            raise SystemExit(f"unknown model {model!r}: choose from {sorted(LABELS)}")
+    for model in args.models:
         model_dir = tr.build_classifier(base=model)
         w, pruning128 = load_classifier(model_dir)
-        pruning = {128: pruning128}
+        pruning = {
+            n: pruning128
+            if n == 128
+            else PruningConfig.from_json((model_dir / f"pruning-{n}.json").read_text())
+            for n in args.lengths
+        }
         tok = load_tokenizer(model)
         clf = CipherPruneClassifier(w, pruning128, tok)
-        texts = {128: [t for t, _ in test[: args.texts]]}
         long = long_reviews(imdb_test, LONG_N, max(args.imdb_eval_size, 1), tok)
-        if not args.quick:
-            pruning[LONG_N] = PruningConfig.from_json(
-                (model_dir / f"pruning-{LONG_N}.json").read_text()
-            )
-            texts[LONG_N] = [t for t, _ in long[: max(1, args.texts // 2)]]
+        texts = {
+            128: [t for t, _ in test[: args.texts]],
+            LONG_N: [t for t, _ in long[: max(1, args.texts // 2)]],
+        }
         model_rows = []
         for n, p in pruning.items():
             for name, config in configurations(model, p, n):
                 few = texts[n][:1] if "swap" in name else texts[n]
+                if name == TRUE_LENGTH and all(true_length(t, n, tok) == n for t in few):
+                    # the texts fill the padded length: the padded run is the true-length run
+                    padded = next(
+                        r for r in model_rows if r["tokens"] == n and r["config"] == PADDED
+                    )
+                    model_rows.append({**padded, "config": name, "same_run_as": PADDED})
+                    continue
                 row = secure_row(clf, name, few, n, config, at_true_length=name == TRUE_LENGTH)
                 model_rows.append({"model": LABELS[model], **row, "pruning": config})
         if args.netns:
@@ -320,18 +354,68 @@ def main() -> None:
         for r in model_rows:
             r["pruning"] = r["pruning"].__dict__
         rows += model_rows
-        acc += accuracy_rows(w, tok, test[: args.eval_size], 128, pruning128, model, "rotten")
-        if not args.quick:
+        if 128 in pruning:
+            acc += accuracy_rows(w, tok, test[: args.eval_size], 128, pruning128, model, "rotten")
+        if LONG_N in pruning:
             acc += accuracy_rows(
                 w, tok, long[: args.imdb_eval_size], LONG_N, pruning[LONG_N], model, "imdb long"
             )
         classifiers[model] = {"dir": str(model_dir), "meta": w.meta}
         classifiers[model]["pruning"] = {n: p.__dict__ for n, p in pruning.items()}
+    return {
+        "machine": machine(),
+        "paper": PAPER,
+        "classifiers": classifiers,
+        "min_keep": MIN_KEEP,
+        "networks": {
+            m.name: {"rtt_s": m.rtt_s, "bandwidth_bps": m.bandwidth_bps} for m in (LAN, WAN)
+        },
+        "runs": rows,
+        "shaped_runs": shaped,
+        "accuracy": acc,
+        "speedups": speedups(rows),
+        "seconds": time.time() - start,
+        "parts": [
+            {
+                "models": args.models,
+                "lengths": args.lengths,
+                "netns": args.netns,
+                "machine": machine(),
+                "seconds": time.time() - start,
+            }
+        ],
+    }
 
+
+def combine(paths: list[str]) -> dict:
+    """One payload from the payloads of partial runs (each keeps its machine in ``parts``)."""
+    import json
+
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    out = {**parts[0], "classifiers": {}, "runs": [], "shaped_runs": [], "accuracy": []}
+    out["parts"] = []
+    for part in parts:
+        for model, c in part["classifiers"].items():
+            known = out["classifiers"].setdefault(model, {**c, "pruning": {}})
+            known["pruning"].update(c["pruning"])
+        for key in ("runs", "shaped_runs", "accuracy", "parts"):
+            out[key] += part.get(key, [])
+    covered = {(m, n) for p in out["parts"] for m in p["models"] for n in p["lengths"]}
+    missing = sorted({(m, n) for m in LABELS for n in MIN_KEEP} - covered)
+    if missing:  # cipherprune.json is the whole benchmark; a subset stays in its part files
+        raise SystemExit(f"the parts lack (model, tokens) {missing}; run those first")
+    out["speedups"] = speedups(out["runs"])
+    out["seconds"] = sum(p["seconds"] for p in parts)
+    out["machine"] = sorted({p["machine"]["cpu"] for p in out["parts"]})
+    return out
+
+
+def report(payload: dict, netns: bool) -> None:
+    rows, acc = payload["runs"], payload["accuracy"]
     cols = ["model", "config", "tokens", "mean_length", "wall_s", "online_MB", "rounds"]
     cols += ["LAN_s", "WAN_s", "setup_MB", "agrees_with_simulate"]
     print_table("2PC runs (per input; LAN/WAN = wall + modelled network)", rows, cols)
-    if args.netns:
+    if netns:
         print_table(
             "through network namespaces (client's session, weight masks included)",
             rows,
@@ -365,32 +449,27 @@ def main() -> None:
         ["model", "config", "tokens", "prune_rounds", "prune_MB", "prune_s"],
     )
     print_table("accuracy", acc, ["model", "data", "tokens", "mode", "examples", "accuracy"])
-    sp = speedups(rows)
     print_table(
         "speedup over unpruned 2PC (padded; and over the true-length run)",
-        [{"run": k, **v} for k, v in sp.items()],
+        [{"run": k, **v} for k, v in payload["speedups"].items()],
         ["run", "LAN", "WAN", "LAN_vs_true_length", "WAN_vs_true_length", "bytes", "LAN_measured"],
     )
-    payload = {
-        "machine": machine(),
-        "paper": PAPER,
-        "classifiers": classifiers,
-        "min_keep": MIN_KEEP,
-        "networks": {
-            m.name: {"rtt_s": m.rtt_s, "bandwidth_bps": m.bandwidth_bps} for m in (LAN, WAN)
-        },
-        "runs": rows,
-        "shaped_runs": shaped,
-        "accuracy": acc,
-        "speedups": sp,
-        "seconds": time.time() - start,
-    }
-    # A partial run (some models, or --quick) gets its own file, so it never replaces the
-    # results of a whole one.
-    models = args.models.split(",")
+
+
+def main() -> None:
+    args = parse_args()
+    if args.combine:
+        payload = combine(args.combine)
+        report(payload, any(p["netns"] for p in payload["parts"]))
+        print(f"\nwrote {write_results('cipherprune', payload)}")
+        return
+    payload = measure(args)
+    report(payload, args.netns)
+    # A partial run (some models, or some lengths) gets its own file, so it never replaces the
+    # results of a whole one; --combine merges partial files.
     name = "cipherprune"
-    if sorted(models) != sorted(LABELS) or args.quick:
-        name += "_" + "_".join(models) + ("_quick" if args.quick else "")
+    if sorted(args.models) != sorted(LABELS) or sorted(args.lengths) != [128, LONG_N]:
+        name += "_" + "_".join(args.models) + "_" + "_".join(map(str, args.lengths))
     print(f"\nwrote {write_results(name, payload)}")
 
 

@@ -241,6 +241,21 @@ def test_threshold_learning_lowers_the_expected_cost(cipherprune_classifier, tok
     assert all(h >= k for k, h in zip(learned.keep, learned.high, strict=True))
 
 
+def test_threshold_learning_flushes_subnormals_in_every_thread_and_only_there():
+    # subnormal operands slow Intel CPUs ~100x per operation; soft pruning produces them. The
+    # flag is per thread: set in the caller alone, torch's pool threads would keep half of them.
+    tiny = torch.full((1 << 22,), 1e-40)  # large enough for torch to split across its threads
+
+    def products() -> tuple[int, int]:
+        a = torch.full((256, 256), 1e-20)
+        return int((tiny * 1.0).count_nonzero()), int((a @ a).count_nonzero())
+
+    assert tr.flushing_denormals(products) == (0, 0)
+    assert int((tiny * 1.0).count_nonzero()) == tiny.numel()  # the caller's threads unchanged
+    with pytest.raises(ZeroDivisionError):  # errors reach the caller
+        tr.flushing_denormals(lambda: 1 / 0)
+
+
 def test_bad_input_is_refused_clearly(cipherprune_classifier, tokenizer):
     w, _ = cipherprune_classifier
     ids, mask = encode_text("fine", N, tokenizer("minilm"))
