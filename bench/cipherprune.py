@@ -223,6 +223,7 @@ def accuracy_rows(w, tok, data, n, pruning, model, label) -> list[dict]:
                 "mode": name,
                 "accuracy": ev.accuracy,
                 "examples": len(data),
+                "out_of_range": ev.out_of_range,
                 "mean_tokens_per_layer": ev.tokens_per_layer,
             }
         )
@@ -448,7 +449,8 @@ def report(payload: dict, netns: bool) -> None:
         prune_rows,
         ["model", "config", "tokens", "prune_rounds", "prune_MB", "prune_s"],
     )
-    print_table("accuracy", acc, ["model", "data", "tokens", "mode", "examples", "accuracy"])
+    acc_cols = ["model", "data", "tokens", "mode", "examples", "accuracy", "out_of_range"]
+    print_table("accuracy (inputs out of an approximation's range count as wrong)", acc, acc_cols)
     print_table(
         "speedup over unpruned 2PC (padded; and over the true-length run)",
         [{"run": k, **v} for k, v in payload["speedups"].items()],

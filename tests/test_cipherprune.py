@@ -19,9 +19,9 @@ import pytest
 import torch
 from cases import CIPHERPRUNE_N
 
-from privformer import data
+from privformer import approx, data
 from privformer.crypto.mpc import fixed
-from privformer.errors import InputError
+from privformer.errors import InputError, OutOfRangeError
 from privformer.protocols.cipherprune import train as tr
 from privformer.protocols.cipherprune.format import save_classifier
 from privformer.protocols.cipherprune.model import (
@@ -254,6 +254,26 @@ def test_threshold_learning_flushes_subnormals_in_every_thread_and_only_there():
     assert int((tiny * 1.0).count_nonzero()) == tiny.numel()  # the caller's threads unchanged
     with pytest.raises(ZeroDivisionError):  # errors reach the caller
         tr.flushing_denormals(lambda: 1 / 0)
+
+
+def test_soft_pruning_uses_the_exact_layernorm_only_on_rows_outside_its_range(
+    cipherprune_classifier,
+):
+    # a row soft pruning has nearly removed may leave the rsqrt's range; training goes on, the
+    # rows inside keep the 2PC approximation
+    w, _ = cipherprune_classifier
+    t = {k: v.float() for k, v in w.tensors.items()}
+    x = torch.randn(2, 5, w.hidden, generator=torch.Generator().manual_seed(0))
+    x[:, 4] *= 100.0  # variance ~1e4, above the range's 256
+    g, b, eps = t["l0.ln1.g"], t["l0.ln1.b"], w.norm_eps("l0.ln1")
+    config = w.layernorm_range("l0.ln1")
+    with pytest.raises(OutOfRangeError):
+        approx.layernorm.cipherprune(x, g, b, eps, config)
+    out = tr._layernorm(w, t, "l0.ln1", x)
+    inside = approx.layernorm.cipherprune(x[:, :4], g, b, eps, config)
+    assert torch.equal(out[:, :4], inside)
+    exact = torch.nn.functional.layer_norm(x, (w.hidden,), g, b, eps)
+    assert torch.allclose(out[:, 4], exact[:, 4], atol=1e-6)
 
 
 def test_bad_input_is_refused_clearly(cipherprune_classifier, tokenizer):

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from privformer import approx
 from privformer.data import SPLIT_SEED, TEST_SIZE, imdb_split, rotten_tomatoes_split
-from privformer.errors import InputError
+from privformer.errors import InputError, OutOfRangeError
 from privformer.models.classifiers import cls_states
 from privformer.models.registry import HFModel, cache_dir
 from privformer.protocols.cipherprune.format import BASES
@@ -116,8 +116,18 @@ class SoftThresholds:
 def _layernorm(
     w: BertClassifierWeights, t: dict[str, torch.Tensor], name: str, x: torch.Tensor
 ) -> torch.Tensor:
-    g, b = t[f"{name}.g"], t[f"{name}.b"]
-    return approx.layernorm.cipherprune(x, g, b, w.norm_eps(name), w.layernorm_range(name))
+    """The 2PC LayerNorm on the rows whose variance lies in its calibrated range; the exact one on
+    the others. Soft pruning keeps every row, and a row it has nearly removed can leave the range
+    (it would not exist in the pruned 2PC run): training must not stop on it. ``evaluate`` runs
+    the real executor and counts the inputs 2PC would refuse."""
+    g, b, eps = t[f"{name}.g"], t[f"{name}.b"], w.norm_eps(name)
+    config = w.layernorm_range(name)
+    var = x.detach().var(-1, unbiased=False) + eps
+    inside = (var >= config.var_low) & (var <= config.var_high)
+    if bool(inside.all()):
+        return approx.layernorm.cipherprune(x, g, b, eps, config)
+    out = F.layer_norm(x, (x.shape[-1],), g, b, eps)
+    return out.index_put((inside,), approx.layernorm.cipherprune(x[inside], g, b, eps, config))
 
 
 def soft_forward(
@@ -322,6 +332,9 @@ class Evaluation:
     accuracy: float
     tokens_per_layer: list[float]
     seconds: float
+    #: inputs an approximation refused (out of its range): 2PC would refuse them too; they count
+    #: as wrong in ``accuracy`` and are left out of ``tokens_per_layer``
+    out_of_range: int = 0
 
 
 def evaluate(
@@ -336,19 +349,27 @@ def evaluate(
     """Accuracy and mean tokens entering each layer over ``data`` (one sequence at a time, the
     exact executor the secure run mirrors)."""
     start = time.perf_counter()
-    correct = 0
+    correct = refused = 0
     tokens = np.zeros(w.layers + 1)
     for text, label in tqdm(data, desc=desc, unit="text"):
         enc = tokenizer(
             text, padding="max_length", truncation=True, max_length=n, return_tensors="pt"
         )
-        logits, trace, _ = run_float(
-            w, enc["input_ids"][0], enc["attention_mask"][0], pruning, mode
-        )
+        try:
+            logits, trace, _ = run_float(
+                w, enc["input_ids"][0], enc["attention_mask"][0], pruning, mode
+            )
+        except OutOfRangeError:
+            refused += 1
+            continue
         correct += int(int(logits.argmax()) == label)
         tokens += np.array(trace.tokens_per_layer)
+    answered = max(len(data) - refused, 1)
     return Evaluation(
-        correct / len(data), (tokens / len(data)).tolist(), time.perf_counter() - start
+        correct / len(data),
+        (tokens / answered).tolist(),
+        time.perf_counter() - start,
+        refused,
     )
 
 
