@@ -36,6 +36,7 @@ a whole run can be spread over several sittings.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -366,8 +367,9 @@ def measure(args: argparse.Namespace) -> dict:
             )
         classifiers[model] = {"dir": str(model_dir), "meta": w.meta}
         classifiers[model]["pruning"] = {n: p.__dict__ for n, p in pruning.items()}
+    seconds, this_machine = time.time() - start, machine()
     return {
-        "machine": machine(),
+        "machine": this_machine,
         "paper": PAPER,
         "classifiers": classifiers,
         "min_keep": MIN_KEEP,
@@ -378,14 +380,14 @@ def measure(args: argparse.Namespace) -> dict:
         "shaped_runs": shaped,
         "accuracy": acc,
         "speedups": speedups(rows),
-        "seconds": time.time() - start,
+        "seconds": seconds,
         "parts": [
             {
                 "models": args.models,
                 "lengths": args.lengths,
                 "netns": args.netns,
-                "machine": machine(),
-                "seconds": time.time() - start,
+                "machine": this_machine,
+                "seconds": seconds,
             }
         ],
     }
@@ -393,8 +395,6 @@ def measure(args: argparse.Namespace) -> dict:
 
 def combine(paths: list[str]) -> dict:
     """One payload from the payloads of partial runs (each keeps its machine in ``parts``)."""
-    import json
-
     parts = [json.loads(Path(p).read_text()) for p in paths]
     out = {**parts[0], "classifiers": {}, "runs": [], "shaped_runs": [], "accuracy": []}
     out["parts"] = []
