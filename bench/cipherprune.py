@@ -52,6 +52,7 @@ from privformer.models.registry import load_tokenizer  # noqa: E402
 from privformer.protocols.cipherprune import train as tr  # noqa: E402
 from privformer.protocols.cipherprune.format import load_classifier  # noqa: E402
 from privformer.protocols.cipherprune.model import (  # noqa: E402
+    RSQRT_FORMS,
     PruningConfig,
 )
 from privformer.protocols.cipherprune.session import CipherPruneClassifier, encode_text  # noqa: E402
@@ -241,6 +242,7 @@ def measure_shaped(
     texts: dict[int, list[str]],
     tok,
     max_shaped_s: float,
+    rsqrt: str | None = None,
 ) -> list[dict]:
     """Run ``rows``' configurations through network namespaces (unshaped, LAN, WAN) and set
     ``{link}_measured_s`` on each row: measured where the analytic model puts the run under
@@ -256,7 +258,9 @@ def measure_shaped(
         if "same_run_as" in r:  # measured once, under the run it duplicates
             continue
         key = f"{r['config']}@{r['tokens']}"
-        folders[key] = cn.server_folder(model_dir, r["pruning"], work / f"server-{len(folders)}")
+        folders[key] = cn.server_folder(
+            model_dir, r["pruning"], work / f"server-{len(folders)}", rsqrt
+        )
         for text in texts[r["tokens"]]:
             n = true_length(text, r["tokens"], tok) if r["config"] == TRUE_LENGTH else r["tokens"]
             for link in jobs:
@@ -302,6 +306,11 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--netns", action="store_true", help="also run through network namespaces")
     ap.add_argument("--max-shaped-s", type=float, default=1800.0)
     ap.add_argument(
+        "--rsqrt",
+        choices=RSQRT_FORMS,
+        help="LayerNorm's 2PC 1/sqrt (default: the classifier's own, saved with it)",
+    )
+    ap.add_argument(
         "--combine",
         nargs="+",
         metavar="PART",
@@ -328,6 +337,8 @@ def measure(args: argparse.Namespace) -> dict:
     for model in args.models:
         model_dir = tr.build_classifier(base=model)
         w, pruning128 = load_classifier(model_dir)
+        if args.rsqrt is not None:
+            w.rsqrt = args.rsqrt
         pruning = {
             n: pruning128
             if n == 128
@@ -355,7 +366,9 @@ def measure(args: argparse.Namespace) -> dict:
                 row = secure_row(clf, name, few, n, config, at_true_length=name == TRUE_LENGTH)
                 model_rows.append({"model": LABELS[model], **row, "pruning": config})
         if args.netns:
-            shaped += measure_shaped(model, model_dir, model_rows, texts, tok, args.max_shaped_s)
+            shaped += measure_shaped(
+                model, model_dir, model_rows, texts, tok, args.max_shaped_s, args.rsqrt
+            )
         for r in model_rows:
             r["pruning"] = r["pruning"].__dict__
         rows += model_rows
@@ -365,7 +378,7 @@ def measure(args: argparse.Namespace) -> dict:
             acc += accuracy_rows(
                 w, tok, long[: args.imdb_eval_size], LONG_N, pruning[LONG_N], model, "imdb long"
             )
-        classifiers[model] = {"dir": str(model_dir), "meta": w.meta}
+        classifiers[model] = {"dir": str(model_dir), "meta": w.meta, "rsqrt": w.rsqrt}
         classifiers[model]["pruning"] = {n: p.__dict__ for n, p in pruning.items()}
     seconds, this_machine = time.time() - start, machine()
     return {
@@ -404,6 +417,9 @@ def combine(paths: list[str]) -> dict:
             known["pruning"].update(c["pruning"])
         for key in ("runs", "shaped_runs", "accuracy", "parts"):
             out[key] += part.get(key, [])
+    forms = {c.get("rsqrt", "newton") for part in parts for c in part["classifiers"].values()}
+    if len(forms) > 1:  # one table, one LayerNorm: rows of two rsqrt forms do not compare
+        raise SystemExit(f"the parts ran different rsqrt forms {sorted(forms)}")
     covered = {(m, n) for p in out["parts"] for m in p["models"] for n in p["lengths"]}
     missing = sorted({(m, n) for m in LABELS for n in MIN_KEEP} - covered)
     if missing:  # cipherprune.json is the whole benchmark; a subset stays in its part files
@@ -475,6 +491,8 @@ def main() -> None:
     name = "cipherprune"
     if sorted(args.models) != sorted(LABELS) or sorted(args.lengths) != [128, LONG_N]:
         name += "_" + "_".join(args.models) + "_" + "_".join(map(str, args.lengths))
+    if args.rsqrt is not None:  # a form chosen here, not the classifiers' own: kept apart
+        name += f"_rsqrt_{args.rsqrt}"
     print(f"\nwrote {write_results(name, payload)}")
 
 

@@ -30,7 +30,7 @@ from privformer.crypto.mpc.channel import LAN as LAN_MODEL  # noqa: E402
 from privformer.crypto.mpc.channel import WAN as WAN_MODEL  # noqa: E402
 from privformer.models.registry import load_tokenizer  # noqa: E402
 from privformer.protocols.cipherprune import train as tr  # noqa: E402
-from privformer.protocols.cipherprune.format import PRUNING  # noqa: E402
+from privformer.protocols.cipherprune.format import CONFIG, PRUNING  # noqa: E402
 from privformer.protocols.cipherprune.model import PruningConfig  # noqa: E402
 from privformer.transport import netns  # noqa: E402
 from privformer.transport.processes import ChildProcess  # noqa: E402
@@ -39,11 +39,17 @@ LINKS = {"none": None, "LAN": netns.LAN, "WAN": netns.WAN}
 MODELS = {"LAN": LAN_MODEL, "WAN": WAN_MODEL}
 
 
-def server_folder(model_dir: Path, pruning: PruningConfig, out: Path) -> Path:
-    """A server folder serving ``model_dir``'s weights (linked, not copied) with ``pruning``."""
+def server_folder(
+    model_dir: Path, pruning: PruningConfig, out: Path, rsqrt: str | None = None
+) -> Path:
+    """A server folder serving ``model_dir``'s weights (linked, not copied) with ``pruning``
+    and, if given, the LayerNorm ``rsqrt`` form (``BertClassifierWeights.rsqrt``)."""
     out.mkdir(parents=True)
     for item in model_dir.iterdir():
-        if item.name != PRUNING:
+        if item.name == CONFIG and rsqrt is not None:
+            cfg = json.loads(item.read_text())
+            (out / CONFIG).write_text(json.dumps({**cfg, "rsqrt": rsqrt}, indent=1))
+        elif item.name != PRUNING:
             (out / item.name).symlink_to(item.resolve())
     (out / PRUNING).write_text(pruning.to_json())
     return out

@@ -9,6 +9,7 @@ measured in bench/cipherprune.py; it takes minutes, too long for the default sui
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -22,6 +23,7 @@ from cases import CIPHERPRUNE_N
 from privformer import approx, data
 from privformer.crypto.mpc import fixed
 from privformer.errors import InputError, OutOfRangeError
+from privformer.protocols.cipherprune import secure
 from privformer.protocols.cipherprune import train as tr
 from privformer.protocols.cipherprune.format import save_classifier
 from privformer.protocols.cipherprune.model import (
@@ -141,6 +143,37 @@ def test_secure_run_keeps_the_same_tokens_and_class(cipherprune_classifier, toke
         assert (sec.logits - sim.logits).abs().max() < 5e-3
         assert sec.label == sim.label
         assert sec.stats["per_op"]["prune"]["rounds"] > 0
+
+
+def test_the_octave_rsqrt_keeps_2pc_equal_to_simulate_in_fewer_rounds(
+    cipherprune_classifier, tokenizer
+):
+    """``rsqrt="octaves"`` travels in the public card (the client's shapes-only copy follows
+    the server's form), 2PC keeps the tokens and class of simulate under it, its LayerNorms
+    take fewer rounds than Newton's over MiniLM's range (0.05..256: 1 + 6 x 11 rounds each,
+    against 8 + 2 + 6 x 2), and simulate moves by less than the rsqrt's own tolerance would
+    explain (1e-4 relative per LayerNorm; logits within 1e-2 of the Newton form's)."""
+    w, _ = cipherprune_classifier
+    tok = tokenizer("minilm")
+    octave = dataclasses.replace(w, rsqrt="octaves")
+    assert secure.shapes_only(secure.model_card(octave, PRUNING)).layernorm_range("l0.ln1").octaves
+    clf, newton = (
+        CipherPruneClassifier(octave, PRUNING, tok),
+        CipherPruneClassifier(w, PRUNING, tok),
+    )
+    text = _clear_texts(clf, 1)[0]
+    ids, mask = encode_text(text, N, tok)
+    sim, sec = clf.run(ids, mask, "simulate"), clf.run(ids, mask, "encrypted")
+    assert sec.trace.tokens_per_layer == sim.trace.tokens_per_layer
+    assert sec.trace.high_per_layer == sim.trace.high_per_layer
+    assert (sec.logits - sim.logits).abs().max() < 5e-3  # as the tests above
+    assert sec.label == sim.label
+    before = newton.run(ids, mask, "encrypted")
+    rounds = [r.stats["per_op"]["layernorm"]["rounds"] for r in (sec, before)]
+    assert rounds[0] < rounds[1] / 2, rounds
+    assert (newton.run(ids, mask, "simulate").logits - sim.logits).abs().max() < 1e-2
+    with pytest.raises(InputError, match="rsqrt form"):
+        dataclasses.replace(w, rsqrt="bisection")
 
 
 def test_a_minimum_kept_count_hides_the_length_and_2pc_follows_the_rule(

@@ -10,6 +10,7 @@ at most one unit of 2^-18 (3.8e-6), so a product of values of magnitude <= 4 err
 
 from __future__ import annotations
 
+import math
 import socket
 import time
 
@@ -224,6 +225,39 @@ def test_layernorm_matches_twin():
     assert ((fixed.decode(out) - ref).abs() / ref.abs().clamp_min(1)).max() < 1e-3
     with pytest.raises(OutOfRangeError, match="layernorm.rsqrt"):
         approx.layernorm.cipherprune(x * 100, g, b, 1e-12)  # variance beyond 256: the twin says so
+
+
+@pytest.mark.parametrize("low, high", [(2.0**-9, 2.0**14), (0.05, 256.0), (1.5, 1.9)])
+def test_rsqrt_octaves_matches_twin_in_rounds_independent_of_the_range(low, high):
+    """The octave form: the twin within 1e-4 relative of 1/sqrt everywhere on the range (its
+    design tolerance, RSQRT_REL_TOL) and 2PC within the fixed point's reach of the twin: v is
+    encoded to ULP/2, which moves 1/sqrt(v) by ULP/(4 v) relative (2.4e-4 at v = 2^-9; bound
+    twice that), and y is held to units of ULP (8 allowed for the last products); Newton's form
+    over the whole range has the same resolution. Rounds: 8 (one batched comparison) + 2 +
+    6 x 2 whatever the range, against 1 + 6 x (Newton steps) for the linear start."""
+    config = approx.layernorm.LayerNormConfig(var_low=low, var_high=high, octaves=True)
+    v = (
+        torch.cat(
+            [
+                torch.logspace(math.log10(low), math.log10(high), 61, dtype=torch.float64),
+                torch.tensor(
+                    [2.0**k for k in approx.layernorm.octaves(config)[1]], dtype=torch.float64
+                ),
+            ]
+        )
+        .clamp(low, high)
+        .unsqueeze(-1)
+    )  # powers of two included: the comparisons' edges
+    twin = approx.layernorm.rsqrt(v, config)
+    assert ((twin * v.sqrt() - 1).abs()).max() <= approx.layernorm.RSQRT_REL_TOL
+    out, stats = _both(lambda p, a: nl.rsqrt(a, config), v)
+    got = fixed.decode(out)
+    assert ((got - twin).abs() <= twin * ULP / (2 * v) + 8 * ULP).all()
+    compares = 8 if approx.layernorm.octaves(config)[1] else 0
+    assert stats["rounds"] == compares + 2 + 6 * approx.layernorm.OCTAVE_NEWTON_STEPS
+    newton = approx.layernorm.LayerNormConfig(var_low=low, var_high=high)
+    if high / low > 1000:  # the wide ranges: fewer rounds than Newton over the whole range
+        assert stats["rounds"] < 1 + 6 * approx.layernorm.rsqrt_iterations(newton)
 
 
 def test_permute_rows_is_a_hidden_permutation():

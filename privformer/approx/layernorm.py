@@ -5,7 +5,9 @@ y <- y (3 - u y^2) / 2 from ``newton_start``, which lies inside the basin for ev
 
 - ``nexus`` (numpy): mean and variance by QuickSum, 1/sqrt by Newton to a relative tolerance;
 - ``cipherprune`` (torch): the same start rescaled to v, ``rsqrt_iterations`` steps grouped so
-  every fixed-point intermediate stays far above the resolution.
+  every fixed-point intermediate stays far above the resolution; or (``octaves``) v scaled by
+  2^-e into [1, 2), where e counts the range's powers of two below v, a minimax linear start and
+  ``OCTAVE_NEWTON_STEPS`` steps, then 2^(-e/2): a fixed number of rounds whatever the range.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ class LayerNormConfig:
     # The depth-aware form (``chebyshev``): 1/sqrt starts from a Chebyshev interpolant of this
     # degree on the variance range instead of NEXUS's linear start. None: NEXUS's form.
     start_degree: int | None = None
+    # CipherPrune's 2PC rsqrt: normalise v by its power of two (comparisons with the range's
+    # octaves) before a short Newton (``rsqrt_octaves``) instead of Newton over the whole range.
+    octaves: bool = False
 
 
 DEFAULT_LAYERNORM = LayerNormConfig()
@@ -182,11 +187,54 @@ def rsqrt(v: torch.Tensor, config: LayerNormConfig = RSQRT_RANGE) -> torch.Tenso
         if low < config.var_low or high > config.var_high:
             bad = low if low < config.var_low else high
             raise OutOfRangeError("layernorm.rsqrt", config.var_low, config.var_high, bad)
+    if config.octaves:
+        return rsqrt_octaves(v, config)
     a, b = rsqrt_start(config)
     half_v = 0.5 * v
     y = a - b * v
     for _ in range(rsqrt_iterations(config)):
         y = y * (1.5 - (half_v * y) * y)
+    return y
+
+
+#: Minimax linear start a - b m for 1/sqrt(m) on [1, 2] (relative error 2.2e-2), and the Newton
+#: steps after it that bring the relative error under ``RSQRT_REL_TOL`` (each squares it:
+#: 7.3e-4, then 8e-7).
+OCTAVE_START = (1.2643361668449673, 0.2865)
+OCTAVE_NEWTON_STEPS = 2
+#: Scale of the 2PC side's powers of two (2^-e and 2^(-e/2) kept to 2^-30).
+OCTAVE_FRAC_BITS = 30
+
+
+def octaves(config: LayerNormConfig) -> tuple[int, list[int]]:
+    """(lo, ks): lo = floor(log2 var_low) and the exponents k (lo < k < ceil(log2 var_high)) of
+    the powers of two v is compared with; e = lo + #{k : v >= 2^k} puts v / 2^e in [1, 2)."""
+    lo = math.floor(math.log2(config.var_low))
+    hi = math.ceil(math.log2(config.var_high))
+    return lo, list(range(lo + 1, hi))
+
+
+def octave_weights(config: LayerNormConfig, power: float) -> tuple[float, list[float]]:
+    """(c0, c): 2^(-power e) = c0 + sum_k c_k [v >= 2^k] (the steps of a staircase), so the
+    2PC side gets it from its comparison bits with local products by public constants."""
+    lo, ks = octaves(config)
+    levels = [2.0 ** (-power * e) for e in [lo, *ks]]
+    return levels[0], [b - a for a, b in zip(levels, levels[1:], strict=False)]
+
+
+def rsqrt_octaves(v: torch.Tensor, config: LayerNormConfig) -> torch.Tensor:
+    """1/sqrt(v) as the 2PC ``nonlinear.rsqrt`` computes it with ``config.octaves``: v / 2^e in
+    [1, 2) (e from comparisons with the range's powers of two), the linear start, Newton, and
+    2^(-e/2) folded into the last step."""
+    lo, ks = octaves(config)
+    above = (v.unsqueeze(-1) >= torch.tensor([2.0**k for k in ks], dtype=v.dtype)).to(v.dtype)
+    e = lo + above.sum(-1)
+    a, b = OCTAVE_START
+    half_m = v * torch.pow(2.0, -e - 1.0)
+    y = a - (2.0 * b) * half_m
+    for step in range(OCTAVE_NEWTON_STEPS):
+        scale = torch.pow(2.0, -e / 2.0) if step == OCTAVE_NEWTON_STEPS - 1 else 1.0
+        y = (scale * y) * (1.5 - (half_m * y) * y)
     return y
 
 

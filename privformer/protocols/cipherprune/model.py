@@ -23,7 +23,7 @@ secret selection of kept rows (2PC, which keeps the positions secret).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
 import torch
@@ -47,7 +47,11 @@ DIM_FIELDS = (
     "classes",
     "relative_max_distance",
     "layernorm_ranges",
+    "rsqrt",
 )
+#: The 2PC rsqrt's forms (``approx.layernorm``): Newton over the whole variance range from a
+#: linear start, or v normalised by its power of two first (fixed rounds; docs/cipherprune.md).
+RSQRT_FORMS = ("newton", "octaves")
 #: The relative position bias table (buckets x heads) of MPNet encoders.
 RELATIVE_BIAS = "rel.bias"
 
@@ -107,7 +111,12 @@ class BertClassifierWeights:
     # Variance range of each LayerNorm's rsqrt by name ("emb.ln", "l0.ln1", ...), calibrated
     # (``train.calibrate_layernorm``); a LayerNorm not listed uses RSQRT_RANGE.
     layernorm_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
+    rsqrt: str = "newton"  # one of RSQRT_FORMS
     meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.rsqrt not in RSQRT_FORMS:
+            raise InputError(f"unknown rsqrt form {self.rsqrt!r}: choose from {RSQRT_FORMS}")
 
     def dims(self) -> dict[str, Any]:
         """The public dimensions (what config.json and the model card hold)."""
@@ -125,10 +134,11 @@ class BertClassifierWeights:
 
     def layernorm_range(self, name: str) -> LayerNormConfig:
         """The variance range of LayerNorm ``name``'s rsqrt."""
+        octaves = self.rsqrt == "octaves"
         if name not in self.layernorm_ranges:
-            return RSQRT_RANGE
+            return replace(RSQRT_RANGE, octaves=octaves)
         low, high = self.layernorm_ranges[name]
-        return LayerNormConfig(var_low=float(low), var_high=float(high))
+        return LayerNormConfig(var_low=float(low), var_high=float(high), octaves=octaves)
 
     def relative_bias(self) -> RelativePositionBias | None:
         """MPNet's relative position bias (None for BERT)."""

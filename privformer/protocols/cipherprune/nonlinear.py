@@ -14,15 +14,28 @@ import torch
 
 from privformer.approx.gelu import GELU_HIGH, GELU_LOW, GeluApprox
 from privformer.approx.layernorm import (
+    OCTAVE_FRAC_BITS,
+    OCTAVE_NEWTON_STEPS,
+    OCTAVE_START,
     RSQRT_RANGE,
     LayerNormConfig,
+    octave_weights,
+    octaves,
     rsqrt_iterations,
     rsqrt_start,
 )
 from privformer.approx.softmax import EXP_HIGH, EXP_LOW, ExpApprox, reciprocal_iterations
 from privformer.crypto.mpc import fixed
 from privformer.crypto.mpc.compare import ltz, max_lastdim, select
-from privformer.crypto.mpc.shared import Shared, cat, mul, mul_public, scale_by_weight, truncate
+from privformer.crypto.mpc.shared import (
+    Shared,
+    cat,
+    mul,
+    mul_public,
+    one_minus_bit,
+    scale_by_weight,
+    truncate,
+)
 from privformer.errors import InputError
 
 COEFF_BITS = 26
@@ -194,8 +207,55 @@ def softmax(x: Shared, mask_add: Shared | None, cfg: ExpApprox = EXP_HIGH) -> Sh
     return softmax_rows(x, mask_add, x.shape[0], 0, cfg, cfg)
 
 
+def _staircase(bits: Shared, c0: float, steps: list[float]) -> Shared:
+    """c0 + sum_k steps_k bits_k over the last axis of integer-shared bits, at scale
+    2^OCTAVE_FRAC_BITS (local: bits times public integers)."""
+    k = torch.tensor([round(c * (1 << OCTAVE_FRAC_BITS)) for c in steps], dtype=torch.int64)
+    total = bits.mul_int(k).sum(-1, keepdim=True)
+    return total.add_public(
+        round(c0 * (1 << OCTAVE_FRAC_BITS)) * torch.ones((), dtype=torch.int64), encoded=True
+    )
+
+
+def rsqrt_octaves(v: Shared, config: LayerNormConfig) -> Shared:
+    """``approx.layernorm.rsqrt_octaves`` on shares: one batched comparison of v with the range's
+    powers of two (8 rounds), v / 2^(e+1) and its linear start in one product, Newton with
+    2^(-e/2) folded into the last step: 8 + 2 + 6 OCTAVE_NEWTON_STEPS rounds for any range."""
+    _lo, ks = octaves(config)
+    powers = fixed.encode(torch.tensor([2.0**k for k in ks], dtype=torch.float64))
+    shifted = Shared(v.share.expand(*v.shape[:-1], len(ks)).clone(), v.party)
+    # [v >= 2^k]; a range within one octave compares nothing (e = lo)
+    above = one_minus_bit(ltz(shifted.add_public(-powers, encoded=True))) if ks else shifted
+    a, b = OCTAVE_START
+    half_c0, half_steps = octave_weights(config, 1.0)
+    half_c0, half_steps = half_c0 / 2, [c / 2 for c in half_steps]
+    scale = cat(
+        [
+            _staircase(above, half_c0, half_steps),  # 2^-(e+1)
+            _staircase(above, 2 * b * half_c0, [2 * b * c for c in half_steps]),  # b 2^-e
+        ],
+        dim=-1,
+    )
+    both = mul(cat([v, v], dim=-1), scale, frac_bits=OCTAVE_FRAC_BITS)
+    half_m, t = both[..., :1], both[..., 1:]
+    y = (-t).add_public(a)
+    root = _staircase(above, *octave_weights(config, 0.5))  # 2^(-e/2)
+    for step in range(OCTAVE_NEWTON_STEPS):
+        if step == OCTAVE_NEWTON_STEPS - 1:  # y 2^(-e/2) beside half_m y: no extra round
+            # half_m lifted to root's scale, so one truncation fits both products
+            lifted = half_m.mul_int(1 << (OCTAVE_FRAC_BITS - fixed.FRAC_BITS))
+            pair = mul(cat([lifted, root], dim=-1), cat([y, y], dim=-1), frac_bits=OCTAVE_FRAC_BITS)
+            hy, y_out = pair[..., :1], pair[..., 1:]
+        else:
+            hy, y_out = mul(half_m, y), y
+        y = mul(y_out, (-mul(hy, y)).add_public(1.5))
+    return y
+
+
 def rsqrt(v: Shared, config: LayerNormConfig = RSQRT_RANGE) -> Shared:
     """1/sqrt(v) for v in ``config``'s variance range (``approx.layernorm.rsqrt``)."""
+    if config.octaves:
+        return rsqrt_octaves(v, config)
     a, b = rsqrt_start(config)
     half_v = truncate(v, 1)
     y = mul_public(v, -b).add_public(a)
