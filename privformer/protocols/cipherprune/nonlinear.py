@@ -218,9 +218,11 @@ def _staircase(bits: Shared, c0: float, steps: list[float]) -> Shared:
 
 
 def rsqrt_octaves(v: Shared, config: LayerNormConfig) -> Shared:
-    """``approx.layernorm.rsqrt_octaves`` on shares: one batched comparison of v with the range's
-    powers of two (8 rounds), v / 2^(e+1) and its linear start in one product, Newton with
-    2^(-e/2) folded into the last step: 8 + 2 + 6 OCTAVE_NEWTON_STEPS rounds for any range."""
+    """``approx.layernorm.rsqrt_octaves`` on shares, returned at scale 2^OCTAVE_FRAC_BITS (1/sqrt
+    of a large variance is small, and 2^-18 would leave it a relative error of 2^-18 sqrt(v)):
+    one batched comparison of v with the range's powers of two (8 rounds), v / 2^(e+1) and its
+    linear start in one product, Newton with 2^(-e/2) folded into the last step: 8 + 2 +
+    6 OCTAVE_NEWTON_STEPS rounds for any range."""
     _lo, ks = octaves(config)
     powers = fixed.encode(torch.tensor([2.0**k for k in ks], dtype=torch.float64))
     shifted = Shared(v.share.expand(*v.shape[:-1], len(ks)).clone(), v.party)
@@ -240,22 +242,22 @@ def rsqrt_octaves(v: Shared, config: LayerNormConfig) -> Shared:
     half_m, t = both[..., :1], both[..., 1:]
     y = (-t).add_public(a)
     root = _staircase(above, *octave_weights(config, 0.5))  # 2^(-e/2)
-    for step in range(OCTAVE_NEWTON_STEPS):
-        if step == OCTAVE_NEWTON_STEPS - 1:  # y 2^(-e/2) beside half_m y: no extra round
-            # half_m lifted to root's scale, so one truncation fits both products
-            lifted = half_m.mul_int(1 << (OCTAVE_FRAC_BITS - fixed.FRAC_BITS))
-            pair = mul(cat([lifted, root], dim=-1), cat([y, y], dim=-1), frac_bits=OCTAVE_FRAC_BITS)
-            hy, y_out = pair[..., :1], pair[..., 1:]
-        else:
-            hy, y_out = mul(half_m, y), y
-        y = mul(y_out, (-mul(hy, y)).add_public(1.5))
-    return y
+    fine = OCTAVE_FRAC_BITS
+    for _ in range(OCTAVE_NEWTON_STEPS - 1):
+        y = mul(y, (-mul(mul(half_m, y), y)).add_public(1.5))
+    # the last step: y 2^(-e/2) beside half_m y in one product (half_m lifted to root's scale,
+    # so one truncation leaves both at scale 2^30), and the result kept at 2^30
+    lifted = half_m.mul_int(1 << (fine - fixed.FRAC_BITS))
+    pair = mul(cat([lifted, root], dim=-1), cat([y, y], dim=-1))
+    hy, y_root = pair[..., :1], pair[..., 1:]
+    t = mul(hy, y, frac_bits=fine)  # scale 2^18
+    return mul(y_root, (-t).add_public(1.5))
 
 
 def rsqrt(v: Shared, config: LayerNormConfig = RSQRT_RANGE) -> Shared:
     """1/sqrt(v) for v in ``config``'s variance range (``approx.layernorm.rsqrt``)."""
     if config.octaves:
-        return rsqrt_octaves(v, config)
+        return truncate(rsqrt_octaves(v, config), OCTAVE_FRAC_BITS - fixed.FRAC_BITS)
     a, b = rsqrt_start(config)
     half_v = truncate(v, 1)
     y = mul_public(v, -b).add_public(a)
@@ -278,5 +280,8 @@ def layernorm(
     mean = mul_public(x.sum(-1, keepdim=True), 1.0 / d)
     xc = x - mean
     var = mul_public(mul(xc, xc).sum(-1, keepdim=True), 1.0 / d).add_public(eps)
-    normed = mul(xc, rsqrt(var, config))
+    if config.octaves:  # 1/sqrt at scale 2^30: the product keeps 18 bits of the output
+        normed = mul(xc, rsqrt_octaves(var, config), frac_bits=OCTAVE_FRAC_BITS)
+    else:
+        normed = mul(xc, rsqrt(var, config))
     return scale_by_weight(normed, name, gamma, (d,)).add_server_value(beta)
