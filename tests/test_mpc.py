@@ -233,8 +233,9 @@ def test_rsqrt_octaves_matches_twin_in_rounds_independent_of_the_range(low, high
     design tolerance, RSQRT_REL_TOL) and 2PC within the fixed point's reach of the twin: v is
     encoded to ULP/2, which moves 1/sqrt(v) by ULP/(4 v) relative (2.4e-4 at v = 2^-9; bound
     twice that), and the Newton steps on m = v / 2^e in [1, 2) hold y to a few units of ULP
-    (8 allowed) before 2^(-e/2) scales it (the result is kept at scale 2^30). Rounds: 8 (one batched comparison) + 2 +
-    6 x 2 whatever the range, against 1 + 6 x (Newton steps) for the linear start."""
+    (8 allowed) before 2^(-e/2) scales it (the result is kept at scale 2^30). Rounds: 8 (one
+    batched comparison) + 2 + 6 x 2 whatever the range, against 1 + 6 x (Newton steps) for
+    the linear start."""
     config = approx.layernorm.LayerNormConfig(var_low=low, var_high=high, octaves=True)
     v = (
         torch.cat(
