@@ -181,7 +181,8 @@ def rsqrt_start(config: LayerNormConfig = RSQRT_RANGE) -> tuple[float, float]:
 
 def rsqrt(v: torch.Tensor, config: LayerNormConfig = RSQRT_RANGE) -> torch.Tensor:
     """1/sqrt(v) for v in [var_low, var_high]: Newton y <- y (1.5 - (v/2 * y) * y), grouped so
-    every intermediate stays far above the fixed-point resolution."""
+    every intermediate stays far above the fixed-point resolution; ``rsqrt_octaves`` instead
+    when ``config.octaves``."""
     if v.numel():
         low, high = float(v.detach().min()), float(v.detach().max())
         if low < config.var_low or high > config.var_high:
