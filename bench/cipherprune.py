@@ -38,12 +38,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, print_table, write_results  # noqa: E402
+from common import machine, print_table, scratch_dir, write_results  # noqa: E402
 
 import privformer  # noqa: E402,F401
 from privformer import data  # noqa: E402
@@ -251,7 +250,7 @@ def measure_shaped(
     since a shaped run cannot leave them out; speedups compare like with like."""
     import cipherprune_netns as cn
 
-    work = Path(tempfile.mkdtemp(prefix=f"cipherprune-{model}-"))
+    work = scratch_dir(f"cipherprune-{model}-")
     folders: dict[str, Path] = {}
     jobs: dict[str, list] = {"none": [], "LAN": [], "WAN": []}
     for r in rows:

@@ -19,11 +19,10 @@ import argparse
 import json
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, print_table, write_results  # noqa: E402
+from common import machine, print_table, scratch_dir, write_results  # noqa: E402
 
 from privformer import data  # noqa: E402
 from privformer.crypto.mpc.channel import LAN as LAN_MODEL  # noqa: E402
@@ -123,7 +122,7 @@ def main() -> None:
     tok = load_tokenizer(args.tokenizer)
     _, test = data.rotten_tomatoes_split()
     texts = [t for t, _ in test[: args.texts]]
-    work = Path(tempfile.mkdtemp(prefix="cipherprune-netns-"))
+    work = scratch_dir("cipherprune-netns-")
     layers = len(PruningConfig.from_json((model_dir / PRUNING).read_text()).keep)
     servers = {
         "pruned": model_dir,

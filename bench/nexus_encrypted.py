@@ -21,7 +21,6 @@ import argparse
 import dataclasses
 import os
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ import numpy as np
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, print_table, write_results  # noqa: E402
+from common import machine, print_table, scratch_dir, write_results  # noqa: E402
 
 import privformer as pf  # noqa: E402
 from privformer.data import rotten_tomatoes_split  # noqa: E402
@@ -87,7 +86,7 @@ def main() -> None:
     c, tok = model.classifier, model.tokenizer
     if args.layers is not None:
         c = dataclasses.replace(c, layers=c.layers[: args.layers], configs=c.configs[: args.layers])
-    work = Path(tempfile.mkdtemp(prefix="nexus-bench-"))
+    work = scratch_dir("nexus-bench-")
     options = ["--backend", args.backend, "--keys-dir", str(work / "registry")]
     options += ["--tokens", str(args.tokens)]
     if args.layers is not None:

@@ -10,6 +10,7 @@ modes, the tests and the benchmarks all start servers through it, so none races 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -51,9 +52,11 @@ class ChildProcess:
         self.port = 0
         self._log: IO[str] | None = None
         self._log_path: Path | None = None
+        self._workdir: Path | None = None
+        self._final_log: str | None = None
 
     def __enter__(self) -> Self:
-        workdir = Path(tempfile.mkdtemp(prefix="privformer-child-"))
+        workdir = self._workdir = Path(tempfile.mkdtemp(prefix="privformer-child-"))
         ready = workdir / "port"
         self._log_path = Path(self.log_file or workdir / "child.log")
         self._log = self._log_path.open("w")
@@ -97,6 +100,15 @@ class ChildProcess:
                 self.proc.wait()
         if self._log is not None:
             self._log.close()
+            self._log = None
+        if self._workdir is not None:
+            # The ready file (and the log, unless the caller named one) live here; keep the
+            # log's text for ``log()`` and leave nothing behind in the temp folder.
+            self._final_log = self.log()
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
 
     def log(self) -> str:
-        return self._log_path.read_text() if self._log_path else ""
+        if self._final_log is not None and self.log_file is None:
+            return self._final_log
+        return self._log_path.read_text() if self._log_path and self._log_path.exists() else ""
