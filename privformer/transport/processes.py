@@ -102,13 +102,14 @@ class ChildProcess:
             self._log.close()
             self._log = None
         if self._workdir is not None:
-            # The ready file (and the log, unless the caller named one) live here; keep the
+            # The ready file (and the log, unless the caller named one) live here: keep the
             # log's text for ``log()`` and leave nothing behind in the temp folder.
-            self._final_log = self.log()
+            if self.log_file is None:
+                self._final_log = self.log()
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
 
     def log(self) -> str:
-        if self._final_log is not None and self.log_file is None:
+        if self._final_log is not None:
             return self._final_log
         return self._log_path.read_text() if self._log_path and self._log_path.exists() else ""
