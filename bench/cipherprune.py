@@ -26,6 +26,7 @@ and SPU report their offline phase apart.
     python bench/cipherprune.py [--models minilm,mpnet] [--lengths 128,512] [--texts K]
                                 [--eval-size N] [--quick] [--netns] [--max-shaped-s 1800]
     python bench/cipherprune.py --combine PART.json [PART.json ...]
+    python bench/cipherprune.py --markdown RESULTS.json    # the README's tables, runs nothing
 
 A whole run writes bench/results/cipherprune.json; a partial one (``--models`` or ``--lengths`` a
 subset) writes bench/results/cipherprune_<models>_<lengths>.json, and ``--combine`` merges such
@@ -315,6 +316,11 @@ def parse_args() -> argparse.Namespace:
         metavar="PART",
         help="merge the results of partial runs (JSON files) into cipherprune.json; runs nothing",
     )
+    ap.add_argument(
+        "--markdown",
+        metavar="RESULTS",
+        help="print a results file as the README's Markdown tables; runs nothing",
+    )
     args = ap.parse_args()
     args.models = args.models.split(",")
     args.lengths = [128] if args.quick else [int(n) for n in args.lengths.split(",")]
@@ -476,8 +482,86 @@ def report(payload: dict, netns: bool) -> None:
     )
 
 
+def _layers(counts: list[float]) -> str:
+    """Tokens entering each layer, runs of one count written once: 128-30 x 11."""
+    out: list[str] = []
+    i = 0
+    while i < len(counts):
+        j = i
+        while j + 1 < len(counts) and counts[j + 1] == counts[i]:
+            j += 1
+        v = f"{counts[i]:g}"
+        out.append(f"{v} x {j - i + 1}" if j - i >= 2 else "-".join([v] * (j - i + 1)))
+        i = j + 1
+    return "-".join(out)
+
+
+def markdown(payload: dict) -> str:
+    """One table of runs per (model, length) and one of accuracy per model, in Markdown.
+
+    Measured times are the client's whole session through the namespaces (weight masks
+    included); a time the bench estimated (model x the link's measured/model ratio) is marked *.
+    Speedups use the measured times, against the padded unpruned run and the true-length one."""
+    runs = payload["runs"]
+    lines: list[str] = []
+
+    def cell(r: dict, link: str) -> str:
+        value = r.get(f"{link}_measured_s")
+        if value is None:
+            return "-"
+        mark = "" if r.get(f"{link}_source", "measured") == "measured" else "*"
+        return f"{value:,.1f}{mark}"
+
+    def ratio(base: dict, r: dict, link: str) -> str:
+        a, b = base.get(f"{link}_measured_s"), r.get(f"{link}_measured_s")
+        return f"{a / b:.2f}x" if a and b else "-"
+
+    for model, n in dict.fromkeys((r["model"], r["tokens"]) for r in runs):
+        group = [r for r in runs if (r["model"], r["tokens"]) == (model, n)]
+        padded = next(r for r in group if r["config"] == PADDED)
+        true = next(r for r in group if r["config"] == TRUE_LENGTH)
+        lines += [
+            f"\n{model}, {n} tokens:\n",
+            "| run | tokens entering each layer | online MB | rounds | none s | LAN s "
+            "| WAN s | speedup LAN / WAN, padded | vs true length |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in group:
+            same = r.get("same_run_as")
+            speed = (
+                "1x"
+                if r is padded or same
+                else f"{ratio(padded, r, 'LAN')} / {ratio(padded, r, 'WAN')}"
+            )
+            vs_true = "1x" if r is true else f"{ratio(true, r, 'LAN')} / {ratio(true, r, 'WAN')}"
+            config = f"{r['config']} (= {same})" if same else r["config"]
+            layers = _layers(r["tokens_per_layer"][: len(r["high_per_layer"])])  # not the head's
+            lines.append(
+                f"| {config} | {layers} | {r['online_MB']:,.0f} "
+                f"| {r['rounds']:,.0f} | {cell(r, 'none')} | {cell(r, 'LAN')} | {cell(r, 'WAN')} "
+                f"| {speed} | {vs_true} |"
+            )
+    models = dict.fromkeys(a["model"] for a in payload["accuracy"])
+    for model in models:
+        acc = [a for a in payload["accuracy"] if a["model"] == model]
+        lines += [
+            f"\n{model}, accuracy (an input out of an approximation's range counts as wrong):\n",
+            "| data | tokens | examples | mode | accuracy | out of range |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {a['data']} | {a['tokens']} | {a['examples']:,} | {a['mode']} "
+            f"| {100 * a['accuracy']:.2f}% | {a.get('out_of_range', 0)} |"
+            for a in acc
+        ]
+    return "\n".join(lines)
+
+
 def main() -> None:
     args = parse_args()
+    if args.markdown:
+        print(markdown(json.loads(Path(args.markdown).read_text())))
+        return
     if args.combine:
         payload = combine(args.combine)
         report(payload, any(p["netns"] for p in payload["parts"]))
