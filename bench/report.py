@@ -68,7 +68,7 @@ def cipherprune_tokens_and_speedups() -> None:
     left.set_xlabel("layer (input of)")
     left.set_ylabel("tokens entering")
     left.set_yscale("log", base=2)
-    left.set_title("CipherPrune: tokens kept per layer")
+    left.set_title("CipherPrune, MiniLM: tokens entering each layer (6: the head)")
     left.legend(fontsize=7)
     speedups = data["speedups"]
     names = list(speedups)
@@ -81,8 +81,14 @@ def cipherprune_tokens_and_speedups() -> None:
         ("speedup_512", "paper @512", "#8172b2"),
     ):
         right.axhline(data["paper"][paper_key], linestyle="--", color=color, label=label)
-    right.set_xticks(list(x), names, rotation=30, ha="right", fontsize=7)
-    right.set_ylabel("speedup over unpruned")
+    right.set_xticks(
+        list(x),
+        [n.replace(" (fine-tuned)", "") for n in names],
+        rotation=30,
+        ha="right",
+        fontsize=7,
+    )
+    right.set_ylabel("speedup over padded unpruned\n(analytic network model)")
     right.set_title("CipherPrune speedups (bench/results/cipherprune.json)")
     right.legend(fontsize=7)
     _save(fig, "cipherprune.png")
