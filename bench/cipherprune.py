@@ -37,6 +37,7 @@ a whole run can be spread over several sittings.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -485,14 +486,9 @@ def report(payload: dict, netns: bool) -> None:
 def _layers(counts: list[float]) -> str:
     """Tokens entering each layer, runs of one count written once: 128-30 x 11."""
     out: list[str] = []
-    i = 0
-    while i < len(counts):
-        j = i
-        while j + 1 < len(counts) and counts[j + 1] == counts[i]:
-            j += 1
-        v = f"{counts[i]:g}"
-        out.append(f"{v} x {j - i + 1}" if j - i >= 2 else "-".join([v] * (j - i + 1)))
-        i = j + 1
+    for count, run in itertools.groupby(counts):
+        k, v = len(list(run)), f"{count:g}"
+        out.append(f"{v} x {k}" if k >= 3 else "-".join([v] * k))
     return "-".join(out)
 
 
