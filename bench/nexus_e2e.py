@@ -1,6 +1,8 @@
 """NEXUS end to end, as far as it runs today: plans, bootstrap counts, accuracy, projections.
 
-For each classifier (the 2-layer and the 6-layer MiniLM probes), with the depth-aware operators
+For each classifier (by default the fine-tuned 2-layer MiniLM, ``minilm2-rt``, and CipherPrune's
+fine-tuned 6-layer one, ``minilm-rt``, built by ``privformer cipherprune train``; the probes
+``minilm2-rt-probe`` and ``minilm-rt-probe`` on request), with the depth-aware operators
 and per-layer ranges calibrated on Rotten Tomatoes training sentences:
 - the encrypted circuit runs on ``FloatBackend`` (float64 with CKKS's levels, 7-level windows as
   OpenFHE's default chain leaves, 128 tokens) for a few test sentences, on 32,768 slots (all of
@@ -17,7 +19,7 @@ and per-layer ranges calibrated on Rotten Tomatoes training sentences:
   bootstraps per layer, seconds per query, bytes up and down, evaluation-key bytes, the server's
   peak memory, the class against plaintext, against the issue's targets.
 
-    python bench/nexus_e2e.py [--models minilm2-rt minilm-rt-probe] [--tokens 128] [--limit N]
+    python bench/nexus_e2e.py [--models minilm2-rt minilm-rt] [--tokens 128] [--limit N]
 
 Rows of models not run this time are kept from the previous results file (each row carries the
 date it was measured), so models can be measured one run at a time.
@@ -237,7 +239,7 @@ def _report(rows: list[dict], boot_s: float, tokens: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--models", nargs="+", default=["minilm2-rt", "minilm-rt-probe"])
+    ap.add_argument("--models", nargs="+", default=["minilm2-rt", "minilm-rt"])
     ap.add_argument("--limit", type=int, help="first N test sentences only (accuracy)")
     ap.add_argument("--tokens", type=int, default=128, help="positions of the layout")
     args = ap.parse_args()

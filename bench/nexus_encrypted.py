@@ -8,17 +8,22 @@ the class against plaintext and the logits against ``simulate`` (the float twin)
 generation, upload and evaluation-key bytes; throughout, the peak resident memory of the server
 process tree (its OpenFHE worker included) and of this client's.
 
-    python bench/nexus_encrypted.py [--model minilm2-rt] [--sentences 1] [--output logits]
-                                    [--tokens 128] [--fit] [--sparse-bootstrap]
+    python bench/nexus_encrypted.py [--model minilm2-rt] [--sentences 1] [--skip 0]
+                                    [--output logits] [--tokens 128] [--fit]
+                                    [--sparse-bootstrap] [--append]
 
 Results go to bench/results/nexus_encrypted.json after every query, so a long run that is
-stopped keeps what it finished.
+stopped keeps what it finished. ``--skip N`` starts at the (N+1)-th chosen sentence and
+``--append`` keeps the queries of earlier runs of the same model, layout, backend and output
+(each query says when it ran and whether its bootstraps were sparse; the keys, upload and peak
+memory are this run's), so sentences can be measured one run at a time.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 import threading
@@ -29,7 +34,7 @@ import numpy as np
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, print_table, scratch_dir, write_results  # noqa: E402
+from common import RESULTS, machine, print_table, scratch_dir, write_results  # noqa: E402
 
 import privformer as pf  # noqa: E402
 from privformer.data import rotten_tomatoes_split  # noqa: E402
@@ -65,6 +70,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="minilm2-rt")
     ap.add_argument("--sentences", type=int, default=1, help="Rotten Tomatoes test sentences")
+    ap.add_argument("--skip", type=int, default=0, help="skip the first N chosen sentences")
+    ap.add_argument(
+        "--append", action="store_true", help="keep earlier runs' queries of the same setup"
+    )
     ap.add_argument("--output", default="logits", choices=svc.OUTPUTS)
     ap.add_argument("--backend", default="openfhe", choices=["openfhe", "seal"])
     ap.add_argument("--layers", type=int, help="serve the first N layers only (a smoke run)")
@@ -96,9 +105,17 @@ def main() -> None:
     record: dict = {"benchmark": "nexus_encrypted", "machine": machine(), "model": args.model}
     record["backend"] = args.backend
     record |= {"output": args.output, "layers": len(c.layers), "positions": c.tokens}
-    record["sentences"] = "first fitting" if args.fit else "first, truncated"
+    record["sentences"] = "fitting" if args.fit else "truncated"
     record["sparse_bootstrap"] = args.sparse_bootstrap
     record["queries"] = []
+    previous = RESULTS / "nexus_encrypted.json"
+    if args.append and previous.is_file():
+        earlier = json.loads(previous.read_text())
+        same = ("model", "backend", "output", "layers", "positions")
+        if all(earlier.get(k) == record[k] for k in same):
+            for query in earlier["queries"]:
+                query.setdefault("sparse_bootstrap", earlier.get("sparse_bootstrap", False))
+            record["queries"] = earlier["queries"]
     client_memory = PeakMemory(os.getpid())
     with NexusServerProcess(args.model, options=options, log_file=work / "server.log") as server:
         assert server.proc is not None
@@ -122,7 +139,7 @@ def main() -> None:
                     for row, k in zip(test, lengths, strict=True)
                     if c.tokens // 2 < k <= c.tokens
                 ]
-            for text, label in chosen[: args.sentences]:
+            for index, (text, label) in enumerate(chosen[args.skip : args.skip + args.sentences]):
                 ids = tok(text, truncation=True, max_length=c.tokens)["input_ids"]
                 start = time.perf_counter()
                 request = client.request(text, output=args.output)
@@ -132,6 +149,7 @@ def main() -> None:
                 plain, simulate = c.logits(ids, "plain"), c.logits(ids, "simulate")
                 row = {
                     "text": text,
+                    "sentence_index": args.skip + index,  # among the chosen test sentences
                     "tokens": len(ids),
                     "label": label,
                     "encrypted_class": reply.label,
@@ -150,6 +168,8 @@ def main() -> None:
                     "bootstraps": reply.bootstraps,
                     "bytes_up": len(request),
                     "bytes_down": len(reply_bytes),
+                    "sparse_bootstrap": args.sparse_bootstrap,
+                    "measured_at": time.strftime("%Y-%m-%d %H:%M"),
                 }
                 row["layers_detail"] = svc.decode_message(reply_bytes, svc.REPLY_MAGIC, 1)[0][
                     "layers"

@@ -12,7 +12,8 @@ ciphertext whose values repeat with each period in ``--periods``, with the error
 
     python bench/openfhe_sparse_bootstrap.py [--periods 16 32 4096] [--repeats 2]
 
-Writes bench/results/openfhe_sparse_bootstrap.json.
+Writes bench/results/openfhe_sparse_bootstrap.json, keeping the rows of periods not measured
+this time from the previous results of the same chain.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ import argparse
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, print_table, write_results  # noqa: E402
+from common import RESULTS, machine, print_table, write_results  # noqa: E402
 
 from privformer.crypto.ckks import openfhe_backend as ob  # noqa: E402
 
@@ -120,6 +122,17 @@ def main() -> None:
         result["rows"],
         ["period", "median_s", "vs_full", "bits", "level_after"],
     )
+    # Periods not measured this time are kept from the previous results of the same chain (each
+    # row dated, its vs_full against its own run's full-slot bootstrap), so periods can be
+    # measured one run at a time on a machine whose memory holds only a few periods' keys.
+    now = time.strftime("%Y-%m-%d %H:%M")
+    for row in result["rows"]:
+        row["measured_at"] = now
+    path = RESULTS / "openfhe_sparse_bootstrap.json"
+    previous = json.loads(path.read_text()) if path.is_file() else {}
+    if previous.get("chain") == chain:
+        measured = {row["period"] for row in result["rows"]}
+        result["rows"] += [r for r in previous["rows"] if r["period"] not in measured]
     record = {"benchmark": "openfhe_sparse_bootstrap", "machine": machine(), "chain": chain}
     path = write_results("openfhe_sparse_bootstrap", record | result)
     print(f"wrote {path}")

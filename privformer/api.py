@@ -17,7 +17,8 @@ encoder), seconds, the client's bytes and rounds, and what the protocol revealed
 
 Model names: ``minilm-rt-probe`` (a sentence classifier, all three protocols), ``minilm-rt`` and
 ``mpnet-rt`` (CipherPrune's fine-tuned classifiers, after ``privformer cipherprune train
-[--base mpnet]``), and for STIP any
+[--base mpnet]``; NEXUS runs ``minilm-rt`` too, and ``minilm2-rt`` / ``minilm2-rt-probe``, its
+2-layer models), and for STIP any
 name the model registry resolves (``minilm``, ``smollm2``, ``random:NAME``, a local folder).
 """
 
@@ -342,18 +343,21 @@ class NexusModel(PrivateModel):
         self.name = name
         if classifier is not None:
             self.classifier, self.tokenizer = classifier, tokenizer
-        elif name in PROBE_LAYERS or name == FINE_TUNED_2_LAYERS:
+        elif name in PROBE_LAYERS or name == FINE_TUNED_2_LAYERS or name in CIPHERPRUNE_TRAINED:
             if tokens < 2 or tokens & (tokens - 1):
                 raise InputError(f"tokens must be a power of two >= 2, got {tokens}")
-            clf = load_classifier(name)
-            self.classifier = NexusClassifier.from_hf(clf.encoder, clf.head)
+            if name in CIPHERPRUNE_TRAINED:
+                self.classifier, self.tokenizer, key = _nexus_from_cipherprune(name)
+            else:
+                clf = load_classifier(name)
+                self.classifier = NexusClassifier.from_hf(clf.encoder, clf.head)
+                self.tokenizer, key = clf.tokenizer, name
             self.classifier.tokens = tokens
-            self.tokenizer = clf.tokenizer
             self.classifier.pad_id = int(self.tokenizer.pad_token_id)
             if operators == "depth-aware":
-                _calibrate(name, self.classifier, self.tokenizer)
+                _calibrate(key, self.classifier, self.tokenizer)
         else:
-            known = ", ".join([*PROBE_LAYERS, FINE_TUNED_2_LAYERS])
+            known = ", ".join([*PROBE_LAYERS, FINE_TUNED_2_LAYERS, "minilm-rt"])
             raise UnknownNameError(f"no NEXUS model {name!r}: use {known}")
         if operators not in ("depth-aware", "paper"):
             raise UnknownNameError(f"unknown operators {operators!r}: 'depth-aware' or 'paper'")
@@ -399,6 +403,31 @@ class NexusModel(PrivateModel):
         return out
 
 
+def _nexus_from_cipherprune(name: str) -> tuple[Any, Any, str]:
+    """NEXUS's classifier from CipherPrune's fine-tuned one (``privformer cipherprune train``):
+    the same BERT and head, without the pruning thresholds NEXUS does not use. Returns the
+    classifier, its tokenizer and the key its calibration is cached under (name and a digest of
+    the weights, so a retrained classifier is calibrated anew)."""
+    from privformer.protocols.cipherprune.session import CipherPruneClassifier
+    from privformer.protocols.cipherprune.train import default_classifier_dir
+    from privformer.protocols.nexus.model import NexusClassifier
+
+    folder = default_classifier_dir(CIPHERPRUNE_TRAINED[name])
+    weights_file = folder / "weights.safetensors"
+    if not weights_file.is_file():
+        raise UnknownNameError(
+            f"{name!r} is not built yet: run `privformer cipherprune train --base "
+            f"{CIPHERPRUNE_TRAINED[name]}` first"
+        )
+    cp = CipherPruneClassifier.load(folder)
+    digest = hashlib.sha256(weights_file.read_bytes()).hexdigest()[:12]
+    w = cp.weights
+    clf = NexusClassifier.from_encoder(
+        w.encoder(), w.tensors["head.w"].numpy(), w.tensors["head.b"].numpy()
+    )
+    return clf, cp.tokenizer, f"{name}-{digest}"
+
+
 def _nexus_queries(http: Any, client: Any, keys: Path, texts: list[str]) -> Result:
     """Encrypted NEXUS queries of ``texts`` (logits), with the keys in ``keys``: made there
     for the server's spec if missing or for other parameters, uploaded if the server lacks them."""
@@ -435,10 +464,13 @@ def _nexus_queries(http: Any, client: Any, keys: Path, texts: list[str]) -> Resu
     )
 
 
-#: Rotten Tomatoes training sentences the depth-aware NEXUS ranges are calibrated on.
+#: Rotten Tomatoes training sentences the depth-aware NEXUS ranges are calibrated on: the first
+#: ones, and the shortest and longest of the whole split (the extremes of attention: a 4-token
+#: test sentence, "eh .", once left the centred scores' range calibrated on the first 256).
 NEXUS_CALIBRATION_SENTENCES = 256
+NEXUS_CALIBRATION_EXTREMES = 32
 #: Bumped when calibration's rules change, so cached calibrations made by older rules are redone.
-NEXUS_CALIBRATION_VERSION = 2
+NEXUS_CALIBRATION_VERSION = 3
 
 
 def _calibrate(name: str, classifier: Any, tokenizer: Any) -> None:
@@ -458,11 +490,14 @@ def _calibrate(name: str, classifier: Any, tokenizer: Any) -> None:
             classifier.configs = [config_from_dict(c) for c in cached["configs"]]
             classifier.argmax = ArgmaxConfig(bound=float(cached["argmax_bound"]))
             return
-    train = rotten_tomatoes_split()[0][:NEXUS_CALIBRATION_SENTENCES]
-    ids = [
-        tokenizer(t, truncation=True, max_length=classifier.tokens)["input_ids"] for t, _ in train
+    every = [
+        tokenizer(t, truncation=True, max_length=classifier.tokens)["input_ids"]
+        for t, _ in rotten_tomatoes_split()[0]
     ]
-    classifier.calibrate(ids)
+    by_length = sorted(range(len(every)), key=lambda i: (len(every[i]), i))
+    extremes = by_length[:NEXUS_CALIBRATION_EXTREMES] + by_length[-NEXUS_CALIBRATION_EXTREMES:]
+    chosen = sorted(set(range(NEXUS_CALIBRATION_SENTENCES)) | set(extremes))
+    classifier.calibrate([every[i] for i in chosen])
     cached = {
         "version": NEXUS_CALIBRATION_VERSION,
         "configs": [config_to_dict(c) for c in classifier.configs],

@@ -108,12 +108,13 @@ def test_nexus_layouts_and_their_calibration_survive_the_cache(monkeypatch):
     """``tokens`` picks the encrypted layout; its calibration (per-layer configs and the argmax
     bound) is cached by model and layout, and a load from the cache gets exactly what the
     calibrating load set (the argmax bound once fell back to 1.0 there, below the logits).
-    Calibrated on 16 sentences to keep the test fast; the file is removed afterwards so no
-    later load picks up that small calibration."""
+    Calibrated on 16 sentences and the 4 shortest and 4 longest to keep the test fast; the file
+    is removed afterwards so no later load picks up that small calibration."""
     import privformer.api as api
     from privformer.models.registry import cache_dir
 
     monkeypatch.setattr(api, "NEXUS_CALIBRATION_SENTENCES", 16)
+    monkeypatch.setattr(api, "NEXUS_CALIBRATION_EXTREMES", 4)
     cached = cache_dir() / "nexus" / "minilm2-rt-probe-16-tokens-calibration.json"
     cached.unlink(missing_ok=True)
     try:
@@ -128,6 +129,53 @@ def test_nexus_layouts_and_their_calibration_survive_the_cache(monkeypatch):
     assert fresh.argmax.bound >= abs(fresh.logits(ids, "plain")).max()
     with pytest.raises(InputError, match="power of two"):
         pf.load("minilm2-rt-probe", protocol="nexus", tokens=48)
+
+
+def test_nexus_runs_cipherprunes_fine_tuned_classifier(
+    cipherprune_classifier, plain_model, tmp_path, monkeypatch
+):
+    """``minilm-rt`` under NEXUS is CipherPrune's classifier folder (here the fixture's MiniLM
+    with a fitted head, saved as ``cipherprune train`` saves) converted back: its plain logits
+    equal NEXUS's classifier read from ``transformers`` and CipherPrune's own plain forward (both
+    float64 with exact functions: bound 1e-9, the rounding of unscaling the embedding tables),
+    its simulate gives plain's class, and its calibration is cached under the weights' digest
+    (removed afterwards)."""
+    import privformer.api as api
+    import privformer.protocols.cipherprune.train as train
+    from privformer.models.registry import cache_dir
+    from privformer.protocols.cipherprune.format import save_classifier
+    from privformer.protocols.cipherprune.model import PruningConfig
+    from privformer.protocols.cipherprune.session import CipherPruneClassifier
+    from privformer.protocols.nexus.model import NexusClassifier
+
+    weights, head = cipherprune_classifier
+    folder = save_classifier(weights, PruningConfig.none(weights.layers), tmp_path / "minilm")
+    monkeypatch.setattr(train, "default_classifier_dir", lambda base="minilm": folder)
+    monkeypatch.setattr(api, "NEXUS_CALIBRATION_SENTENCES", 16)
+    monkeypatch.setattr(api, "NEXUS_CALIBRATION_EXTREMES", 4)
+    before = set((cache_dir() / "nexus").glob("minilm-rt-*-16-tokens-calibration.json"))
+    try:
+        model = pf.load("minilm-rt", protocol="nexus", tokens=16)
+        written = set((cache_dir() / "nexus").glob("minilm-rt-*-16-tokens-calibration.json"))
+    finally:
+        for path in set((cache_dir() / "nexus").glob("minilm-rt-*-16-tokens-calibration.json")):
+            if path not in before:
+                path.unlink()
+    assert len(written - before) == 1
+    reference = NexusClassifier.from_hf(plain_model("minilm"), head)
+    reference.tokens, reference.pad_id = 16, model.classifier.pad_id
+    cp = CipherPruneClassifier.load(folder)
+    for text in TEXTS:
+        ids = model.tokenizer(text, truncation=True, max_length=16)["input_ids"]
+        plain = model.classifier.logits(ids, "plain")
+        assert abs(plain - reference.logits(ids, "plain")).max() < 1e-9
+        padded, mask = cp.encode(text, 16)
+        cp_plain = cp.run(padded, mask, mode="plain", prune=False).logits.numpy()
+        assert abs(plain - cp_plain).max() < 1e-9
+        assert model.classifier.logits(ids, "simulate").argmax() == plain.argmax()
+    with pytest.raises(UnknownNameError, match="cipherprune train --base mpnet"):
+        monkeypatch.setattr(train, "default_classifier_dir", lambda base="minilm": tmp_path / "x")
+        pf.load("mpnet-rt", protocol="nexus")
 
 
 def test_stip_client_from_pretrained_against_a_server_process(models, tmp_path):

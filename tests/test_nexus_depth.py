@@ -483,3 +483,19 @@ def test_complex_packing_refreshes_pairs_in_one_bootstrap(minilm_layers):
     assert counts[True, 0] <= 0.7 * counts[False, 1], counts
     assert counts[True, 0] <= counts[True, 1] < counts[False, 1], counts
     assert max(errors.values()) <= 1e-3, errors
+
+
+def test_inverse_newton_steps_refresh_a_low_row_sum():
+    """The softmax inverse's Newton steps y (2 - v y) take two levels of -v each step: -v
+    arriving with one level left (as after a deep exp and row sum in a calibrated layer of the
+    fine-tuned MiniLM) is refreshed first, not multiplied into level 0. Result within the
+    plan's tolerance (the Newton steps bring the start's error under 1e-6 here) of 1/v."""
+    plan = A.softmax.inverse_plan(0.5, 40.0, 15, 1e-6)
+    assert plan.newton_steps >= 2
+    be = FloatBackend(16, top=7)
+    v = np.linspace(0.5, 40.0, 16)
+    t = (2.0 * v - (plan.low + plan.high)) / (plan.high - plan.low)
+    neg_v = be.drop_to(be.encrypt(-v), 1)
+    y = H._inverse(be, neg_v, be.encrypt(t), plan, "softmax")
+    assert be.bootstraps >= 1
+    assert np.abs(be.decrypt(y) * v - 1.0).max() < 1e-6

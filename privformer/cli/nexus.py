@@ -22,6 +22,11 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+MODEL_HELP = (
+    "minilm-rt-probe, minilm2-rt, minilm2-rt-probe, or minilm-rt (CipherPrune's fine-tuned "
+    "MiniLM, after `privformer cipherprune train`)"
+)
+
 
 def cmd_run(args: argparse.Namespace) -> int:
     import privformer as pf
@@ -265,7 +270,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     cmds = nexus.add_subparsers(dest="nexus_command", required=True)
     run = cmds.add_parser("run", help="classify texts in plain or simulate mode, in this process")
     run.add_argument("text", nargs="+")
-    run.add_argument("--model", default="minilm-rt-probe")
+    run.add_argument(
+        "--model",
+        default="minilm-rt-probe",
+        help=MODEL_HELP,
+    )
     run.add_argument("--mode", default="simulate", choices=["plain", "simulate", "private"])
     run.add_argument("--operators", default="depth-aware", choices=["depth-aware", "paper"])
     run.add_argument("--tokens", type=int, default=128, help=TOKENS_HELP)
@@ -273,7 +282,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     run.set_defaults(func=cmd_run)
     plan = cmds.add_parser("plan", help="bootstraps per layer and stage, and the planner's plan")
     plan.add_argument("text")
-    plan.add_argument("--model", default="minilm-rt-probe")
+    plan.add_argument(
+        "--model",
+        default="minilm-rt-probe",
+        help=MODEL_HELP,
+    )
     plan.add_argument("--window", type=int, default=7, help="levels a bootstrap leaves")
     plan.add_argument(
         "--bootstrap-seconds",

@@ -30,7 +30,13 @@ import torch
 
 from privformer.approx.layernorm import RSQRT_RANGE, LayerNormConfig
 from privformer.errors import InputError
-from privformer.models.encoder import RelativePositionBias, read_encoder
+from privformer.models.encoder import (
+    EmbeddingTables,
+    EncoderLayerTensors,
+    EncoderTensors,
+    RelativePositionBias,
+    read_encoder,
+)
 from privformer.models.registry import HFModel
 
 #: Additive attention mask of padded keys: far below the exp clamp, far inside the ring.
@@ -189,6 +195,29 @@ class BertClassifierWeights:
 
     def shape_of(self, name: str) -> tuple[int, ...]:
         return tuple(self.tensors[name].shape)
+
+    def encoder(self) -> EncoderTensors:
+        """The encoder as ``models.encoder`` reads it from ``transformers`` (the inverse of
+        ``from_hf``'s packing: embedding tables unscaled, Q, K and V split), for other
+        protocols to run the same fine-tuned model."""
+        t = self.tensors
+        tables = EmbeddingTables(
+            word=t["emb.word"] / EMBEDDING_SCALE,
+            position=t["emb.pos"] / EMBEDDING_SCALE,
+            token_type0=t["emb.type0"] / EMBEDDING_SCALE,
+            norm=(t["emb.ln.g"], t["emb.ln.b"]),
+            eps=self.eps,
+        )
+        layers = []
+        for i in range(self.layers):
+            q, k, v = t[f"l{i}.qkv.w"].split(self.hidden, dim=1)
+            qb, kb, vb = t[f"l{i}.qkv.b"].split(self.hidden)
+            linear = {"q": (q, qb), "k": (k, kb), "v": (v, vb)}
+            for key in ("o", "ffn1", "ffn2"):
+                linear[key] = (t[f"l{i}.{key}.w"], t[f"l{i}.{key}.b"])
+            norms = {key: (t[f"l{i}.{key}.g"], t[f"l{i}.{key}.b"]) for key in ("ln1", "ln2")}
+            layers.append(EncoderLayerTensors(linear, norms, self.eps))
+        return EncoderTensors(tables, layers, self.heads, self.relative_bias())
 
 
 class Ops(Protocol):

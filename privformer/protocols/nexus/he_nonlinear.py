@@ -235,7 +235,8 @@ def _inverse(
     y_bound = 1.01 / plan.low
     y = he.chebyshev_series(backend, t, plan.coeffs, op)
     for _ in range(plan.newton_steps):
-        neg_v = he.ensure_level(backend, neg_v, 1, op, plan.high)
+        # two levels each: v y takes one, and y (2 - v y) needs one more on its lower operand
+        neg_v = he.ensure_level(backend, neg_v, 2, op, plan.high)
         y = he.ensure_level(backend, y, 2, op, y_bound)
         y = backend.multiply(y, backend.add_plain(backend.multiply(neg_v, y), 2.0))
     return y

@@ -36,7 +36,7 @@ from privformer.artifacts import read_manifest, write_manifest
 from privformer.crypto.ckks import circuits as he
 from privformer.crypto.ckks.backend import Ciphertext, CKKSBackend
 from privformer.errors import InputError, UnsupportedModelError
-from privformer.models.encoder import EmbeddingTables, read_encoder
+from privformer.models.encoder import EmbeddingTables, EncoderTensors, read_encoder
 from privformer.models.registry import HFModel
 from privformer.protocols.nexus import calibrate as cal
 from privformer.protocols.nexus import he_nonlinear as hn
@@ -76,7 +76,16 @@ class NexusClassifier:
     @classmethod
     def from_hf(cls, bert: HFModel, head: torch.nn.Linear) -> NexusClassifier:
         """From a ``transformers`` ``BertModel`` and a linear head on [CLS]."""
-        enc = read_encoder(bert)
+        w = head.weight.detach().to(torch.float64).T.contiguous().numpy()
+        b = head.bias.detach().to(torch.float64).numpy()
+        return cls.from_encoder(read_encoder(bert), w, b)
+
+    @classmethod
+    def from_encoder(
+        cls, enc: EncoderTensors, head_w: np.ndarray, head_b: np.ndarray
+    ) -> NexusClassifier:
+        """From an encoder's tensors (``models.encoder``) and a head (hidden x classes, classes)
+        on [CLS]."""
         if enc.relative_bias is not None:
             raise UnsupportedModelError(
                 "NEXUS runs BERT encoders; this one adds a relative position bias (MPNet)"
@@ -92,9 +101,12 @@ class NexusClassifier:
             )
             for t in enc.layers
         ]
-        w = head.weight.detach().to(torch.float64).T.contiguous().numpy()
-        b = head.bias.detach().to(torch.float64).numpy()
-        return cls(enc.embeddings, layers, w, b)
+        return cls(
+            enc.embeddings,
+            layers,
+            np.asarray(head_w, dtype=np.float64),
+            np.asarray(head_b, dtype=np.float64),
+        )
 
     def layer_config(self, index: int) -> LayerConfig:
         return self.configs[index] if self.configs is not None else self.config
