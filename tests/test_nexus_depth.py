@@ -499,3 +499,31 @@ def test_inverse_newton_steps_refresh_a_low_row_sum():
     y = H._inverse(be, neg_v, be.encrypt(t), plan, "softmax")
     assert be.bootstraps >= 1
     assert np.abs(be.decrypt(y) * v - 1.0).max() < 1e-6
+
+
+def test_encrypted_forward_at_16_positions_uses_replicated_matmuls(two_layer, monkeypatch):
+    """At 16 positions (F = 2,048 features per block) Q, K, V, the output projection and FFN in
+    take the replicated-input matmul (their inputs are zero beyond 384 features); the circuit
+    still gives simulate's logits to float rounding (1e-9, as at 128 positions). Padded
+    features that were not zero would show: 0.1 added to the client's moves the logits by 5e-3."""
+    import dataclasses
+
+    from privformer.data import rotten_tomatoes_split
+    from privformer.protocols.nexus import matmul as mm
+
+    clf, model, _ = two_layer
+    small = dataclasses.replace(model, tokens=16)
+    train, test = rotten_tomatoes_split()
+    tok = clf.tokenizer
+    small.calibrate([tok(t, truncation=True, max_length=16)["input_ids"] for t, _ in train[:24]])
+    calls: list[int] = []
+    replicate = mm.replicate
+    monkeypatch.setattr(mm, "replicate", lambda *a: calls.append(a[2]) or replicate(*a))
+    sentence = tok(test[0][0], truncation=True, max_length=16)["input_ids"]
+    be = FloatBackend(32768, top=7)
+    be.generate_rotation_keys(small.rotation_steps(be.slots))
+    x, real = small.embed(sentence)
+    cts = [be.encrypt(v) for v in small.layout(be).pack(x)]
+    logits = small.read_logits(be.decrypt(small.forward_circuit(be, cts, real)))
+    assert np.abs(logits - small.logits(sentence, "simulate")).max() <= 1e-9
+    assert calls == [2, 2, 2, 2, 5] * 2  # Q, K, V, O (2 copies) and FFN in (5) in each layer

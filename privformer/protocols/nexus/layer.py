@@ -264,9 +264,12 @@ def _linear(
     scale: float = 1.0,
 ) -> list[Ciphertext]:
     """scale (x W_key + b_key), the scale folded into the plaintext weights (the matmul needs
-    one level; bootstrap first if there is none)."""
+    one level; bootstrap first if there is none). Every input but GELU's output (which is
+    GELU's polynomial at 0 on padded features, not 0) is zero beyond its width: the client's
+    packing, LayerNorm's (gamma and beta are zero there) and P V's (its masks are)."""
     x = he.ensure_levels(backend, x, 1, "linear", bound)
-    out = mm.matmul_plain(backend, x, scale * w.weights[key], layout)
+    zero_padded = key != "ffn2"
+    out = mm.matmul_plain(backend, x, scale * w.weights[key], layout, zero_padded)
     biases = layout.pack(np.tile(scale * w.biases[key], (layout.tokens, 1)))
     return [backend.add_plain(c, b) for c, b in zip(out, biases, strict=True)]
 
