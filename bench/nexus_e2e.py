@@ -14,12 +14,14 @@ and per-layer ranges calibrated on Rotten Tomatoes training sentences:
 - the time the bootstraps alone would take at OpenFHE's measured speed
   (bench/results/openfhe_bootstrap.json): a lower bound on an encrypted run, which also spends
   time in matmuls and rotations;
-- the encrypted queries ``bench/nexus_encrypted.py`` measured for the model at the same layout
-  (client and server processes, OpenFHE; bench/results/nexus_encrypted.json): seconds and real
+- the encrypted queries ``bench/nexus_encrypted.py`` measured for the model, at the positions
+  they ran with (client and server processes, OpenFHE;
+  bench/results/nexus_encrypted_MODEL.json): seconds and real
   bootstraps per layer, seconds per query, bytes up and down, evaluation-key bytes, the server's
   peak memory, the class against plaintext, against the issue's targets.
 
     python bench/nexus_e2e.py [--models minilm2-rt minilm-rt] [--tokens 128] [--limit N]
+    python bench/nexus_e2e.py --refresh-encrypted   # re-read the encrypted queries only
 
 Rows of models not run this time are kept from the previous results file (each row carries the
 date it was measured), so models can be measured one run at a time.
@@ -126,15 +128,13 @@ def _accuracy(model, test: list[tuple[str, int]]) -> dict:
     }
 
 
-def _encrypted(model: str, tokens: int) -> dict | None:
-    """The encrypted queries ``bench/nexus_encrypted.py`` last measured for ``model`` at
-    ``tokens`` positions (None if it measured another model or layout)."""
-    path = RESULTS / "nexus_encrypted.json"
+def _encrypted(model: str) -> dict | None:
+    """The encrypted queries ``bench/nexus_encrypted.py`` measured for ``model`` (its own results
+    file; they may use fewer positions than this bench's plans: the row says how many)."""
+    path = RESULTS / f"nexus_encrypted_{model}.json"
     if not path.is_file():
         return None
     record = json.loads(path.read_text())
-    if record.get("model") != model or record.get("positions") != tokens:
-        return None
     queries = record["queries"]
     if not queries:
         return None
@@ -148,7 +148,7 @@ def _encrypted(model: str, tokens: int) -> dict | None:
     return {
         "machine": record["machine"]["cpu"],
         "backend": record["backend"],
-        "positions": tokens,
+        "positions": record["positions"],
         "queries": len(queries),
         "same_class_as_plain": sum(q["encrypted_class"] == q["plain_class"] for q in queries),
         "max_logit_diff_vs_simulate": max(
@@ -242,11 +242,23 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=["minilm2-rt", "minilm-rt"])
     ap.add_argument("--limit", type=int, help="first N test sentences only (accuracy)")
     ap.add_argument("--tokens", type=int, default=128, help="positions of the layout")
+    ap.add_argument(
+        "--refresh-encrypted",
+        action="store_true",
+        help="only re-read the encrypted queries into the saved rows (seconds, not hours)",
+    )
     args = ap.parse_args()
     train, test = rotten_tomatoes_split()
     boot_s = _openfhe_bootstrap_seconds()
     path = RESULTS / "nexus_e2e.json"
     previous = json.loads(path.read_text()) if path.is_file() else {}
+    if args.refresh_encrypted:
+        if not previous:
+            raise SystemExit(f"{path} does not exist: run the bench first")
+        for row in previous["rows"]:
+            row["encrypted"] = _encrypted(row["model"])
+        _report(previous["rows"], previous["openfhe_bootstrap_s"], previous["tokens"])
+        return
     rows = []
     if previous.get("tokens") == args.tokens:  # rows of another layout are not comparable
         rows = [r for r in previous["rows"] if r["model"] not in args.models]
@@ -274,7 +286,7 @@ def main() -> None:
                 "bootstraps_pair_level": whole_windows["bootstraps_per_layer"],
                 **{f"plan_{k}": v for k, v in plan.items()},
                 **{f"accuracy_{k}": v for k, v in acc.items()},
-                "encrypted": _encrypted(name, args.tokens),
+                "encrypted": _encrypted(name),
             }
         )
         _report(rows, boot_s, args.tokens)

@@ -12,11 +12,11 @@ process tree (its OpenFHE worker included) and of this client's.
                                     [--output logits] [--tokens 128] [--fit]
                                     [--sparse-bootstrap] [--append]
 
-Results go to bench/results/nexus_encrypted.json after every query, so a long run that is
-stopped keeps what it finished. ``--skip N`` starts at the (N+1)-th chosen sentence and
-``--append`` keeps the queries of earlier runs of the same model, layout, backend and output
-(each query says when it ran and whether its bootstraps were sparse; the keys, upload and peak
-memory are this run's), so sentences can be measured one run at a time.
+Results go to bench/results/nexus_encrypted_MODEL.json (one file per model) after every query,
+so a long run that is stopped keeps what it finished. ``--skip N`` starts at the (N+1)-th chosen
+sentence and ``--append`` keeps the queries of earlier runs of the same model, layout, backend
+and output (each query says when it ran and whether its bootstraps were sparse; the keys, upload
+and peak memory are this run's), so sentences can be measured one run at a time.
 """
 
 from __future__ import annotations
@@ -40,6 +40,11 @@ import privformer as pf  # noqa: E402
 from privformer.data import rotten_tomatoes_split  # noqa: E402
 from privformer.protocols.nexus import service as svc  # noqa: E402
 from privformer.transport.nexus_http import NexusHttpClient, NexusServerProcess  # noqa: E402
+
+
+def results_name(model: str) -> str:
+    """The results file (under bench/results, without .json) of ``model``'s queries."""
+    return f"nexus_encrypted_{model}"
 
 
 class PeakMemory:
@@ -108,7 +113,8 @@ def main() -> None:
     record["sentences"] = "fitting" if args.fit else "truncated"
     record["sparse_bootstrap"] = args.sparse_bootstrap
     record["queries"] = []
-    previous = RESULTS / "nexus_encrypted.json"
+    name = results_name(args.model)
+    previous = RESULTS / f"{name}.json"
     if args.append and previous.is_file():
         earlier = json.loads(previous.read_text())
         same = ("model", "backend", "output", "layers", "positions")
@@ -177,7 +183,7 @@ def main() -> None:
                 record["queries"].append(row)
                 record["server_peak_rss_bytes"] = server_memory.peak
                 record["client_peak_rss_bytes"] = client_memory.peak
-                write_results("nexus_encrypted", record)
+                write_results(name, record)
                 print_table(
                     f"NEXUS encrypted, {args.model}, {args.backend} (2 cores)",
                     [{k: v for k, v in row.items() if not isinstance(v, list | dict)}],
@@ -195,7 +201,7 @@ def main() -> None:
                 )
         record["server_peak_rss_bytes"] = server_memory.stop()
     record["client_peak_rss_bytes"] = client_memory.stop()
-    path = write_results("nexus_encrypted", record)
+    path = write_results(name, record)
     print(f"keygen {record['keygen_s']:.0f} s, upload and load {record['upload_and_load_s']:.0f} s")
     print(f"evaluation keys {sum(record['evaluation_key_bytes'].values()) / 1e9:.2f} GB")
     print(f"wrote {path}")

@@ -64,13 +64,13 @@ def test_the_2_layer_classifier_end_to_end_through_processes(tmp_path):
     sentence, encrypted on OpenFHE through the server process, in the 16-position layout with
     the first test sentence that fills more than half of it (13 tokens), as
     ``bench/nexus_encrypted.py --tokens 16 --fit`` runs it. Measured there: 34 bootstraps and
-    86 minutes on 2 cores, so it is ``slow`` as well as ``openfhe``.
+    38-86 minutes on 2 cores, so it is ``slow`` as well as ``openfhe``.
 
     Tolerance 1e-3 on the logits against ``simulate``: FloatBackend runs the same circuit with
     uniform bootstrap error of 2^-20 of each input's largest slot (OpenFHE's measured ~21 bits)
     and moves the logits by at most 2e-5 on three test sentences; CKKS's own rescaling noise at
-    2^50 is ~1e-8 per operation. The measured run was within 4.9e-6. 1e-3 is 50x the modelled
-    error and far below a wrong operator's."""
+    2^50 is ~1e-8 per operation. The three measured queries were within 4.9e-6 to 3.3e-5. 1e-3
+    is 50x the modelled error and far below a wrong operator's."""
     from privformer.data import rotten_tomatoes_split
 
     tokens = 16
