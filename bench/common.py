@@ -102,6 +102,12 @@ def simulate_outputs(model, texts: list[str], classes: int) -> tuple[np.ndarray,
     return np.array(outputs), failed
 
 
+def encrypted_results_name(model: str) -> str:
+    """The results file (under RESULTS, without .json) of ``model``'s encrypted NEXUS queries:
+    bench/nexus_encrypted.py writes it, bench/nexus_e2e.py reads it."""
+    return f"nexus_encrypted_{model}"
+
+
 def write_results(name: str, payload: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"

@@ -38,7 +38,14 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine, print_table, simulate_outputs, write_results  # noqa: E402
+from common import (  # noqa: E402
+    RESULTS,
+    encrypted_results_name,
+    machine,
+    print_table,
+    simulate_outputs,
+    write_results,
+)
 
 import privformer as pf  # noqa: E402
 from privformer.crypto.ckks import planner  # noqa: E402
@@ -131,7 +138,7 @@ def _accuracy(model, test: list[tuple[str, int]]) -> dict:
 def _encrypted(model: str) -> dict | None:
     """The encrypted queries ``bench/nexus_encrypted.py`` measured for ``model`` (its own results
     file; they may use fewer positions than this bench's plans: the row says how many)."""
-    path = RESULTS / f"nexus_encrypted_{model}.json"
+    path = RESULTS / f"{encrypted_results_name(model)}.json"
     if not path.is_file():
         return None
     record = json.loads(path.read_text())

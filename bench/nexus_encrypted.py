@@ -34,17 +34,19 @@ import numpy as np
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine, print_table, scratch_dir, write_results  # noqa: E402
+from common import (  # noqa: E402
+    RESULTS,
+    encrypted_results_name,
+    machine,
+    print_table,
+    scratch_dir,
+    write_results,
+)
 
 import privformer as pf  # noqa: E402
 from privformer.data import rotten_tomatoes_split  # noqa: E402
 from privformer.protocols.nexus import service as svc  # noqa: E402
 from privformer.transport.nexus_http import NexusHttpClient, NexusServerProcess  # noqa: E402
-
-
-def results_name(model: str) -> str:
-    """The results file (under bench/results, without .json) of ``model``'s queries."""
-    return f"nexus_encrypted_{model}"
 
 
 class PeakMemory:
@@ -113,7 +115,7 @@ def main() -> None:
     record["sentences"] = "fitting" if args.fit else "truncated"
     record["sparse_bootstrap"] = args.sparse_bootstrap
     record["queries"] = []
-    name = results_name(args.model)
+    name = encrypted_results_name(args.model)
     previous = RESULTS / f"{name}.json"
     if args.append and previous.is_file():
         earlier = json.loads(previous.read_text())

@@ -32,7 +32,7 @@ the padded block: 384 products instead of 767 for a 384 x 384 weight, 384 instea
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -191,12 +191,8 @@ def matmul_plain(
                 _replicated_block(backend, replicated[c], w[:, jo * f : jo * f + width], f, n, b)
             )
             continue
-        # sum_g rot(inner_g, g b n), Horner-style from the last giant step down:
-        # acc <- rot(acc, b n) + inner_g, so every giant rotation is by b n.
-        acc = None
-        for g in range(f // b - 1, -1, -1):
-            if acc is not None:
-                acc = backend.rotate(acc, b * n)
+
+        def plain_terms(g: int, jo: int = jo) -> list[tuple[Ciphertext, np.ndarray]]:
             terms = []
             for i in range(bi):
                 block = padded[i * f : (i + 1) * f, jo * f : (jo + 1) * f]
@@ -204,12 +200,9 @@ def matmul_plain(
                     diag = np.roll(diagonal(block, g * b + j, n), g * b * n)
                     if diag.any():
                         terms.append((baby[i][j], diag))
-            if terms:
-                inner = backend.multiply_plain_sum(terms)  # one rescale per giant step
-                acc = inner if acc is None else backend.add(acc, inner)
-        if acc is None:  # an all-zero weight block: encrypt zeros at the right level
-            acc = backend.multiply_plain(x[0], 0.0)
-        out.append(acc)
+            return terms
+
+        out.append(_giant_steps(backend, plain_terms, f // b, b * n, x[0]))
     return out
 
 
@@ -233,19 +226,37 @@ def _replicated_block(
     diag_k[f n + t] = w[(f + k) mod d_in, f], giant steps accumulated Horner-style as above."""
     d_in, width = w.shape
     cols = np.arange(width)
-    acc = None
-    for g in range(-(-d_in // b) - 1, -1, -1):
-        if acc is not None:
-            acc = backend.rotate(acc, b * n)
-        terms = []
+
+    def terms(g: int) -> list[tuple[Ciphertext, np.ndarray]]:
+        out = []
         for j in range(min(b, d_in - g * b)):
             row = np.zeros(features)
             row[:width] = w[(cols + g * b + j) % d_in, cols]
             if row.any():
-                terms.append((baby[j], np.roll(np.repeat(row, n), g * b * n)))
-        if terms:
-            inner = backend.multiply_plain_sum(terms)
+                out.append((baby[j], np.roll(np.repeat(row, n), g * b * n)))
+        return out
+
+    return _giant_steps(backend, terms, -(-d_in // b), b * n, baby[0])
+
+
+def _giant_steps(
+    backend: CKKSBackend,
+    terms: Callable[[int], list[tuple[Ciphertext, np.ndarray]]],
+    giant: int,
+    shift: int,
+    zero_like: Ciphertext,
+) -> Ciphertext:
+    """sum_g rot(sum of terms(g)'s products, g shift) over g < ``giant``, Horner-style from the
+    last giant step down (acc <- rot(acc, shift) + inner_g, so every giant rotation is by
+    ``shift``), one rescale per giant step. Diagonals are made one giant step at a time (all of
+    them at once would hold F ring-sized vectors). An all-zero weight block gives zeros at
+    ``zero_like``'s level."""
+    acc = None
+    for g in range(giant - 1, -1, -1):
+        if acc is not None:
+            acc = backend.rotate(acc, shift)
+        step = terms(g)
+        if step:
+            inner = backend.multiply_plain_sum(step)
             acc = inner if acc is None else backend.add(acc, inner)
-    if acc is None:  # an all-zero weight block
-        acc = backend.multiply_plain(baby[0], 0.0)
-    return acc
+    return acc if acc is not None else backend.multiply_plain(zero_like, 0.0)
